@@ -1,0 +1,92 @@
+"""Plain-jnp references for the paged-attention ops: the CPU path and the test oracle.
+
+KV layout (one array per layer, K and V separate):
+    k_pages, v_pages: [num_pages, page_size, num_kv_heads, head_dim]
+A flat slot s lives at page s // page_size, offset s % page_size.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# Tokens processed together by the reference; bounds its gathered-KV temporary
+# to TOKEN_BLOCK * max_kv_len * num_kv_heads * head_dim elements.
+TOKEN_BLOCK = 32
+
+
+def write_kv_ref(k_pages: jax.Array, v_pages: jax.Array, k: jax.Array, v: jax.Array,
+                 slots: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Scatter new K/V rows [T, KVH, D] into their flat slots; negative slots are dropped.
+
+    Returns the updated (k_pages, v_pages); callers donate the inputs so XLA updates in place.
+    """
+    num_pages, page_size = k_pages.shape[:2]
+    n = num_pages * page_size
+    idx = jnp.where(slots < 0, n, slots)  # out of range -> dropped
+    flat_k = k_pages.reshape(n, *k_pages.shape[2:]).at[idx].set(k.astype(k_pages.dtype), mode="drop")
+    flat_v = v_pages.reshape(n, *v_pages.shape[2:]).at[idx].set(v.astype(v_pages.dtype), mode="drop")
+    return flat_k.reshape(k_pages.shape), flat_v.reshape(v_pages.shape)
+
+
+def ragged_paged_attention_ref(
+    q: jax.Array,
+    k_pages: jax.Array,
+    v_pages: jax.Array,
+    query_start: jax.Array,
+    kv_lens: jax.Array,
+    page_table: jax.Array,
+    *,
+    sm_scale: float,
+    soft_cap: float | None = None,
+    sliding_window: int | None = None,
+) -> jax.Array:
+    """Causal attention of a packed ragged batch over paged KV.
+
+    q:           [T, H, D]  new-token queries, sequence s owns rows query_start[s]:query_start[s+1]
+    k/v_pages:   [num_pages, page_size, KVH, D], H % KVH == 0 (grouped-query attention)
+    query_start: int32[S+1]; kv_lens: int32[S] (KV length including the new tokens)
+    page_table:  int32[S, P]
+    Token i of sequence s is at position kv_lens[s] - q_len_s + i and sees KV positions
+    j <= its position (and j > position - sliding_window when a window is set).
+    Returns [T, H, D] in q's dtype; rows of padding tokens are zeros.
+    """
+    T, H, D = q.shape
+    _, page_size, KVH, _ = k_pages.shape
+    if H % KVH:
+        raise ValueError(f"num_heads {H} is not a multiple of num_kv_heads {KVH}")
+    S, P = page_table.shape
+    L = P * page_size
+    group = H // KVH
+
+    tok = jnp.arange(T, dtype=jnp.int32)
+    seq = jnp.clip(jnp.searchsorted(query_start, tok, side="right") - 1, 0, S - 1).astype(jnp.int32)
+    valid = tok < query_start[-1]
+    q_len = query_start[1:] - query_start[:-1]
+    pos = kv_lens[seq] - q_len[seq] + (tok - query_start[seq])  # [T]
+
+    pad = (-T) % TOKEN_BLOCK
+    blocks = lambda x: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(-1, TOKEN_BLOCK, *x.shape[1:])
+    kv_idx = jnp.arange(L, dtype=jnp.int32)
+
+    def one_block(args):
+        qb, seqb, posb, validb = args  # [B,H,D], [B], [B], [B]
+        pages = page_table[seqb]  # [B, P]
+        kb = k_pages[pages].reshape(TOKEN_BLOCK, L, KVH, D).astype(jnp.float32)
+        vb = v_pages[pages].reshape(TOKEN_BLOCK, L, KVH, D).astype(jnp.float32)
+        qg = qb.astype(jnp.float32).reshape(TOKEN_BLOCK, KVH, group, D)
+        s = jnp.einsum("bkgd,blkd->bkgl", qg, kb) * sm_scale
+        if soft_cap is not None:
+            s = soft_cap * jnp.tanh(s / soft_cap)
+        mask = (kv_idx[None, :] <= posb[:, None]) & (kv_idx[None, :] < kv_lens[seqb][:, None])
+        if sliding_window is not None:
+            mask &= kv_idx[None, :] > posb[:, None] - sliding_window
+        mask &= validb[:, None]
+        s = jnp.where(mask[:, None, None, :], s, -jnp.inf)
+        m = jnp.max(s, axis=-1, keepdims=True)
+        p = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0))
+        denom = jnp.sum(p, axis=-1, keepdims=True)
+        o = jnp.einsum("bkgl,blkd->bkgd", p, vb) / jnp.where(denom == 0, 1.0, denom)
+        return o.reshape(TOKEN_BLOCK, H, D)
+
+    out = jax.lax.map(one_block, (blocks(q), blocks(seq), blocks(pos), blocks(valid)))
+    return out.reshape(-1, H, D)[:T].astype(q.dtype)
