@@ -1,0 +1,143 @@
+"""Host-side batch description of one step, and its packing into a bucketed StepInput.
+
+Scheduler.schedule() returns a ScheduledBatch: one SeqWork per sequence. The
+engine turns it into the device pytree with StepInputBuilder.build(batch), which
+pads to the smallest configured bucket for tokens (T), sequences (S) and pages
+per sequence (P), so the set of compiled shapes is fixed at construction
+(StepInputBuilder.shapes() lists them for warm-up).
+"""
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from jaxsgl.model.step_input import StepInput, make_step_input
+from jaxsgl.scheduler.request import Req
+from jaxsgl.scheduler.trace import StepTrace
+
+
+@dataclass
+class SeqWork:
+    """One sequence of a step.
+
+    new_token_ids: tokens fed this step (positions cached_len, cached_len + 1, ...).
+    cached_len:    tokens of KV the sequence holds before this step.
+    pages:         the request's page list (covers cached_len + len(new_token_ids) tokens);
+                   a live view, valid until process_results().
+    need_logits:   True for the last chunk of a prefill and for decodes: sample a token.
+    is_prefill:    prompt (or re-prefill after retraction) work rather than a decode.
+    """
+
+    req: Req
+    new_token_ids: list[int]
+    cached_len: int
+    pages: list[int]
+    need_logits: bool
+    is_prefill: bool
+
+    @property
+    def num_new(self) -> int:
+        return len(self.new_token_ids)
+
+    @property
+    def kv_len(self) -> int:
+        """KV length after the step."""
+        return self.cached_len + len(self.new_token_ids)
+
+
+@dataclass
+class ScheduledBatch:
+    """Everything one step runs, in sequence order (the order of StepInput rows)."""
+
+    step: int
+    seqs: list[SeqWork]
+    trace: StepTrace
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def __bool__(self) -> bool:
+        return bool(self.seqs)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_new for s in self.seqs)
+
+    @property
+    def reqs(self) -> list[Req]:
+        return [s.req for s in self.seqs]
+
+    @property
+    def logits_rows(self) -> list[int]:
+        """Indices of sequences whose sampled token is used."""
+        return [i for i, s in enumerate(self.seqs) if s.need_logits]
+
+
+def pow2_buckets(max_size: int, min_size: int = 1) -> list[int]:
+    """[min_size, 2*min_size, ...] up to the first power-of-two multiple >= max_size."""
+    if max_size < 1 or min_size < 1:
+        raise ValueError(f"bucket sizes must be >= 1, got min {min_size}, max {max_size}")
+    sizes = [min_size]
+    while sizes[-1] < max_size:
+        sizes.append(sizes[-1] * 2)
+    return sizes
+
+
+class StepInputBuilder:
+    """Packs ScheduledBatches into StepInputs padded to fixed bucket sizes."""
+
+    def __init__(self, page_size: int, token_buckets: Sequence[int], seq_buckets: Sequence[int],
+                 page_buckets: Sequence[int]) -> None:
+        for name, b in (("token", token_buckets), ("seq", seq_buckets), ("page", page_buckets)):
+            if not b or any(x < 1 for x in b):
+                raise ValueError(f"{name}_buckets must be non-empty positive sizes, got {list(b)}")
+        self.page_size = page_size
+        self.token_buckets = sorted(set(token_buckets))
+        self.seq_buckets = sorted(set(seq_buckets))
+        self.page_buckets = sorted(set(page_buckets))
+
+    @classmethod
+    def for_limits(cls, page_size: int, *, max_tokens: int, max_seqs: int, max_context_len: int,
+                   min_tokens: int = 16, min_seqs: int = 1, page_buckets: Sequence[int] | None = None,
+                   ) -> StepInputBuilder:
+        """Power-of-two token and sequence buckets covering a scheduler's limits
+        (max_tokens >= prefill budget + max_running_requests, max_seqs >=
+        max_running_requests). Pages per sequence default to one bucket holding
+        max_context_len tokens (the page table is small; kernels stop at kv_len)."""
+        max_pages = -(-max_context_len // page_size)
+        return cls(page_size, pow2_buckets(max_tokens, min(min_tokens, max_tokens)),
+                   pow2_buckets(max_seqs, min(min_seqs, max_seqs)), page_buckets or [max_pages])
+
+    @staticmethod
+    def _fit(buckets: list[int], n: int, what: str) -> int:
+        i = bisect.bisect_left(buckets, n)
+        if i == len(buckets):
+            raise ValueError(f"{n} {what} exceed the largest bucket {buckets[-1]}")
+        return buckets[i]
+
+    def padded_shape(self, batch: ScheduledBatch) -> tuple[int, int, int]:
+        """(T, S, P) bucket sizes this batch pads to."""
+        ps = self.page_size
+        pages = max([-(-s.kv_len // ps) for s in batch.seqs] + [1])
+        return (self._fit(self.token_buckets, max(batch.num_tokens, 1), "tokens"),
+                self._fit(self.seq_buckets, max(len(batch.seqs), 1), "sequences"),
+                self._fit(self.page_buckets, pages, "pages per sequence"))
+
+    def build(self, batch: ScheduledBatch) -> StepInput:
+        """The padded StepInput of a batch (numpy only; the engine moves it to the device)."""
+        T, S, P = self.padded_shape(batch)
+        ps = self.page_size
+        seqs = [(s.new_token_ids, s.cached_len, s.pages[:-(-s.kv_len // ps)]) for s in batch.seqs]
+        return make_step_input(seqs, ps, num_tokens=T, num_seqs=S, pages_per_seq=P)
+
+    def shapes(self) -> list[tuple[int, int, int]]:
+        """Every (T, S, P) this builder can emit (for ahead-of-time compilation).
+        A batch never has more sequences than tokens, so S <= T is dropped where a smaller
+        S bucket would do."""
+        out = []
+        for t in self.token_buckets:
+            for s in self.seq_buckets:
+                if self._fit(self.seq_buckets, min(s, t), "sequences") == s:
+                    out.extend((t, s, p) for p in self.page_buckets)
+        return out

@@ -1,0 +1,85 @@
+"""Req: the scheduler's state of one generation request (host only)."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from jaxsgl.cache.tree_node import TreeNode
+
+
+class ReqStatus(enum.Enum):
+    WAITING = "waiting"    # in the queue; owns no pages and no lock
+    RUNNING = "running"    # admitted; owns pages (a locked cached prefix + private pages)
+    FINISHED = "finished"  # done; its KV went to the radix cache (or was freed)
+    ABORTED = "aborted"    # cancelled; same release as FINISHED
+
+
+@dataclass(eq=False)
+class Req:
+    """One request. The scheduler mutates the KV fields; the engine reads outputs.
+
+    Token model: `all_ids = prompt_ids + output_ids`. KV exists for all_ids[:kv_len];
+    the next step feeds all_ids[kv_len:] (the whole uncached prompt in prefill, or
+    chunks of it; one token in decode). The last output token has no KV until fed.
+
+    KV ownership while RUNNING: pages[i] holds tokens [i*ps, (i+1)*ps). The first
+    num_tree_pages pages belong to the radix cache and are pinned by lock_node;
+    the rest are private to this request (freed or inserted on release).
+    """
+
+    rid: str
+    prompt_ids: list[int]
+    max_new_tokens: int = 128
+    sampling_params: dict[str, Any] = field(default_factory=dict)  # opaque to the scheduler
+    priority: int = 0            # larger = more important (retracted last; kept longer by "priority" eviction)
+    arrival_time: float | None = None  # set by Scheduler.add_request when None
+
+    output_ids: list[int] = field(default_factory=list)
+    status: ReqStatus = ReqStatus.WAITING
+    finish_reason: Any = None
+    # KV state (scheduler-owned)
+    pages: list[int] = field(default_factory=list)
+    num_tree_pages: int = 0
+    lock_node: TreeNode | None = None
+    kv_len: int = 0
+    cached_len: int = 0          # prompt tokens served by the cache at first admission
+    # bookkeeping
+    seq_no: int = 0              # arrival order (tie-breaker), set by add_request
+    enqueue_step: int = 0        # scheduler step at which it (re)entered the queue
+    first_admit_step: int | None = None
+    num_admissions: int = 0
+    num_retractions: int = 0
+
+    @property
+    def all_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def seq_len(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def num_pending(self) -> int:
+        """Tokens not yet fed through the model (their KV does not exist yet)."""
+        return self.seq_len - self.kv_len
+
+    @property
+    def is_prefilled(self) -> bool:
+        """True once the prompt (and any re-prefilled outputs) has KV: only decodes remain."""
+        return self.status == ReqStatus.RUNNING and self.num_pending <= 1 and self.kv_len >= len(self.prompt_ids)
+
+    @property
+    def remaining_new_tokens(self) -> int:
+        return max(self.max_new_tokens - len(self.output_ids), 0)
+
+    @property
+    def is_done(self) -> bool:
+        return self.status in (ReqStatus.FINISHED, ReqStatus.ABORTED)
+
+    def private_pages(self) -> list[int]:
+        return self.pages[self.num_tree_pages:]
+
+    def __repr__(self) -> str:
+        return (f"Req({self.rid!r}, {self.status.value}, prompt={len(self.prompt_ids)}, "
+                f"out={len(self.output_ids)}, kv={self.kv_len}, pages={len(self.pages)})")

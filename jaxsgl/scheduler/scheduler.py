@@ -1,0 +1,394 @@
+"""Scheduler: continuous batching over a RadixCache (host only, no JAX).
+
+The engine's loop (nano-vllm style; one schedule/process pair per step):
+
+    sched.add_request(Req("r1", prompt_ids, max_new_tokens=64))
+    while sched.has_work():
+        batch = sched.schedule()                  # host: decide + allocate pages
+        step_in = builder.build(batch)            # host: padded StepInput
+        next_ids = run_model(step_in)             # device
+        for req in sched.process_results(batch, next_ids):
+            if stop_condition(req):
+                sched.finish(req, reason)         # KV -> radix cache; pages freed
+
+A step = decodes of running requests + chunks of unfinished prefills + newly
+admitted requests (see schedule()). finish()/abort() may be called at any time
+between steps; process_results(batch) must come before the next schedule().
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from jaxsgl.cache.page_pool import PagePool
+from jaxsgl.cache.radix_cache import RadixCache
+from jaxsgl.scheduler.batch import ScheduledBatch, SeqWork
+from jaxsgl.scheduler.config import SchedulerConfig
+from jaxsgl.scheduler.kv import ReqKV
+from jaxsgl.scheduler.policy import SchedulePolicy, arrival_order, make_schedule_policy
+from jaxsgl.scheduler.request import Req, ReqStatus
+from jaxsgl.scheduler.trace import StepTrace
+
+
+@dataclass
+class SchedulerStats:
+    """Totals since construction. hit_rate counts prompt tokens at each request's first admission."""
+    num_added: int = 0
+    num_finished: int = 0
+    num_aborted: int = 0
+    num_retractions: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.cached_prompt_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix (block-wise slice compares, then per token)."""
+    n, i, block = min(len(a), len(b)), 0, 64
+    while i + block <= n and a[i:i + block] == b[i:i + block]:
+        i += block
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Scheduler:
+    """Waiting queue + running set + admission/retraction over one RadixCache."""
+
+    def __init__(self, cache: RadixCache, config: SchedulerConfig | None = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config or SchedulerConfig()
+        self.cache = cache
+        self.pool = cache.pool
+        self.page_size = cache.page_size
+        self.kv = ReqKV(cache)
+        self.policy: SchedulePolicy = make_schedule_policy(self.config.schedule_policy, self.config.random_seed)
+        self.clock = clock
+        self.waiting: list[Req] = []
+        self.running: list[Req] = []   # admission order
+        self.requests: dict[str, Req] = {}  # live (waiting or running) requests by rid
+        self.step = 0
+        self.new_token_ratio = self.config.init_new_token_ratio
+        self.trace: list[StepTrace] = []
+        self.stats = SchedulerStats()
+        self._seq_no = 0
+        self._pending_batch: ScheduledBatch | None = None
+
+    @classmethod
+    def create(cls, num_pages: int, page_size: int = 1, *, eviction_policy: str = "lru",
+               disable_radix_cache: bool = False, reserve_dummy_page: bool = False,
+               clock: Callable[[], float] = time.monotonic, **config: object) -> Scheduler:
+        """Build pool + cache + scheduler from SGLang-style option names."""
+        pool = PagePool(num_pages, page_size, reserve_dummy_page=reserve_dummy_page)
+        cache = RadixCache(pool, eviction_policy, disable=disable_radix_cache)
+        return cls(cache, SchedulerConfig(**config), clock=clock)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------ engine API
+    def add_request(self, req: Req) -> Req:
+        """Queue a new request. Raises ValueError if it can never fit."""
+        if req.rid in self.requests:
+            raise ValueError(f"duplicate request id {req.rid!r}")
+        if not req.prompt_ids or req.max_new_tokens < 0:
+            raise ValueError(f"request {req.rid!r} needs a non-empty prompt and max_new_tokens >= 0")
+        total = len(req.prompt_ids) + req.max_new_tokens
+        limit = self.config.max_context_len
+        if limit is not None and total > limit:
+            raise ValueError(f"request {req.rid!r}: {total} tokens exceed max_context_len {limit}")
+        if self.pool.pages_for(total) > self.pool.capacity:
+            raise ValueError(f"request {req.rid!r}: {total} tokens exceed the KV pool "
+                             f"({self.pool.capacity} pages of {self.page_size})")
+        req.status = ReqStatus.WAITING
+        req.arrival_time = self.clock() if req.arrival_time is None else req.arrival_time
+        req.seq_no, self._seq_no = self._seq_no, self._seq_no + 1
+        req.enqueue_step = self.step
+        self.waiting.append(req)
+        self.requests[req.rid] = req
+        self.stats.num_added += 1
+        return req
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def get(self, rid: str) -> Req | None:
+        return self.requests.get(rid)
+
+    def schedule(self) -> ScheduledBatch:
+        """Plan one step: decode every running request, continue unfinished prefills and
+        admit waiting requests within the budgets; retract running requests if their
+        pages cannot be found. Mutates queues, requests' pages/locks, the cache (evictions)
+        and appends a StepTrace. An empty batch means there is nothing to run."""
+        if self._pending_batch is not None:
+            raise RuntimeError("schedule() called twice without process_results()")
+        self.step += 1
+        trace = StepTrace(step=self.step)
+        evicted_before = self.cache.stats.evicted_pages
+        budget = [self.config.prefill_budget]  # mutable prefill-token budget shared by both phases
+        if self.config.mixed_batches:
+            seqs = self._plan_running(budget, trace, decode=True, extend=True)
+            seqs += self._admit(budget, trace)
+        else:
+            seqs = self._plan_running(budget, trace, decode=False, extend=True)
+            seqs += self._admit(budget, trace)
+            if not seqs:
+                seqs = self._plan_running(budget, trace, decode=True, extend=False)
+        if any(not s.is_prefill for s in seqs):
+            self.new_token_ratio = max(self.config.min_new_token_ratio,
+                                       self.new_token_ratio - self.config.new_token_ratio_decay)
+        self._fill_trace(trace, seqs, evicted_before)
+        batch = ScheduledBatch(self.step, seqs, trace)
+        self._pending_batch = batch
+        return batch
+
+    def process_results(self, batch: ScheduledBatch, next_token_ids: Sequence[int],
+                        finished: Sequence[bool] | None = None) -> list[Req]:
+        """Apply a step's results: advance kv_len, append next_token_ids[i] for sequences with
+        need_logits (a negative id appends nothing, e.g. for max_new_tokens == 0), cache
+        the computed prefix of prefill sequences, and finish sequences flagged in `finished`.
+        next_token_ids is indexed like batch.seqs (padding rows beyond are ignored).
+        Returns the requests that received a token (the engine checks their stop conditions)."""
+        if batch is not self._pending_batch:
+            raise RuntimeError(f"process_results for step {batch.step}, expected the last scheduled batch")
+        self._pending_batch = None
+        updated = []
+        for i, seq in enumerate(batch.seqs):
+            req = seq.req
+            if req.status != ReqStatus.RUNNING:  # finished or aborted while in flight
+                continue
+            req.kv_len += seq.num_new
+            if seq.need_logits:
+                token = int(next_token_ids[i])
+                if token >= 0:
+                    req.output_ids.append(token)
+                updated.append(req)
+            if seq.is_prefill:
+                self.kv.cache_prefix(req)
+            if finished is not None and finished[i]:
+                self.finish(req)
+        return updated
+
+    def finish(self, req: Req | str, reason: object = None) -> Req:
+        """End a request: insert its computed KV into the cache, free the rest, unlock."""
+        return self._end(req, ReqStatus.FINISHED, reason)
+
+    def abort(self, rid: Req | str, reason: object = "abort") -> Req | None:
+        """Cancel a waiting or running request (no-op, returning None, if unknown or done)."""
+        key = rid.rid if isinstance(rid, Req) else rid
+        if key not in self.requests:
+            return None
+        return self._end(key, ReqStatus.ABORTED, reason)
+
+    def trace_records(self) -> list[dict]:
+        """The per-step trace as a list of dicts (pd.DataFrame(sched.trace_records()))."""
+        return [t.as_dict() for t in self.trace]
+
+    # -------------------------------------------------------------- planning
+    def _take_chunk(self, budget: list[int], pending: int) -> int:
+        """Tokens of a `pending`-token prefill to run now; deducts them from the budget."""
+        left = budget[0]
+        if pending <= left:
+            n = pending
+        elif self.config.chunking:
+            n = left // self.page_size * self.page_size
+        else:  # no chunking: a long prompt runs whole, alone among prefills
+            n = pending if left == self.config.prefill_budget else 0
+        budget[0] = max(left - n, 0)
+        return n
+
+    @staticmethod
+    def _is_decode(req: Req) -> bool:
+        return req.num_pending == 1 and req.kv_len >= len(req.prompt_ids)
+
+    def _work(self, req: Req, n: int) -> SeqWork:
+        kv = req.kv_len
+        return SeqWork(req, req.all_ids[kv:kv + n], kv, req.pages, need_logits=kv + n == req.seq_len,
+                       is_prefill=not self._is_decode(req))
+
+    def _plan_running(self, budget: list[int], trace: StepTrace, *, decode: bool, extend: bool) -> list[SeqWork]:
+        """Work for already-running requests; retracts some if their pages cannot be found."""
+        plan: list[tuple[Req, int]] = []
+        for req in self.running:
+            if self._is_decode(req):
+                if decode:
+                    plan.append((req, 1))
+            elif extend and req.num_pending > 0:
+                n = self._take_chunk(budget, req.num_pending)
+                if n > 0:
+                    plan.append((req, n))
+        while True:
+            need = sum(max(self.pool.pages_for(r.kv_len + n) - len(r.pages), 0) for r, n in plan)
+            if need <= self.kv.available_pages():
+                break
+            victim = self._pick_victim()
+            if victim is None:
+                raise RuntimeError(f"cannot find {need} pages even with every request retracted")
+            self._retract(victim, trace)
+            plan = [(r, n) for r, n in plan if r is not victim]
+        for req, n in plan:
+            ok = self.kv.ensure_pages(req, req.kv_len + n)
+            assert ok, "pages were counted as available"
+        return [self._work(req, n) for req, n in plan]
+
+    def _pick_victim(self) -> Req | None:
+        """Retraction order: lowest priority, then fewest output tokens, then latest arrival."""
+        if not self.running:
+            return None
+        return min(self.running, key=lambda r: (r.priority, len(r.output_ids), -r.seq_no))
+
+    def _retract(self, req: Req, trace: StepTrace) -> None:
+        self.running.remove(req)
+        self.kv.release(req, insert=self.config.retract_insert)
+        req.status = ReqStatus.WAITING
+        req.enqueue_step = self.step
+        req.num_retractions += 1
+        self.waiting.append(req)
+        self.stats.num_retractions += 1
+        trace.num_retracted += 1
+        self.new_token_ratio = self.config.init_new_token_ratio
+
+    def _headroom_pages(self, req: Req) -> int:
+        """Pages reserved for req's future decode tokens (new_token_ratio estimate)."""
+        tokens = min(req.remaining_new_tokens, self.config.clip_max_new_tokens) * self.new_token_ratio
+        return self.pool.pages_for(int(tokens))
+
+    def _reserved_pages(self) -> int:
+        """Future pages running requests are expected to need (rest of prefill + decode headroom)."""
+        return sum(max(self.pool.pages_for(r.seq_len) - len(r.pages), 0) + self._headroom_pages(r)
+                   for r in self.running)
+
+    def _admission_order(self, trace: StepTrace) -> tuple[list[Req], set[int]]:
+        """Overdue requests (starvation bound) first in arrival order, then the policy's order."""
+        cfg, now = self.config, self.clock()
+        overdue, rest = [], []
+        for req in self.waiting:
+            late = ((cfg.max_wait_steps is not None and self.step - req.enqueue_step >= cfg.max_wait_steps)
+                    or (cfg.max_wait_seconds is not None and now - (req.arrival_time or now) >= cfg.max_wait_seconds))
+            (overdue if late else rest).append(req)
+        overdue.sort(key=arrival_order)
+        return overdue + self.policy.order(rest, self.cache), {id(r) for r in overdue}
+
+    def _held_by_dedup(self, req: Req, matched: int, prefilling: list[Req]) -> bool:
+        """True if req shares enough not-yet-cached prompt with a request being prefilled."""
+        if not (self.config.enable_prefix_dedup and self.cache.enabled):
+            return False
+        threshold = max(self.config.dedup_min_tokens, self.page_size)
+        ids = req.all_ids
+        return any(common_prefix_len(ids, other.all_ids) - matched >= threshold for other in prefilling)
+
+    def _admit(self, budget: list[int], trace: StepTrace) -> list[SeqWork]:
+        """Admit waiting requests in order until a budget (requests, tokens, pages) runs out."""
+        if not self.waiting:
+            return []
+        order, overdue = self._admission_order(trace)
+        prefilling = [r for r in self.running if not self._is_decode(r)]
+        reserved = self._reserved_pages()
+        seqs: list[SeqWork] = []
+        admitted: set[int] = set()
+        for req in order:
+            if len(self.running) >= self.config.max_running_requests or budget[0] <= 0:
+                break
+            if req.num_retractions and req.enqueue_step == self.step:
+                continue  # retracted for lack of pages in this very step
+            match = self.kv.probe(req)
+            if self._held_by_dedup(req, match.length, prefilling):
+                trace.num_held_dedup += 1
+                continue
+            self.kv.attach(req, match)
+            need = self.pool.pages_for(req.seq_len) - len(req.pages) + self._headroom_pages(req)
+            if need > self.kv.available_pages() - reserved:
+                self.kv.detach_unused(req)
+                break
+            n = self._take_chunk(budget, req.num_pending)
+            if n == 0:
+                self.kv.detach_unused(req)
+                break
+            before = len(req.pages)
+            ok = self.kv.ensure_pages(req, req.kv_len + n)
+            assert ok, "pages were counted as available"
+            reserved += need - (len(req.pages) - before)
+            self._mark_admitted(req, match.length, trace, forced=id(req) in overdue)
+            self.cache.touch(match, len(self.kv.match_key(req)))
+            admitted.add(id(req))
+            prefilling.append(req)
+            seqs.append(self._work(req, n))
+        if admitted:
+            self.waiting = [r for r in self.waiting if id(r) not in admitted]
+        return seqs
+
+    def _mark_admitted(self, req: Req, matched: int, trace: StepTrace, *, forced: bool) -> None:
+        req.status = ReqStatus.RUNNING
+        req.num_admissions += 1
+        if req.first_admit_step is None:
+            req.first_admit_step = self.step
+            req.cached_len = min(matched, len(req.prompt_ids))
+            self.stats.prompt_tokens += len(req.prompt_ids)
+            self.stats.cached_prompt_tokens += req.cached_len
+        self.running.append(req)
+        trace.num_admitted += 1
+        trace.cached_tokens += matched
+        trace.num_forced_fair += int(forced)
+
+    # ------------------------------------------------------------ bookkeeping
+    def _end(self, req: Req | str, status: ReqStatus, reason: object) -> Req:
+        req = self.requests[req] if isinstance(req, str) else req
+        if req.is_done:
+            return req
+        if req.status == ReqStatus.RUNNING:
+            self.running.remove(req)
+            self.kv.release(req, insert=True)
+        else:
+            self.waiting.remove(req)
+        req.status, req.finish_reason = status, reason
+        del self.requests[req.rid]
+        if status == ReqStatus.FINISHED:
+            self.stats.num_finished += 1
+        else:
+            self.stats.num_aborted += 1
+        return req
+
+    def _fill_trace(self, trace: StepTrace, seqs: list[SeqWork], evicted_before: int) -> None:
+        trace.num_seqs = len(seqs)
+        trace.num_prefill_seqs = sum(s.is_prefill for s in seqs)
+        trace.num_decode_seqs = trace.num_seqs - trace.num_prefill_seqs
+        trace.new_tokens = sum(s.num_new for s in seqs)
+        trace.prefill_tokens = sum(s.num_new for s in seqs if s.is_prefill)
+        trace.evicted_pages = self.cache.stats.evicted_pages - evicted_before
+        trace.queue_len = len(self.waiting)
+        trace.num_running = len(self.running)
+        trace.free_pages = self.pool.num_free
+        trace.evictable_pages = self.cache.evictable_pages
+        trace.locked_pages = self.cache.locked_pages
+        trace.new_token_ratio = self.new_token_ratio
+        self.trace.append(trace)
+
+    def check_integrity(self) -> None:
+        """Raise AssertionError unless requests, locks, the tree and the pool agree:
+        free + evictable + locked + private pages == capacity, every lock_ref is
+        explained by a running request, waiting requests hold nothing."""
+        private: list[int] = []
+        expected_locks: dict[int, int] = {}
+        for req in self.running:
+            assert req.status == ReqStatus.RUNNING and req.lock_node is not None, f"{req} is not properly running"
+            assert self.cache.path_pages(req.lock_node) == req.pages[:req.num_tree_pages], f"{req}: tree pages differ"
+            assert len(req.pages) * self.page_size >= req.kv_len, f"{req}: pages do not cover its KV"
+            private.extend(req.private_pages())
+            node = req.lock_node
+            while node.parent is not None:
+                expected_locks[id(node)] = expected_locks.get(id(node), 0) + 1
+                node = node.parent
+        self.cache.check_integrity(owned_elsewhere=private)
+        stack = list(self.cache.root.children.values())
+        while stack:
+            node = stack.pop()
+            assert node.lock_ref == expected_locks.get(id(node), 0), f"{node}: lock_ref without a running owner"
+            stack.extend(node.children.values())
+        for req in self.waiting:
+            assert req.status == ReqStatus.WAITING and not req.pages and req.lock_node is None and req.kv_len == 0, \
+                f"waiting {req} holds KV"
+        live = {id(r) for r in self.waiting} | {id(r) for r in self.running}
+        assert len(live) == len(self.waiting) + len(self.running) == len(self.requests), "request lists disagree"
+        assert all(id(r) in live for r in self.requests.values()), "a live request is in no queue"
+        assert len(self.running) <= self.config.max_running_requests

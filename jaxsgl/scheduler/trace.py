@@ -1,0 +1,37 @@
+"""Per-step trace records: flat dataclasses, one per scheduled step (pandas-friendly).
+
+    import pandas as pd
+    df = pd.DataFrame(scheduler.trace_records())
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass
+class StepTrace:
+    """What one Scheduler.schedule() call decided. The engine fills step_time (seconds)."""
+
+    step: int
+    num_seqs: int = 0
+    num_prefill_seqs: int = 0
+    num_decode_seqs: int = 0
+    new_tokens: int = 0          # tokens fed through the model this step
+    prefill_tokens: int = 0
+    cached_tokens: int = 0       # tokens reused from the cache by requests admitted this step
+    num_admitted: int = 0
+    num_held_dedup: int = 0      # waiting requests held back by in-batch prefix de-duplication
+    num_forced_fair: int = 0     # admitted ahead of the policy by the starvation bound
+    num_retracted: int = 0
+    evicted_pages: int = 0
+    queue_len: int = 0           # waiting requests after this step's admissions
+    num_running: int = 0
+    free_pages: int = 0
+    evictable_pages: int = 0
+    locked_pages: int = 0
+    new_token_ratio: float = 0.0
+    step_time: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
