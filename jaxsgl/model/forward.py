@@ -1,0 +1,159 @@
+"""The forward pass: one pure function over a packed ragged batch with paged KV.
+
+    forward(weights, kv, step, cfg=..., attn_impl=...) -> (logits, kv)
+
+`kv` is donated by `make_forward`'s jitted wrapper, so XLA writes the new tokens'
+K/V into the cache in place. Layers are unrolled (a Python loop): on GPU that
+streams weights faster than `lax.scan`, which copies each layer's slice.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxsgl import kernels
+from jaxsgl.model.config import ModelConfig
+from jaxsgl.model.step_input import StepInput, step_input_fields
+from jaxsgl.model.weights import LayerWeights, Weights
+
+jax.tree_util.register_dataclass(StepInput, data_fields=step_input_fields(), meta_fields=[])
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["k", "v"], meta_fields=[])
+@dataclass
+class KVCache:
+    """Paged KV: per layer, k[i] and v[i] are [num_pages, page_size, num_kv_heads, head_dim]."""
+
+    k: list[jax.Array]
+    v: list[jax.Array]
+
+    @property
+    def num_pages(self) -> int:
+        return int(self.k[0].shape[0])
+
+    @property
+    def page_size(self) -> int:
+        return int(self.k[0].shape[1])
+
+
+def init_kv_cache(cfg: ModelConfig, num_pages: int, page_size: int, dtype: Any = jnp.bfloat16) -> KVCache:
+    """Zeroed KV pages for every layer."""
+    shape = (num_pages, page_size, cfg.num_kv_heads, cfg.head_dim)
+    return KVCache(k=[jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)],
+                   v=[jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)])
+
+
+def kv_bytes_per_token(cfg: ModelConfig, dtype: Any = jnp.bfloat16) -> int:
+    return 2 * cfg.num_layers * cfg.kv_size * jnp.dtype(dtype).itemsize
+
+
+def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm in fp32, returned in x's dtype (as HF Llama does)."""
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return w * xf.astype(x.dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
+    """Per-pair inverse frequencies [D/2], with llama3 / linear scaling applied."""
+    D = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, D, 2, dtype=jnp.float32) / D))
+    rs = cfg.rope_scaling
+    if rs.rope_type == "linear":
+        inv = inv / rs.factor
+    elif rs.rope_type == "llama3":
+        low_wavelen = rs.original_max_position_embeddings / rs.low_freq_factor
+        high_wavelen = rs.original_max_position_embeddings / rs.high_freq_factor
+        wavelen = 2 * jnp.pi / inv
+        smooth = (rs.original_max_position_embeddings / wavelen - rs.low_freq_factor) / (
+            rs.high_freq_factor - rs.low_freq_factor)
+        scaled = jnp.where(wavelen > low_wavelen, inv / rs.factor, inv)
+        mid = (1 - smooth) * inv / rs.factor + smooth * inv
+        is_mid = (wavelen <= low_wavelen) & (wavelen >= high_wavelen)
+        inv = jnp.where(is_mid, mid, scaled)
+    return inv
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotate-half RoPE (HF convention). x: [T, heads, D]; positions: [T]."""
+    ang = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]  # [T, D/2]
+    cos = jnp.concatenate([jnp.cos(ang)] * 2, axis=-1)[:, None, :]
+    sin = jnp.concatenate([jnp.sin(ang)] * 2, axis=-1)[:, None, :]
+    xf = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
+    return (xf * cos + rotated * sin).astype(x.dtype)
+
+
+def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    return jnp.dot(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+
+
+def _layer(lw: LayerWeights, x: jax.Array, k_pages: jax.Array, v_pages: jax.Array, step: StepInput,
+           inv_freq: jax.Array, cfg: ModelConfig, attn_impl: str):
+    T = x.shape[0]
+    H, KVH, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    h = rms_norm(x, lw.attn_norm, cfg.rms_norm_eps)
+    qkv = _matmul(h, lw.wqkv)
+    if lw.bqkv is not None:
+        qkv = qkv + lw.bqkv
+    q = qkv[:, :cfg.q_size].reshape(T, H, D)
+    k = qkv[:, cfg.q_size:cfg.q_size + cfg.kv_size].reshape(T, KVH, D)
+    v = qkv[:, cfg.q_size + cfg.kv_size:].reshape(T, KVH, D)
+    if lw.q_norm is not None:
+        q = rms_norm(q, lw.q_norm, cfg.rms_norm_eps)
+        k = rms_norm(k, lw.k_norm, cfg.rms_norm_eps)
+    q = apply_rope(q, step.positions, inv_freq)
+    k = apply_rope(k, step.positions, inv_freq)
+    k_pages, v_pages = kernels.write_kv(k_pages, v_pages, k, v, step.slots, impl=attn_impl)
+    attn = kernels.ragged_paged_attention(
+        q, k_pages, v_pages, step.query_start, step.kv_lens, step.page_table,
+        sm_scale=D ** -0.5, sliding_window=cfg.sliding_window, impl=attn_impl)
+    out = _matmul(attn.reshape(T, H * D), lw.wo)
+    if lw.bo is not None:
+        out = out + lw.bo
+    x = x + out
+    h = rms_norm(x, lw.mlp_norm, cfg.rms_norm_eps)
+    gate, up = jnp.split(_matmul(h, lw.w_gate_up), 2, axis=-1)
+    x = x + _matmul(jax.nn.silu(gate) * up, lw.w_down)
+    return x, k_pages, v_pages
+
+
+def forward(weights: Weights, kv: KVCache, step: StepInput, *, cfg: ModelConfig,
+            attn_impl: str = "reference", all_logits: bool = False) -> tuple[jax.Array, KVCache]:
+    """Run all layers on the step's tokens; write their K/V into `kv`.
+
+    Returns fp32 logits [S, V] at step.logits_indices (or [T, V] for every token when
+    all_logits) and the updated KV cache.
+    """
+    x = weights.embed[step.token_ids]
+    inv_freq = rope_inv_freq(cfg)
+    new_k, new_v = [], []
+    for i, lw in enumerate(weights.layers):
+        with jax.named_scope(f"layer{i}"):
+            x, k_i, v_i = _layer(lw, x, kv.k[i], kv.v[i], step, inv_freq, cfg, attn_impl)
+        new_k.append(k_i)
+        new_v.append(v_i)
+    if not all_logits:
+        x = x[step.logits_indices]
+    x = rms_norm(x, weights.final_norm, cfg.rms_norm_eps)
+    head = weights.embed.T if weights.lm_head is None else weights.lm_head
+    logits = jnp.dot(x, head, preferred_element_type=jnp.float32)
+    return logits, KVCache(new_k, new_v)
+
+
+def make_forward(cfg: ModelConfig, *, attn_impl: str = "reference", all_logits: bool = False):
+    """jit(forward) with the config bound and the KV cache donated."""
+    fn = functools.partial(forward, cfg=cfg, attn_impl=attn_impl, all_logits=all_logits)
+    return jax.jit(fn, donate_argnums=(1,))
+
+
+def step_to_device(step: StepInput) -> StepInput:
+    """One transfer of the step's numpy arrays (int32) to the default device."""
+    return StepInput(**{f.name: jnp.asarray(getattr(step, f.name), jnp.int32)
+                        for f in dataclasses.fields(StepInput)})

