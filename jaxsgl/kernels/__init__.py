@@ -1,22 +1,63 @@
 """Attention kernels over paged KV, selected by name.
 
 `ragged_paged_attention` and `write_kv` are what the model calls; `impl` picks the
-implementation ("reference": plain jnp, runs everywhere).
+implementation:
+  "reference"         plain jnp; runs everywhere (the CPU path and the test oracle)
+  "pallas"            Pallas Triton kernel; NVIDIA GPUs only (A100, H100, ...)
+  "pallas_interpret"  the same kernel in Pallas interpret mode; any backend, slow (tests)
+  "auto"              "pallas" on an NVIDIA GPU, "reference" elsewhere
+A requested impl that cannot run raises; nothing falls back silently.
 """
+from __future__ import annotations
+
+import jax
+
+from jaxsgl.kernels.ragged_paged_attention import BlockConfig, ragged_paged_attention_pallas
 from jaxsgl.kernels.reference import ragged_paged_attention_ref, write_kv_ref
 
-ATTENTION_IMPLS = ("reference",)
+ATTENTION_IMPLS = ("reference", "pallas", "pallas_interpret", "auto")
+
+__all__ = ["ATTENTION_IMPLS", "BlockConfig", "on_nvidia_gpu", "ragged_paged_attention",
+           "resolve_impl", "write_kv"]
 
 
-def ragged_paged_attention(q, k_pages, v_pages, query_start, kv_lens, page_table, *, sm_scale,
-                           soft_cap=None, sliding_window=None, impl: str = "reference"):
-    """Dispatch to the named implementation (see jaxsgl.kernels.reference for the contract)."""
-    if impl != "reference":
+def on_nvidia_gpu() -> bool:
+    """True when JAX's default backend is CUDA (not ROCm, not CPU/TPU)."""
+    if jax.default_backend() != "gpu":
+        return False
+    return "rocm" not in jax.devices()[0].client.platform_version.lower()
+
+
+def resolve_impl(impl: str) -> str:
+    """Map "auto" to a concrete impl and check the requested one can run here."""
+    if impl not in ATTENTION_IMPLS:
         raise ValueError(f"unknown attention impl {impl!r}; available: {ATTENTION_IMPLS}")
-    return ragged_paged_attention_ref(q, k_pages, v_pages, query_start, kv_lens, page_table,
-                                      sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window)
+    if impl == "auto":
+        return "pallas" if on_nvidia_gpu() else "reference"
+    if impl == "pallas" and not on_nvidia_gpu():
+        raise ValueError(f"attention impl 'pallas' needs an NVIDIA GPU (Triton lowering), but JAX's "
+                         f"default backend is {jax.default_backend()!r}; use 'reference', 'auto', or "
+                         "'pallas_interpret' (slow) instead")
+    return impl
+
+
+def ragged_paged_attention(q, k_pages, v_pages, query_start, kv_lens, page_table, *, sm_scale: float,
+                           soft_cap: float | None = None, sliding_window: int | None = None,
+                           impl: str = "reference"):
+    """Dispatch to the named implementation (see jaxsgl.kernels.reference for the contract)."""
+    impl = resolve_impl(impl)
+    kw = dict(sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window)
+    if impl == "reference":
+        return ragged_paged_attention_ref(q, k_pages, v_pages, query_start, kv_lens, page_table, **kw)
+    return ragged_paged_attention_pallas(q, k_pages, v_pages, query_start, kv_lens, page_table, **kw,
+                                         interpret=impl == "pallas_interpret")
 
 
 def write_kv(k_pages, v_pages, k, v, slots, *, impl: str = "reference"):
-    """Scatter new K/V rows into their slots (see jaxsgl.kernels.reference.write_kv_ref)."""
+    """Scatter new K/V rows into their slots (see jaxsgl.kernels.reference.write_kv_ref).
+
+    Every impl uses XLA's in-place scatter: it runs at copy bandwidth on the H100
+    (docs/perf.md, "Attention kernels"), so a fused Pallas write would not pay.
+    """
+    resolve_impl(impl)
     return write_kv_ref(k_pages, v_pages, k, v, slots)

@@ -71,8 +71,11 @@ def ragged_paged_attention_ref(
     def one_block(args):
         qb, seqb, posb, validb = args  # [B,H,D], [B], [B], [B]
         pages = page_table[seqb]  # [B, P]
-        kb = k_pages[pages].reshape(TOKEN_BLOCK, L, KVH, D).astype(jnp.float32)
-        vb = v_pages[pages].reshape(TOKEN_BLOCK, L, KVH, D).astype(jnp.float32)
+        # Slots past kv_len may hold anything (stale or never-written pages): zero them so
+        # that a masked score times a NaN value cannot poison the row.
+        live = (kv_idx[None, :] < kv_lens[seqb][:, None])[:, :, None, None]
+        kb = jnp.where(live, k_pages[pages].reshape(TOKEN_BLOCK, L, KVH, D).astype(jnp.float32), 0.0)
+        vb = jnp.where(live, v_pages[pages].reshape(TOKEN_BLOCK, L, KVH, D).astype(jnp.float32), 0.0)
         qg = qb.astype(jnp.float32).reshape(TOKEN_BLOCK, KVH, group, D)
         s = jnp.einsum("bkgd,blkd->bkgl", qg, kb) * sm_scale
         if soft_cap is not None:

@@ -1,0 +1,309 @@
+"""Ragged paged attention as a Pallas kernel (Triton lowering on NVIDIA GPUs).
+
+One launch handles a packed ragged batch of any mix of decode and extend/prefill
+sequences. Work is cut into *tiles*: a tile is up to `rows // group` consecutive
+new tokens of one sequence, and a program handles one (tile, kv_head, kv_split).
+The tile's query rows are (token, q_head) pairs, so the `group` query heads that
+share a KV head form one matrix and the KV is read once for all of them:
+
+    q rows of a tile (group 4):  t0h0 t0h1 t0h2 t0h3 t1h0 ... t3h3        (rows = 16)
+    KV of its sequence:          | block_k | block_k | ... | up to the tile's last position
+
+KV rows are gathered token by token through the page table, so any page size works.
+Blocks wholly below the causal diagonal run without masks; the rest mask per row.
+Sequences fall into two classes, each launched with its own static block shape:
+short (q_len <= rows // group of the short config: decode) and long (extend, prefill).
+With num_splits > 1 (flash-decoding) each split writes a partial output and its
+log-sum-exp, merged in plain jnp afterwards.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+MASK = -1e30  # finite, so a row that sees no key in a block stays NaN-free
+LOG2E = math.log2(math.e)
+
+
+class BlockConfig(NamedTuple):
+    """Static launch shape of one sequence class."""
+    rows: int  # query rows (tokens x q-heads-per-kv-head) per program; power of 2, >= 16
+    block_k: int  # KV tokens per inner step; power of 2, >= 16
+    num_splits: int = 1  # KV splits per tile (flash-decoding); 1 writes the output directly
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+def _cdiv(a, b):
+    return (a + b - 1) // b
+
+
+def _attn_kernel(plan_ref, q_ref, k_ref, v_ref, pt_ref, *refs, sm_scale: float,
+                 soft_cap: float | None, window: int | None, group: int, rows: int,
+                 block_k: int, num_splits: int, page_size: int, head_dim: int,
+                 aliased: bool):
+    """One (tile, kv_head, split). plan_ref[tile] = (seq, first row, num rows, first position).
+
+    q_ref [T, H, D]; k_ref/v_ref [num_slots, KVH, D]; pt_ref [S, P]; outputs: o [T, H, D]
+    (num_splits == 1) or o [splits, T, H, D] f32 and lse [splits, T, H] (log2 domain).
+    """
+    refs = refs[1:] if aliased else refs  # an aliased previous output shares o_ref's buffer
+    o_ref, lse_ref = (refs[0], refs[1] if num_splits > 1 else None)
+    tile, h, split = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    seq, row0 = plan_ref[tile, 0], plan_ref[tile, 1]
+    nrows, pos0 = plan_ref[tile, 2], plan_ref[tile, 3]
+    num_tokens = q_ref.shape[0]
+    pt_row = jnp.minimum(seq, pt_ref.shape[0] - 1)  # the padding pseudo-sequence reads no KV
+
+    r = jnp.arange(rows, dtype=jnp.int32)
+    tok_off = r // group
+    row_ok = tok_off < nrows
+    tok = jnp.where(row_ok, row0 + tok_off, num_tokens)[:, None]  # masked rows point past the end
+    head = (h * group + r % group)[:, None]
+    d_pad = _next_pow2(head_dim)
+    d = jnp.arange(d_pad, dtype=jnp.int32)[None, :]
+    d_ok = d < head_dim if d_pad != head_dim else None
+    qmask = row_ok[:, None] if d_ok is None else row_ok[:, None] & d_ok
+    q = plgpu.load(q_ref.at[tok, head, d], mask=qmask, other=0)
+    pos = pos0 + tok_off  # absolute position of each row
+
+    hi = jnp.maximum(pos0 + nrows, 0)  # last row's position + 1
+    lo = jnp.int32(0) if window is None else jnp.clip(pos0 - window + 1, 0, hi)
+    nblocks = _cdiv(hi - lo, block_k)
+    per_split = _cdiv(nblocks, num_splits)
+    b0 = jnp.minimum(split * per_split, nblocks)
+    b1 = jnp.minimum(b0 + per_split, nblocks)
+    if window is None:  # blocks ending at or before the first row's position need no mask
+        nfull = jnp.clip((pos0 + 1 - lo) // block_k, b0, b1)
+    else:
+        nfull = b0
+    qk_scale = sm_scale * LOG2E
+
+    def body(b, carry, masked: bool):
+        acc, m, l = carry
+        j = lo + b * block_k + jnp.arange(block_k, dtype=jnp.int32)
+        if masked:
+            jm = j < hi
+            page = plgpu.load(pt_ref.at[pt_row, j // page_size], mask=jm, other=0)
+        else:
+            page = pt_ref[pt_row, j // page_size]
+        slot = (page * page_size + j % page_size)[:, None]
+        kv_mask = None
+        if masked:
+            kv_mask = jm[:, None] if d_ok is None else jm[:, None] & d_ok
+        elif d_ok is not None:
+            kv_mask = d_ok
+        other = None if kv_mask is None else 0
+        k = plgpu.load(k_ref.at[slot, h, d], mask=kv_mask, other=other)
+        v = plgpu.load(v_ref.at[slot, h, d], mask=kv_mask, other=other)
+        s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+        if soft_cap is not None:
+            s = (soft_cap * LOG2E) * jnp.tanh(s * (sm_scale / soft_cap))
+        else:
+            s = s * qk_scale
+        if masked:
+            ok = j[None, :] <= pos[:, None]
+            if window is not None:
+                ok &= j[None, :] > pos[:, None] - window
+            s = jnp.where(ok, s, MASK)
+        m_new = jnp.maximum(m, jnp.max(s, axis=1))
+        alpha = jnp.exp2(m - m_new)
+        p = jnp.exp2(s - m_new[:, None])
+        l = l * alpha + jnp.sum(p, axis=1)
+        pv = lax.dot_general(p.astype(v.dtype), v, (((1,), (0,)), ((), ())),
+                             preferred_element_type=jnp.float32)
+        return acc * alpha[:, None] + pv, m_new, l
+
+    carry = (jnp.zeros((rows, d_pad), jnp.float32), jnp.full((rows,), MASK, jnp.float32),
+             jnp.zeros((rows,), jnp.float32))
+    carry = lax.fori_loop(b0, nfull, lambda b, c: body(b, c, False), carry)
+    acc, m, l = lax.fori_loop(nfull, b1, lambda b, c: body(b, c, True), carry)
+    out = acc / jnp.where(l == 0.0, 1.0, l)[:, None]
+    if num_splits == 1:
+        plgpu.store(o_ref.at[tok, head, d], out.astype(o_ref.dtype), mask=qmask)
+    else:
+        plgpu.store(o_ref.at[split, tok, head, d], out, mask=qmask)
+        lse = jnp.where(l > 0.0, m + jnp.log2(jnp.where(l > 0.0, l, 1.0)), -jnp.inf)
+        plgpu.store(lse_ref.at[split, tok[:, 0], head[:, 0]], lse, mask=row_ok)
+
+
+def _plan(query_start: jax.Array, kv_lens: jax.Array, num_tokens: int, tile_tokens: int,
+          q_min: int, q_max: int, num_tiles: int) -> jax.Array:
+    """int32[num_tiles, 4] rows (seq, first row, num rows, first position) for one class.
+
+    Sequences with q_min <= q_len <= q_max belong to the class. Index S is a pseudo-
+    sequence holding the padding tokens past query_start[-1] (kv_len 0: outputs zeros).
+    Tiles past the class's count are idle (num rows 0).
+    """
+    qs = jnp.concatenate([query_start, jnp.full((1,), num_tokens, jnp.int32)])
+    q_len = qs[1:] - qs[:-1]
+    kvl = jnp.concatenate([kv_lens, jnp.zeros((1,), jnp.int32)])
+    in_cls = (q_len >= q_min) & (q_len <= q_max)
+    n = jnp.where(in_cls, _cdiv(q_len, tile_tokens), 0)
+    end = jnp.cumsum(n)
+    i = jnp.arange(num_tiles, dtype=jnp.int32)
+    live = i < end[-1]
+    seq = jnp.minimum(jnp.searchsorted(end, i, side="right"), q_len.shape[0] - 1).astype(jnp.int32)
+    row0 = qs[seq] + (i - (end[seq] - n[seq])) * tile_tokens
+    nrows = jnp.where(live, jnp.minimum(tile_tokens, qs[seq + 1] - row0), 0)
+    pos0 = jnp.where(live, kvl[seq] - q_len[seq] + (row0 - qs[seq]), 0)
+    return jnp.stack([seq, jnp.where(live, row0, 0), nrows, pos0], axis=1).astype(jnp.int32)
+
+
+def _launch(plan, q, k_flat, v_flat, page_table, prev_out, cfg: BlockConfig, *, page_size: int,
+            sm_scale: float, soft_cap: float | None, window: int | None, interpret: bool):
+    """One pallas_call over the plan's tiles. Returns o (splits == 1) or (o_parts, lse)."""
+    T, H, D = q.shape
+    KVH = k_flat.shape[1]
+    group = H // KVH
+    aliased = prev_out is not None and cfg.num_splits == 1
+    kernel = _partial(_attn_kernel, sm_scale=sm_scale, soft_cap=soft_cap, window=window,
+                      group=group, rows=cfg.rows, block_k=cfg.block_k, num_splits=cfg.num_splits,
+                      page_size=page_size, head_dim=D, aliased=aliased)
+    if cfg.num_splits == 1:
+        out_shape = jax.ShapeDtypeStruct((T, H, D), q.dtype)
+    else:
+        out_shape = (jax.ShapeDtypeStruct((cfg.num_splits, T, H, D), jnp.float32),
+                     jax.ShapeDtypeStruct((cfg.num_splits, T, H), jnp.float32))
+    args = (plan, q, k_flat, v_flat, page_table) + ((prev_out,) if aliased else ())
+    return pl.pallas_call(
+        kernel,
+        grid=(plan.shape[0], KVH, cfg.num_splits),
+        out_shape=out_shape,
+        input_output_aliases={5: 0} if aliased else {},
+        compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
+        interpret=interpret,
+        name=f"ragged_paged_attention_r{cfg.rows}_k{cfg.block_k}_s{cfg.num_splits}",
+    )(*args)
+
+
+def _partial(fn, **kw):
+    def bound(*refs):
+        return fn(*refs, **kw)
+    return bound
+
+
+def _combine(o_parts: jax.Array, lse: jax.Array, dtype) -> jax.Array:
+    """Merge split partials [splits, T, H, D] by their log2-sum-exp [splits, T, H]."""
+    m = jnp.max(lse, axis=0)
+    w = jnp.exp2(lse - jnp.where(jnp.isfinite(m), m, 0.0))
+    w = jnp.where(jnp.isfinite(lse), w, 0.0)
+    den = jnp.sum(w, axis=0)
+    out = jnp.sum(w[..., None] * o_parts, axis=0) / jnp.where(den == 0.0, 1.0, den)[..., None]
+    return out.astype(dtype)
+
+
+def _token_in_class(query_start: jax.Array, num_tokens: int, q_min: int, q_max: int) -> jax.Array:
+    qs = jnp.concatenate([query_start, jnp.full((1,), num_tokens, jnp.int32)])
+    q_len = qs[1:] - qs[:-1]
+    t = jnp.arange(num_tokens, dtype=jnp.int32)
+    seq = jnp.searchsorted(qs, t, side="right") - 1
+    return (q_len[seq] >= q_min) & (q_len[seq] <= q_max)
+
+
+def default_configs(num_tokens: int, num_seqs: int, pages_per_seq: int, page_size: int,
+                    num_heads: int, num_kv_heads: int, head_dim: int,
+                    dtype) -> tuple[BlockConfig, BlockConfig | None]:
+    """Block shapes for the short (decode) class and the long (extend) class, or None
+    when no sequence of this step's static shape can be long."""
+    group = num_heads // num_kv_heads
+    small = jnp.dtype(dtype).itemsize <= 2
+    rows_s = max(16, _next_pow2(group))
+    max_ctx = pages_per_seq * page_size
+    programs = num_seqs * num_kv_heads
+    target = 2 * 132  # two programs per H100 multiprocessor
+    splits = 1
+    if programs < target:
+        splits = max(1, min(_cdiv(target, programs), max_ctx // 512, 16))
+    short = BlockConfig(rows_s, 64 if small else 32, splits, num_warps=4, num_stages=3 if small else 2)
+    rows_l = max(128 if small else 32, rows_s)
+    if rows_l // group <= rows_s // group or num_tokens <= rows_s // group:
+        return short, None
+    programs_l = max(1, num_tokens // (rows_l // group)) * num_kv_heads
+    splits_l = 1
+    if programs_l < target:
+        splits_l = max(1, min(_cdiv(target, programs_l), max_ctx // 1024, 16))
+    long = BlockConfig(rows_l, 64 if small else 32, splits_l,
+                       num_warps=8 if rows_l >= 128 else 4, num_stages=2)
+    return short, long
+
+
+_STATIC = ("sm_scale", "soft_cap", "sliding_window", "short_config", "long_config", "interpret")
+_DONATE = ("out_init",)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=_DONATE)
+def ragged_paged_attention_pallas(
+    q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, query_start: jax.Array,
+    kv_lens: jax.Array, page_table: jax.Array, *, sm_scale: float, soft_cap: float | None = None,
+    sliding_window: int | None = None, short_config: BlockConfig | None = None,
+    long_config: BlockConfig | None = None, interpret: bool = False,
+    out_init: jax.Array | None = None,
+) -> jax.Array:
+    """Pallas version of jaxsgl.kernels.reference.ragged_paged_attention_ref (same contract).
+
+    q [T, H, D]; k_pages, v_pages [num_pages, page_size, KVH, D]; query_start int32[S+1];
+    kv_lens int32[S]; page_table int32[S, P]. Returns [T, H, D] in q's dtype.
+    Configs default to `default_configs`; interpret=True runs on CPU (for tests).
+    out_init [T, H, D] (donated) is the buffer the kernels write into, e.g. NaN-filled by
+    tests to prove every row is written; by default a fresh uninitialised one.
+    """
+    T, H, D = q.shape
+    if k_pages.ndim != 4 or k_pages.shape != v_pages.shape:
+        raise ValueError(f"k_pages {k_pages.shape} and v_pages {v_pages.shape} must be equal "
+                         "[num_pages, page_size, num_kv_heads, head_dim]")
+    N, page_size, KVH, Dk = k_pages.shape
+    S, P = page_table.shape
+    if Dk != D or D > 256:
+        raise ValueError(f"head_dim of q ({D}) and KV ({Dk}) must match and be <= 256")
+    if H % KVH:
+        raise ValueError(f"num_heads {H} is not a multiple of num_kv_heads {KVH}")
+    if query_start.shape != (S + 1,) or kv_lens.shape != (S,):
+        raise ValueError(f"query_start {query_start.shape} / kv_lens {kv_lens.shape} do not match "
+                         f"page_table {page_table.shape}")
+    if k_pages.dtype != q.dtype:
+        raise ValueError(f"KV dtype {k_pages.dtype} differs from q dtype {q.dtype}")
+    for name, cfg in (("short_config", short_config), ("long_config", long_config)):
+        if cfg is not None and (cfg.rows < max(16, H // KVH) or cfg.rows & (cfg.rows - 1)
+                                or cfg.block_k < 16 or cfg.block_k & (cfg.block_k - 1)):
+            raise ValueError(f"{name} {cfg}: rows and block_k must be powers of 2, >= 16, "
+                             f"rows >= heads per KV head ({H // KVH})")
+    short, long = default_configs(T, S, P, page_size, H, KVH, D, q.dtype)
+    short, long = short_config or short, (long_config or long) if long is not None else None
+    group = H // KVH
+    tile_s = short.rows // group
+    classes = [(short, 1, tile_s)]
+    if long is not None and long.rows // group > tile_s:
+        classes.append((long, tile_s + 1, 2**31 - 1))
+    else:
+        classes = [(short, 1, 2**31 - 1)]
+    query_start, kv_lens = query_start.astype(jnp.int32), kv_lens.astype(jnp.int32)
+    page_table = page_table.astype(jnp.int32)
+    k_flat, v_flat = k_pages.reshape(N * page_size, KVH, D), v_pages.reshape(N * page_size, KVH, D)
+    if out_init is not None and (out_init.shape != q.shape or out_init.dtype != q.dtype):
+        raise ValueError(f"out_init {out_init.shape} {out_init.dtype} must match q {q.shape} {q.dtype}")
+    out = out_init
+    for cfg, q_min, q_max in classes:
+        tile = cfg.rows // group
+        num_tiles = min(S + 1, T // q_min) + (T // tile if q_max > tile else 0)
+        plan = _plan(query_start, kv_lens, T, tile, q_min, q_max, max(num_tiles, 1))
+        res = _launch(plan, q, k_flat, v_flat, page_table, out, cfg, page_size=page_size,
+                      sm_scale=sm_scale, soft_cap=soft_cap, window=sliding_window, interpret=interpret)
+        if cfg.num_splits == 1:
+            out = res
+        else:
+            comb = _combine(*res, q.dtype)
+            out = comb if out is None else jnp.where(
+                _token_in_class(query_start, T, q_min, q_max)[:, None, None], comb, out)
+    return out
