@@ -25,7 +25,7 @@ def on_nvidia_gpu() -> bool:
     """True when JAX's default backend is CUDA (not ROCm, not CPU/TPU)."""
     if jax.default_backend() != "gpu":
         return False
-    return "rocm" not in jax.devices()[0].client.platform_version.lower()
+    return "rocm" not in getattr(jax.devices()[0].client, "platform_version", "").lower()
 
 
 def resolve_impl(impl: str) -> str:
