@@ -81,7 +81,7 @@ class LongestPrefixMatch(SchedulePolicy):
 @register_schedule_policy
 class DFSWeight(SchedulePolicy):
     """Depth-first walk of the radix tree, heaviest subtree (most waiting requests) first,
-    so requests sharing a prefix are admitted together."""
+    deeper matches before shallower ones, so requests sharing a prefix are admitted together."""
     name = "dfs-weight"
 
     def order(self, waiting: list[Req], cache: RadixCache) -> list[Req]:
@@ -95,13 +95,16 @@ class DFSWeight(SchedulePolicy):
                 weight[walk] = weight.get(walk, 0) + 1
                 walk = walk.parent
         ordered: list[Req] = []
-        stack = [cache.root]
-        while stack:
-            node = stack.pop()
-            ordered.extend(at_node.get(node, ()))
+        stack: list[tuple[TreeNode, bool]] = [(cache.root, False)]
+        while stack:  # post-order: deeper (longer-matching) requests before their ancestors'
+            node, expanded = stack.pop()
+            if expanded:
+                ordered.extend(at_node.get(node, ()))
+                continue
+            stack.append((node, True))
             kids = [c for c in node.children.values() if c in weight]
             kids.sort(key=lambda c: (weight[c], -c.node_id))  # heaviest popped first
-            stack.extend(kids)
+            stack.extend((c, False) for c in kids)
         return ordered
 
 
