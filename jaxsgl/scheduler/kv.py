@@ -25,14 +25,9 @@ class ReqKV:
         """Pages obtainable right now: free + evictable."""
         return self.pool.num_free + self.cache.evictable_pages
 
-    @staticmethod
-    def match_key(req: Req) -> list[int]:
-        """Tokens whose cached KV a request may reuse: all but the last (its logits are needed)."""
-        return req.all_ids[:-1]
-
     def probe(self, req: Req) -> MatchResult:
         """Find req's cached prefix without touching access stats (may split a node)."""
-        return self.cache.match_prefix(self.match_key(req), touch=False)
+        return self.cache.match_prefix(req.cacheable_prefix(), touch=False)
 
     def attach(self, req: Req, match: MatchResult) -> None:
         """Give a waiting request the cached prefix `match`: lock it, set pages and kv_len.

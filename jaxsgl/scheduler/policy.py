@@ -74,7 +74,7 @@ class LongestPrefixMatch(SchedulePolicy):
     def order(self, waiting: list[Req], cache: RadixCache) -> list[Req]:
         if len(waiting) > self.max_queue:
             return sorted(waiting, key=arrival_order)
-        matched = {id(r): cache.prefix_len(r.all_ids[:-1]) for r in waiting}
+        matched = {id(r): cache.prefix_len(r.cacheable_prefix()) for r in waiting}
         return sorted(waiting, key=lambda r: (-matched[id(r)], arrival_order(r)))
 
 
@@ -88,7 +88,7 @@ class DFSWeight(SchedulePolicy):
         at_node: dict[TreeNode, list[Req]] = {}
         weight: dict[TreeNode, int] = {}
         for req in sorted(waiting, key=arrival_order):
-            node, _ = cache.lookup(req.all_ids[:-1])
+            node, _ = cache.lookup(req.cacheable_prefix())
             at_node.setdefault(node, []).append(req)
             walk: TreeNode | None = node
             while walk is not None:

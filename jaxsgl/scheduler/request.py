@@ -34,6 +34,7 @@ class Req:
     sampling_params: dict[str, Any] = field(default_factory=dict)  # opaque to the scheduler
     priority: int = 0            # larger = more important (retracted last; kept longer by "priority" eviction)
     arrival_time: float | None = None  # set by Scheduler.add_request when None
+    logprob_start_len: int | None = None  # input logprobs wanted from here: cache reuse stops here
 
     output_ids: list[int] = field(default_factory=list)
     status: ReqStatus = ReqStatus.WAITING
@@ -68,6 +69,14 @@ class Req:
     def is_prefilled(self) -> bool:
         """True once the prompt (and any re-prefilled outputs) has KV: only decodes remain."""
         return self.status == ReqStatus.RUNNING and self.num_pending <= 1 and self.kv_len >= len(self.prompt_ids)
+
+    def cacheable_prefix(self) -> list[int]:
+        """Tokens whose cached KV this request may reuse: all but the last (its logits are
+        needed), and none from logprob_start_len on (their logits are needed too)."""
+        end = self.seq_len - 1
+        if self.logprob_start_len is not None:
+            end = min(end, self.logprob_start_len)
+        return self.all_ids[:max(end, 0)]
 
     @property
     def remaining_new_tokens(self) -> int:

@@ -25,6 +25,7 @@ from jaxsgl.cache.page_pool import PagePool
 from jaxsgl.cache.radix_cache import RadixCache
 from jaxsgl.scheduler.batch import ScheduledBatch, SeqWork
 from jaxsgl.scheduler.config import SchedulerConfig
+from jaxsgl.scheduler.integrity import check_scheduler_integrity
 from jaxsgl.scheduler.kv import ReqKV
 from jaxsgl.scheduler.policy import SchedulePolicy, arrival_order, make_schedule_policy
 from jaxsgl.scheduler.request import Req, ReqStatus
@@ -181,6 +182,13 @@ class Scheduler:
             return None
         return self._end(key, ReqStatus.ABORTED, reason)
 
+    def extend_output(self, req: Req, token_ids: Sequence[int]) -> None:
+        """Append tokens the engine decided without sampling (e.g. a constrained-decoding
+        jump-forward); the next step feeds them all as one extend."""
+        if req.status != ReqStatus.RUNNING:
+            raise ValueError(f"{req} is not running")
+        req.output_ids.extend(int(t) for t in token_ids)
+
     def trace_records(self) -> list[dict]:
         """The per-step trace as a list of dicts (pd.DataFrame(sched.trace_records()))."""
         return [t.as_dict() for t in self.trace]
@@ -310,7 +318,7 @@ class Scheduler:
             assert ok, "pages were counted as available"
             reserved += need - (len(req.pages) - before)
             self._mark_admitted(req, match.length, trace, forced=id(req) in overdue)
-            self.cache.touch(match, len(self.kv.match_key(req)))
+            self.cache.touch(match, len(req.cacheable_prefix()))
             admitted.add(id(req))
             prefilling.append(req)
             seqs.append(self._work(req, n))
@@ -368,27 +376,4 @@ class Scheduler:
         """Raise AssertionError unless requests, locks, the tree and the pool agree:
         free + evictable + locked + private pages == capacity, every lock_ref is
         explained by a running request, waiting requests hold nothing."""
-        private: list[int] = []
-        expected_locks: dict[int, int] = {}
-        for req in self.running:
-            assert req.status == ReqStatus.RUNNING and req.lock_node is not None, f"{req} is not properly running"
-            assert self.cache.path_pages(req.lock_node) == req.pages[:req.num_tree_pages], f"{req}: tree pages differ"
-            assert len(req.pages) * self.page_size >= req.kv_len, f"{req}: pages do not cover its KV"
-            private.extend(req.private_pages())
-            node = req.lock_node
-            while node.parent is not None:
-                expected_locks[id(node)] = expected_locks.get(id(node), 0) + 1
-                node = node.parent
-        self.cache.check_integrity(owned_elsewhere=private)
-        stack = list(self.cache.root.children.values())
-        while stack:
-            node = stack.pop()
-            assert node.lock_ref == expected_locks.get(id(node), 0), f"{node}: lock_ref without a running owner"
-            stack.extend(node.children.values())
-        for req in self.waiting:
-            assert req.status == ReqStatus.WAITING and not req.pages and req.lock_node is None and req.kv_len == 0, \
-                f"waiting {req} holds KV"
-        live = {id(r) for r in self.waiting} | {id(r) for r in self.running}
-        assert len(live) == len(self.waiting) + len(self.running) == len(self.requests), "request lists disagree"
-        assert all(id(r) in live for r in self.requests.values()), "a live request is in no queue"
-        assert len(self.running) <= self.config.max_running_requests
+        check_scheduler_integrity(self)

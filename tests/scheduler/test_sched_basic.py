@@ -197,3 +197,27 @@ def test_process_results_requires_the_pending_batch():
     sched.process_results(batch, np.array([1], np.int32))
     with pytest.raises(RuntimeError):
         sched.process_results(batch, [1])
+
+
+def test_logprob_start_len_limits_cache_reuse():
+    sched = Scheduler.create(64, 1)
+    a = sched.add_request(Req("a", list(range(10)), max_new_tokens=1))
+    step(sched)
+    sched.finish(a)
+    b = sched.add_request(Req("b", list(range(10)), max_new_tokens=1, logprob_start_len=4))
+    batch, _ = step(sched)
+    assert batch.seqs[0].cached_len == 4 and batch.seqs[0].new_token_ids == list(range(4, 10))
+
+
+def test_extend_output_feeds_forced_tokens_as_one_extend():
+    sched = Scheduler.create(64, 1)
+    req = sched.add_request(Req("a", [1, 2, 3], max_new_tokens=10))
+    step(sched)
+    sched.extend_output(req, [40, 41, 42])
+    batch, _ = step(sched)
+    assert batch.seqs[0].new_token_ids == [7, 40, 41, 42] and batch.seqs[0].need_logits
+    assert req.output_ids == [7, 40, 41, 42, 7] and req.kv_len == 7
+    sched.check_integrity()
+    sched.finish(req)
+    with pytest.raises(ValueError):
+        sched.extend_output(req, [1])
