@@ -9,10 +9,13 @@ per sequence (P), so the set of compiled shapes is fixed at construction
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from jaxsgl.model.step_input import StepInput, make_step_input
+import numpy as np
+
+from jaxsgl.model.step_input import PAD_PAGE, PAD_SLOT, StepInput, make_step_input
 from jaxsgl.scheduler.request import Req
 from jaxsgl.scheduler.trace import StepTrace
 
@@ -125,7 +128,37 @@ class StepInputBuilder:
                 self._fit(self.page_buckets, pages, "pages per sequence"))
 
     def build(self, batch: ScheduledBatch) -> StepInput:
-        """The padded StepInput of a batch (numpy only; the engine moves it to the device)."""
+        """The padded StepInput of a batch (numpy only; the engine moves it to the device).
+        Same result as make_step_input (the reference), vectorized over tokens."""
+        T, S, P = self.padded_shape(batch)
+        ps, seqs = self.page_size, batch.seqs
+        n_new = np.fromiter((s.num_new for s in seqs), np.int32, len(seqs))
+        cached = np.fromiter((s.cached_len for s in seqs), np.int32, len(seqs))
+        kv_lens = cached + n_new
+        n_pages = -(-kv_lens // ps)
+        total = int(n_new.sum())
+        token_ids = np.zeros(T, np.int32)
+        token_ids[:total] = np.fromiter(itertools.chain.from_iterable(s.new_token_ids for s in seqs), np.int32, total)
+        page_table = np.full((S, P), PAD_PAGE, np.int32)
+        flat_pages = np.fromiter(itertools.chain.from_iterable(
+            itertools.islice(s.pages, k) for s, k in zip(seqs, n_pages.tolist())), np.int32, int(n_pages.sum()))
+        page_table[:len(seqs)][np.arange(P)[None, :] < n_pages[:, None]] = flat_pages
+        query_start = np.zeros(S + 1, np.int32)
+        np.cumsum(n_new, out=query_start[1:len(seqs) + 1])
+        query_start[len(seqs) + 1:] = total
+        seq_of_token = np.repeat(np.arange(len(seqs)), n_new)
+        positions = np.zeros(T, np.int32)
+        positions[:total] = cached[seq_of_token] + np.arange(total) - query_start[seq_of_token]
+        slots = np.full(T, PAD_SLOT, np.int32)
+        slots[:total] = page_table[seq_of_token, positions[:total] // ps] * ps + positions[:total] % ps
+        kv_padded = np.zeros(S, np.int32)
+        kv_padded[:len(seqs)] = kv_lens
+        logits_indices = np.zeros(S, np.int32)
+        logits_indices[:len(seqs)] = np.maximum(query_start[1:len(seqs) + 1] - 1, 0)
+        return StepInput(token_ids, positions, query_start, kv_padded, page_table, slots, logits_indices)
+
+    def build_reference(self, batch: ScheduledBatch) -> StepInput:
+        """build() through make_step_input (slow, obviously right; for tests)."""
         T, S, P = self.padded_shape(batch)
         ps = self.page_size
         seqs = [(s.new_token_ids, s.cached_len, s.pages[:-(-s.kv_len // ps)]) for s in batch.seqs]

@@ -212,7 +212,7 @@ class Scheduler:
 
     def _work(self, req: Req, n: int) -> SeqWork:
         kv = req.kv_len
-        return SeqWork(req, req.all_ids[kv:kv + n], kv, req.pages, need_logits=kv + n == req.seq_len,
+        return SeqWork(req, req.token_slice(kv, kv + n), kv, req.pages, need_logits=kv + n == req.seq_len,
                        is_prefill=not self._is_decode(req))
 
     def _plan_running(self, budget: list[int], trace: StepTrace, *, decode: bool, extend: bool) -> list[SeqWork]:
@@ -288,7 +288,7 @@ class Scheduler:
 
     def _admit(self, budget: list[int], trace: StepTrace) -> list[SeqWork]:
         """Admit waiting requests in order until a budget (requests, tokens, pages) runs out."""
-        if not self.waiting:
+        if not self.waiting or len(self.running) >= self.config.max_running_requests or budget[0] <= 0:
             return []
         order, overdue = self._admission_order(trace)
         prefilling = [r for r in self.running if not self._is_decode(r)]

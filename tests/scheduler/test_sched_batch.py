@@ -43,15 +43,20 @@ def test_too_large_batch_raises_and_shapes_are_bounded():
         small.build(sched.schedule())
 
 
-def test_scheduler_never_exceeds_builder_limits():
-    sched = Scheduler.create(512, 1, max_prefill_tokens=64, chunked_prefill_size=64, max_running_requests=8)
-    builder = StepInputBuilder.for_limits(1, max_tokens=64 + 8, max_seqs=8, max_context_len=512)
+@pytest.mark.parametrize("page_size", [1, 4])
+def test_vectorized_build_matches_make_step_input_and_limits(page_size):
+    sched = Scheduler.create(512, page_size, max_prefill_tokens=64, chunked_prefill_size=64, max_running_requests=8)
+    builder = StepInputBuilder.for_limits(page_size, max_tokens=64 + 8, max_seqs=8, max_context_len=512 * page_size)
     rng = np.random.default_rng(0)
     for i in range(30):
         sched.add_request(Req(f"r{i}", rng.integers(0, 50, rng.integers(1, 200)).tolist(), max_new_tokens=3))
     while sched.has_work():
         batch = sched.schedule()
-        builder.build(batch).check()
+        fast, ref = builder.build(batch), builder.build_reference(batch)
+        fast.check()
+        for name in ("token_ids", "positions", "query_start", "kv_lens", "page_table", "slots", "logits_indices"):
+            np.testing.assert_array_equal(getattr(fast, name), getattr(ref, name), err_msg=name)
+            assert getattr(fast, name).dtype == np.int32
         for req in sched.process_results(batch, [1] * len(batch)):
             if len(req.output_ids) >= req.max_new_tokens:
                 sched.finish(req)
