@@ -75,9 +75,9 @@ class Req:
         return self.seq_len - self.kv_len
 
     @property
-    def is_prefilled(self) -> bool:
-        """True once the prompt (and any re-prefilled outputs) has KV: only decodes remain."""
-        return self.status == ReqStatus.RUNNING and self.num_pending <= 1 and self.kv_len >= len(self.prompt_ids)
+    def is_decoding(self) -> bool:
+        """Prompt (and any re-prefilled outputs) has KV; exactly one sampled token is pending."""
+        return self.num_pending == 1 and self.kv_len >= len(self.prompt_ids)
 
     def cacheable_prefix(self) -> list[int]:
         """Tokens whose cached KV this request may reuse: all but the last (its logits are

@@ -206,20 +206,16 @@ class Scheduler:
         budget[0] = max(left - n, 0)
         return n
 
-    @staticmethod
-    def _is_decode(req: Req) -> bool:
-        return req.num_pending == 1 and req.kv_len >= len(req.prompt_ids)
-
     def _work(self, req: Req, n: int) -> SeqWork:
         kv = req.kv_len
         return SeqWork(req, req.token_slice(kv, kv + n), kv, req.pages, need_logits=kv + n == req.seq_len,
-                       is_prefill=not self._is_decode(req))
+                       is_prefill=not req.is_decoding)
 
     def _plan_running(self, budget: list[int], trace: StepTrace, *, decode: bool, extend: bool) -> list[SeqWork]:
         """Work for already-running requests; retracts some if their pages cannot be found."""
         plan: list[tuple[Req, int]] = []
         for req in self.running:
-            if self._is_decode(req):
+            if req.is_decoding:
                 if decode:
                     plan.append((req, 1))
             elif extend and req.num_pending > 0:
@@ -291,7 +287,7 @@ class Scheduler:
         if not self.waiting or len(self.running) >= self.config.max_running_requests or budget[0] <= 0:
             return []
         order, overdue = self._admission_order(trace)
-        prefilling = [r for r in self.running if not self._is_decode(r)]
+        prefilling = [r for r in self.running if not r.is_decoding]
         reserved = self._reserved_pages()
         seqs: list[SeqWork] = []
         admitted: set[int] = set()
