@@ -89,6 +89,8 @@ def _attn_kernel(plan_ref, q_ref, k_ref, v_ref, pt_ref, *refs, sm_scale: float,
     else:
         nfull = b0
     qk_scale = sm_scale * LOG2E
+    # Triton's default for a float32 dot is TF32 (~3e-4 relative error): ask for IEEE.
+    prec = lax.Precision.HIGHEST if q_ref.dtype == jnp.float32 else None
 
     def body(b, carry, masked: bool):
         acc, m, l = carry
@@ -107,7 +109,8 @@ def _attn_kernel(plan_ref, q_ref, k_ref, v_ref, pt_ref, *refs, sm_scale: float,
         other = None if kv_mask is None else 0
         k = plgpu.load(k_ref.at[slot, h, d], mask=kv_mask, other=other)
         v = plgpu.load(v_ref.at[slot, h, d], mask=kv_mask, other=other)
-        s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+        s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), precision=prec,
+                            preferred_element_type=jnp.float32)
         if soft_cap is not None:
             s = (soft_cap * LOG2E) * jnp.tanh(s * (sm_scale / soft_cap))
         else:
@@ -121,7 +124,7 @@ def _attn_kernel(plan_ref, q_ref, k_ref, v_ref, pt_ref, *refs, sm_scale: float,
         alpha = jnp.exp2(m - m_new)
         p = jnp.exp2(s - m_new[:, None])
         l = l * alpha + jnp.sum(p, axis=1)
-        pv = lax.dot_general(p.astype(v.dtype), v, (((1,), (0,)), ((), ())),
+        pv = lax.dot_general(p.astype(v.dtype), v, (((1,), (0,)), ((), ())), precision=prec,
                              preferred_element_type=jnp.float32)
         return acc * alpha[:, None] + pv, m_new, l
 
@@ -154,7 +157,7 @@ def _plan(query_start: jax.Array, kv_lens: jax.Array, num_tokens: int, tile_toke
     end = jnp.cumsum(n)
     i = jnp.arange(num_tiles, dtype=jnp.int32)
     live = i < end[-1]
-    seq = jnp.minimum(jnp.searchsorted(end, i, side="right"), q_len.shape[0] - 1).astype(jnp.int32)
+    seq = jnp.minimum(jnp.searchsorted(end, i, side="right", method="compare_all"), q_len.shape[0] - 1).astype(jnp.int32)
     row0 = qs[seq] + (i - (end[seq] - n[seq])) * tile_tokens
     nrows = jnp.where(live, jnp.minimum(tile_tokens, qs[seq + 1] - row0), 0)
     pos0 = jnp.where(live, kvl[seq] - q_len[seq] + (row0 - qs[seq]), 0)
@@ -208,7 +211,7 @@ def _token_in_class(query_start: jax.Array, num_tokens: int, q_min: int, q_max: 
     qs = jnp.concatenate([query_start, jnp.full((1,), num_tokens, jnp.int32)])
     q_len = qs[1:] - qs[:-1]
     t = jnp.arange(num_tokens, dtype=jnp.int32)
-    seq = jnp.searchsorted(qs, t, side="right") - 1
+    seq = jnp.searchsorted(qs, t, side="right", method="compare_all") - 1
     return (q_len[seq] >= q_min) & (q_len[seq] <= q_max)
 
 
@@ -216,27 +219,26 @@ def default_configs(num_tokens: int, num_seqs: int, pages_per_seq: int, page_siz
                     num_heads: int, num_kv_heads: int, head_dim: int,
                     dtype) -> tuple[BlockConfig, BlockConfig | None]:
     """Block shapes for the short (decode) class and the long (extend) class, or None
-    when no sequence of this step's static shape can be long."""
+    when no sequence of this step's static shape can be long. Tuned on an H100
+    (benchmarks/attention.py --tune; docs/perf.md)."""
     group = num_heads // num_kv_heads
     small = jnp.dtype(dtype).itemsize <= 2
     rows_s = max(16, _next_pow2(group))
     max_ctx = pages_per_seq * page_size
-    programs = num_seqs * num_kv_heads
     target = 2 * 132  # two programs per H100 multiprocessor
+    programs = num_seqs * num_kv_heads
     splits = 1
-    if programs < target:
-        splits = max(1, min(_cdiv(target, programs), max_ctx // 512, 16))
+    if programs < target:  # flash-decoding: split each sequence's KV, >= 512 tokens a split
+        splits = max(1, min(_cdiv(target, programs), max_ctx // 512, 32))
     short = BlockConfig(rows_s, 64 if small else 32, splits, num_warps=4, num_stages=3 if small else 2)
-    rows_l = max(128 if small else 32, rows_s)
+    rows_l = max(64 if small else 32, rows_s)
     if rows_l // group <= rows_s // group or num_tokens <= rows_s // group:
         return short, None
     programs_l = max(1, num_tokens // (rows_l // group)) * num_kv_heads
     splits_l = 1
     if programs_l < target:
         splits_l = max(1, min(_cdiv(target, programs_l), max_ctx // 1024, 16))
-    long = BlockConfig(rows_l, 64 if small else 32, splits_l,
-                       num_warps=8 if rows_l >= 128 else 4, num_stages=2)
-    return short, long
+    return short, BlockConfig(rows_l, 32, splits_l, num_warps=4, num_stages=2)
 
 
 _STATIC = ("sm_scale", "soft_cap", "sliding_window", "short_config", "long_config", "interpret")

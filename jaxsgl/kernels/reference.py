@@ -59,7 +59,7 @@ def ragged_paged_attention_ref(
     group = H // KVH
 
     tok = jnp.arange(T, dtype=jnp.int32)
-    seq = jnp.clip(jnp.searchsorted(query_start, tok, side="right") - 1, 0, S - 1).astype(jnp.int32)
+    seq = jnp.clip(jnp.searchsorted(query_start, tok, side="right", method="compare_all") - 1, 0, S - 1).astype(jnp.int32)
     valid = tok < query_start[-1]
     q_len = query_start[1:] - query_start[:-1]
     pos = kv_lens[seq] - q_len[seq] + (tok - query_start[seq])  # [T]
