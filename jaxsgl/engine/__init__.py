@@ -1,1 +1,1 @@
-"""jaxsgl.engine."""
+"""Engine: tokenize -> schedule -> step -> detokenize (see jaxsgl.engine.engine.Engine)."""

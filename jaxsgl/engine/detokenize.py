@@ -1,0 +1,68 @@
+"""Incremental detokenization with stop strings that never leak while streaming."""
+from __future__ import annotations
+
+from typing import Any
+
+
+class OutputText:
+    """The text of one request's output ids, grown a token at a time.
+
+    Decodes a small window (ids[prefix_offset:]) per token instead of the whole output,
+    and holds back an incomplete UTF-8 character (a trailing U+FFFD) until it completes.
+    With stop strings, `visible()` withholds any tail that could still become a stop
+    string, and `find_stop()` trims the text at the first stop string.
+    """
+
+    def __init__(self, tokenizer: Any, stop: list[str], skip_special_tokens: bool = True) -> None:
+        self.tok = tokenizer
+        self.stop = stop
+        self.skip = skip_special_tokens
+        self.ids: list[int] = []
+        self.text = ""
+        self.prefix_offset = 0
+        self.read_offset = 0
+        self.stopped_at: str | None = None
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=self.skip)
+
+    def append(self, token_id: int) -> None:
+        """Add one token (mutates text); after a stop string matched, further tokens are ignored."""
+        if self.stopped_at is not None:
+            return
+        self.ids.append(token_id)
+        prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
+        full = self._decode(self.ids[self.prefix_offset:])
+        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+            self.text += full[len(prefix):]
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+        self._check_stop()
+
+    def flush(self) -> None:
+        """At the end: take whatever is still held back (e.g. an unfinished character)."""
+        if self.stopped_at is None and self.read_offset < len(self.ids):
+            prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
+            self.text += self._decode(self.ids[self.prefix_offset:])[len(prefix):]
+            self.read_offset = len(self.ids)
+            self._check_stop()
+
+    def _check_stop(self) -> None:
+        if not self.stop:
+            return
+        hits = [(self.text.find(s), s) for s in self.stop]
+        hits = [(i, s) for i, s in hits if i >= 0]
+        if hits:
+            i, s = min(hits)
+            self.text, self.stopped_at = self.text[:i], s
+
+    def visible(self) -> str:
+        """Text safe to show now: minus any suffix that is a proper prefix of a stop string."""
+        if self.stopped_at is not None or not self.stop:
+            return self.text
+        hold = 0
+        for s in self.stop:
+            for k in range(min(len(s) - 1, len(self.text)), hold, -1):
+                if self.text.endswith(s[:k]):
+                    hold = k
+                    break
+        return self.text[:len(self.text) - hold]

@@ -1,0 +1,278 @@
+"""Engine: tokenize -> schedule -> step -> detokenize, on a background loop thread.
+
+    engine = jaxsgl.Engine()                      # the embedded default model
+    out = engine.generate("The capital of France is", {"max_new_tokens": 8, "temperature": 0})
+
+`generate` is thread-safe: concurrent callers' requests are batched together by the
+loop thread (continuous batching). Streaming yields dicts whose "text" is the new
+text since the previous chunk (concatenated, the chunks equal the non-streamed text).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from typing import Any, Iterator
+
+import numpy as np
+
+from jaxsgl.engine.detokenize import OutputText
+from jaxsgl.engine.model_runner import ModelRunner, kv_pages_for_memory, weights_nbytes
+from jaxsgl.engine.options import EngineOptions
+from jaxsgl.engine.request_state import RequestState
+from jaxsgl.engine.sampling_params import SamplingParams
+from jaxsgl.engine.step_sampling import build_sampling_input, record_logprobs
+from jaxsgl.kernels import resolve_impl
+from jaxsgl.model.loader import load_model, resolve_dtype
+from jaxsgl.scheduler import Req, Scheduler, StepInputBuilder
+from jaxsgl.scheduler.batch import pow2_buckets
+from jaxsgl.tokenizer import eos_token_ids, load_tokenizer
+
+log = logging.getLogger(__name__)
+CPU_DEFAULT_TOTAL_TOKENS = 16384
+
+
+class Engine:
+    """An in-process engine over one model. Options: see EngineOptions (SGLang's names)."""
+
+    def __init__(self, model_path: str | None = None, **options: Any) -> None:
+        self.options = opts = EngineOptions.from_kwargs(model_path, options)
+        t0 = time.perf_counter()
+        self.cfg, weights, self.model_dir = load_model(opts.model_path, dtype=opts.dtype,
+                                                       load_format=opts.load_format, seed=opts.random_seed)
+        self.tokenizer = load_tokenizer(self.model_dir)
+        self.eos_ids = eos_token_ids(self.tokenizer, self.cfg.eos_token_ids)
+        kv_dtype = weights.embed.dtype if opts.kv_cache_dtype == "auto" else resolve_dtype(opts.kv_cache_dtype)
+        ps = opts.page_size
+        context = min(opts.context_length or self.cfg.max_position_embeddings, self.cfg.max_position_embeddings)
+        if opts.max_total_tokens:
+            num_pages = -(-opts.max_total_tokens // ps)
+        else:
+            num_pages = kv_pages_for_memory(self.cfg, ps, kv_dtype, opts.mem_fraction_static,
+                                            weights_nbytes(weights)) or CPU_DEFAULT_TOTAL_TOKENS // ps
+        self.attn_impl = resolve_impl(opts.attention_backend)
+        self.runner = ModelRunner(self.cfg, weights, num_pages=num_pages, page_size=ps, kv_dtype=kv_dtype,
+                                  attn_impl=self.attn_impl)
+        self.context_len = min(context, num_pages * ps)
+        self.scheduler = Scheduler.create(
+            num_pages, ps, eviction_policy=opts.radix_eviction_policy, disable_radix_cache=opts.disable_radix_cache,
+            schedule_policy=opts.schedule_policy, max_running_requests=opts.max_running_requests,
+            max_prefill_tokens=opts.max_prefill_tokens, chunked_prefill_size=opts.chunked_prefill_size,
+            max_context_len=self.context_len, max_wait_steps=opts.max_wait_steps,
+            enable_prefix_dedup=opts.enable_prefix_dedup, random_seed=opts.random_seed)
+        max_pages = -(-self.context_len // ps)
+        # The reference attention costs O(page-table width): give it several widths. Kernels stop at kv_len.
+        page_buckets = pow2_buckets(max_pages, min(max_pages, max(1, 256 // ps))) \
+            if self.attn_impl == "reference" else [max_pages]
+        self.builder = StepInputBuilder.for_limits(
+            ps, max_tokens=self.scheduler.config.prefill_budget + opts.max_running_requests,
+            max_seqs=opts.max_running_requests, max_context_len=self.context_len, page_buckets=page_buckets)
+        self.states: dict[str, RequestState] = {}
+        self.step_times: list[float] = []
+        self._rid = itertools.count()
+        self._cv = threading.Condition()
+        self._inbox: list[RequestState] = []
+        self._aborts: list[str] = []
+        self._stopping = False
+        self._flush = False
+        self._thread = threading.Thread(target=self._loop, name="jaxsgl-engine", daemon=True)
+        self._thread.start()
+        log.info("engine ready in %.1fs: %s, %d KV pages x %d, attention %s", time.perf_counter() - t0,
+                 self.model_dir, num_pages, ps, self.attn_impl)
+
+    # ------------------------------------------------------------------ public API
+    def generate(self, prompt: str | list[str] | None = None, sampling_params: dict | list[dict] | None = None,
+                 input_ids: list[int] | list[list[int]] | None = None, return_logprob: bool | list[bool] = False,
+                 logprob_start_len: int | list[int] | None = None, top_logprobs_num: int = 0,
+                 stream: bool = False) -> dict | list[dict] | Iterator[dict]:
+        """Generate for one prompt (dict result) or a list (list of results, n per prompt).
+
+        Every request is validated before any is queued: bad input raises ValueError and
+        queues nothing. stream=True (single prompt, n=1) returns an iterator of increments.
+        """
+        single = (input_ids is not None and (not input_ids or isinstance(input_ids[0], int))) or isinstance(prompt, str)
+        if input_ids is not None:
+            batch_ids = [list(input_ids)] if single else [list(x) for x in input_ids]
+        elif prompt is not None:
+            batch_ids = [self.tokenizer.encode(p) for p in ([prompt] if single else prompt)]
+        else:
+            raise ValueError("generate() needs a prompt or input_ids")
+        k = len(batch_ids)
+        per = lambda x, default: (x if isinstance(x, list) else [x] * k) if x is not None else [default] * k
+        params_l, lp_l, start_l = per(sampling_params, None), per(return_logprob, False), per(logprob_start_len, None)
+        if not len(params_l) == len(lp_l) == len(start_l) == k:
+            raise ValueError(f"per-request argument lists must have {k} entries")
+        states = []
+        for ids, sp, want_lp, start in zip(batch_ids, params_l, lp_l, start_l):
+            params = SamplingParams.from_dict(sp)
+            states += [self._make_state(ids, params, i, bool(want_lp), start, top_logprobs_num, stream)
+                       for i in range(params.n)]
+        if stream and len(states) != 1:
+            raise ValueError("stream=True takes a single prompt with n=1")
+        self._submit(states)
+        if stream:
+            return states[0].iter_events()
+        results = [s.wait() for s in states]
+        return results[0] if single and len(results) == 1 else results
+
+    def abort(self, rid: str) -> None:
+        """Cancel a request (its caller gets finish_reason 'abort')."""
+        with self._cv:
+            self._aborts.append(rid)
+            self._cv.notify()
+
+    def cache_stats(self) -> dict[str, Any]:
+        s = self.scheduler.stats
+        return {"hit_rate": s.hit_rate, **{k: v for k, v in vars(s).items() if not k.startswith("_")},
+                "evicted_pages": self.scheduler.cache.stats.evicted_pages}
+
+    def get_server_info(self) -> dict[str, Any]:
+        return {"model_path": str(self.model_dir), "options": vars(self.options), "attention_backend": self.attn_impl,
+                "context_length": self.context_len, **self.cache_stats()}
+
+    def trace(self) -> list[dict]:
+        """Per-step trace (batch size, new/cached tokens, evictions, queue length, step time)."""
+        return self.scheduler.trace_records()
+
+    def flush_cache(self) -> None:
+        """Drop every unlocked cached prefix before the next step (between experiments)."""
+        with self._cv:
+            self._flush = True
+            self._cv.notify()
+
+    def shutdown(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        self._thread.join(timeout=60)
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    # ------------------------------------------------------------------ requests
+    def _make_state(self, ids: list[int], params: SamplingParams, index: int, want_lp: bool, start: int | None,
+                    top_n: int, stream: bool) -> RequestState:
+        if not ids:
+            raise ValueError("empty prompt")
+        if any(not 0 <= t < self.cfg.vocab_size for t in ids):
+            raise ValueError(f"input_ids must be in [0, {self.cfg.vocab_size})")
+        total = len(ids) + params.max_new_tokens
+        if total > self.context_len:
+            raise ValueError(f"prompt ({len(ids)} tokens) + max_new_tokens ({params.max_new_tokens}) exceeds the "
+                             f"context length {self.context_len}")
+        start = -1 if start is None or not want_lp else start
+        if start >= len(ids) or start < -1:
+            raise ValueError(f"logprob_start_len {start} is outside the prompt of {len(ids)} tokens")
+        seed = params.seed if params.seed is not None else self.options.random_seed * 1_000_003 + next(self._rid)
+        params.seed = seed + index
+        rid = f"r{next(self._rid)}"
+        req = Req(rid, list(ids), max_new_tokens=params.max_new_tokens,
+                  logprob_start_len=max(start - 1, 0) if start >= 0 else None)
+        text = OutputText(self.tokenizer, params.stop, params.skip_special_tokens)
+        return RequestState(req, params, text, return_logprob=want_lp, logprob_start_len=start,
+                            top_logprobs_num=top_n if want_lp else 0, stream=stream)
+
+    def _submit(self, states: list[RequestState]) -> None:
+        with self._cv:
+            if self._stopping:
+                raise RuntimeError("engine is shut down")
+            for s in states:
+                self.states[s.req.rid] = s
+            self._inbox.extend(states)
+            self._cv.notify()
+
+    # ------------------------------------------------------------------ loop thread
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._inbox or self._aborts or self._stopping or self._flush or self.scheduler.has_work()):
+                    self._cv.wait()
+                if self._stopping:
+                    break
+                new, self._inbox = self._inbox, []
+                aborts, self._aborts = self._aborts, []
+                for s in new:
+                    self.scheduler.add_request(s.req)
+                for rid in aborts:
+                    if rid in self.states and self.scheduler.abort(rid) is not None:
+                        self._finish(self.states[rid], {"type": "abort"}, release=False)
+                if self._flush:
+                    self.scheduler.cache.evict_all()
+                    self._flush = False
+            try:
+                self._step()
+            except Exception as e:  # a failed step fails the requests in flight, never the loop
+                log.exception("engine step failed")
+                self._fail_all(e)
+        for s in list(self.states.values()):
+            s.error = RuntimeError("engine shut down")
+            self._finish(s, {"type": "abort"}, release=False)
+
+    def _fail_all(self, error: BaseException) -> None:
+        """Abort every live request with `error`, drop the cache and start from fresh KV pages."""
+        for st in list(self.states.values()):
+            st.error = error
+            if self.scheduler.abort(st.req.rid) is not None or st.req.rid not in self.scheduler.requests:
+                self._finish(st, {"type": "abort", "message": str(error)}, release=False)
+        if self.scheduler._pending_batch is not None:
+            self.scheduler.process_results(self.scheduler._pending_batch, [])
+        self.scheduler.cache.evict_all()
+        self.runner.reset_kv()
+
+    def _step(self) -> None:
+        batch = self.scheduler.schedule()
+        if not batch:
+            self.scheduler.process_results(batch, [])
+            time.sleep(0.001)  # nothing admissible right now (e.g. every page is locked)
+            return
+        step = self.builder.build(batch)
+        states = [self.states[s.req.rid] for s in batch.seqs]
+        si, flags = build_sampling_input(batch, states, step)
+        t0 = time.perf_counter()
+        out = self.runner.run(step, si, flags)
+        batch.trace.step_time = time.perf_counter() - t0
+        self.step_times.append(batch.trace.step_time)
+        if flags.input_logprobs:
+            record_logprobs(batch, states, step, out)
+        next_ids = out.token_ids[:len(batch.seqs)].copy()
+        for i, (seq, st) in enumerate(zip(batch.seqs, states)):
+            if seq.need_logits and st.params.max_new_tokens == 0:
+                next_ids[i] = -1  # prefill only: cache the prompt, append nothing
+        self.scheduler.process_results(batch, next_ids)
+        for i, (seq, st) in enumerate(zip(batch.seqs, states)):
+            if seq.need_logits and not st.done:
+                self._on_token(st, int(next_ids[i]), i, out)
+        if self.options.debug_check_integrity:
+            self.scheduler.check_integrity()
+
+    def _on_token(self, st: RequestState, tok: int, row: int, out) -> None:
+        p = st.params
+        if tok < 0:
+            return self._finish(st, {"type": "length", "length": 0})
+        if st.return_logprob:
+            st.output_logprobs.append((float(out.logprobs[row]), tok, None))
+            if st.top_logprobs_num:
+                st.output_top.append([(float(lp), int(t), None) for lp, t in
+                                      zip(out.top_logprobs[row][:st.top_logprobs_num], out.top_ids[row])])
+        if tok in p.stop_token_ids or (tok in self.eos_ids and not p.ignore_eos):
+            return self._finish(st, {"type": "stop", "matched": tok})
+        st.text.append(tok)
+        if st.text.stopped_at is not None:
+            return self._finish(st, {"type": "stop", "matched": st.text.stopped_at})
+        if len(st.req.output_ids) >= p.max_new_tokens:
+            return self._finish(st, {"type": "length", "length": p.max_new_tokens})
+        if st.stream:
+            st.push_increment()
+
+    def _finish(self, st: RequestState, reason: dict, release: bool = True) -> None:
+        """Mark done, release its pages into the cache (unless already aborted) and wake the caller."""
+        if release:
+            self.scheduler.finish(st.req, reason)
+        st.text.flush()
+        st.finish_reason = reason
+        self.states.pop(st.req.rid, None)
+        st.close()

@@ -1,0 +1,39 @@
+"""EngineOptions: every Engine knob, with SGLang's server-argument names where they exist."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+@dataclass
+class EngineOptions:
+    model_path: str | None = None  # None: the embedded default model
+    dtype: str = "auto"  # auto (the checkpoint's) | bfloat16 | float32
+    load_format: str = "auto"  # auto | dummy
+    kv_cache_dtype: str = "auto"  # auto (= dtype) | bfloat16 | float32
+    page_size: int = 16
+    max_total_tokens: int | None = None  # KV pool size; None: from accelerator memory, or 16384 on CPU
+    mem_fraction_static: float = 0.85  # of accelerator memory for weights + KV
+    context_length: int | None = None  # default: the model's max_position_embeddings
+    disable_radix_cache: bool = False
+    radix_eviction_policy: str = "lru"  # lru | lfu | fifo | mru | priority
+    schedule_policy: str = "lpm"  # fcfs | lpm | dfs-weight | random | lof
+    max_wait_steps: int | None = 1000  # fairness: a request waiting this long is admitted first
+    chunked_prefill_size: int | None = 512  # <= 0 or None: off
+    max_prefill_tokens: int = 4096
+    max_running_requests: int = 64
+    enable_prefix_dedup: bool = True
+    attention_backend: str = "auto"  # auto | reference | pallas (see jaxsgl.kernels)
+    random_seed: int = 0
+    debug_check_integrity: bool = False  # assert cache/scheduler invariants after every step (tests)
+
+    @classmethod
+    def from_kwargs(cls, model_path: str | None, kwargs: dict[str, Any]) -> "EngineOptions":
+        known = {f.name for f in fields(cls)}
+        unknown = set(kwargs) - known
+        if unknown:
+            raise ValueError(f"unknown Engine options {sorted(unknown)}; known: {sorted(known)}")
+        opts = cls(model_path=model_path, **kwargs)
+        if opts.page_size < 1:
+            raise ValueError(f"page_size must be >= 1, got {opts.page_size}")
+        return opts

@@ -1,0 +1,94 @@
+"""RequestState: what the engine tracks per request beyond the scheduler's Req, and its result dict."""
+from __future__ import annotations
+
+import queue
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from jaxsgl.engine.detokenize import OutputText
+from jaxsgl.engine.sampling_params import SamplingParams
+from jaxsgl.scheduler import Req
+
+_DONE = object()  # end-of-stream marker in RequestState.events
+
+
+@dataclass(eq=False)
+class RequestState:
+    """One request as the engine sees it; the loop thread mutates it, the caller reads events."""
+
+    req: Req
+    params: SamplingParams
+    text: OutputText
+    return_logprob: bool = False
+    logprob_start_len: int = -1  # user's: input logprobs from this prompt position (-1: none)
+    top_logprobs_num: int = 0
+    stream: bool = False
+    created: float = field(default_factory=time.perf_counter)
+    output_logprobs: list[tuple[float, int, None]] = field(default_factory=list)
+    output_top: list[list[tuple[float, int, None]]] = field(default_factory=list)
+    input_logprobs: dict[int, float] = field(default_factory=dict)  # prompt position -> logprob
+    input_top: dict[int, list[tuple[float, int, None]]] = field(default_factory=dict)
+    finish_reason: dict[str, Any] | None = None
+    error: BaseException | None = None
+    sent_text_len: int = 0
+    events: "queue.Queue[Any]" = field(default_factory=queue.Queue)
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None or self.error is not None
+
+    def result(self, text: str | None = None) -> dict[str, Any]:
+        """The SGLang-shaped output dict (text defaults to the whole visible text)."""
+        req = self.req
+        meta: dict[str, Any] = {
+            "id": req.rid,
+            "prompt_tokens": len(req.prompt_ids),
+            "completion_tokens": len(req.output_ids),
+            "cached_tokens": req.cached_len,
+            "finish_reason": self.finish_reason,
+            "e2e_latency": time.perf_counter() - self.created,
+        }
+        if self.return_logprob:
+            start = max(self.logprob_start_len, 0)
+            meta["input_token_logprobs"] = [
+                (self.input_logprobs.get(p), req.prompt_ids[p], None)
+                for p in range(start, len(req.prompt_ids))] if self.logprob_start_len >= 0 else []
+            meta["output_token_logprobs"] = list(self.output_logprobs)
+            if self.top_logprobs_num:
+                meta["input_top_logprobs"] = [self.input_top.get(p) for p in range(start, len(req.prompt_ids))] \
+                    if self.logprob_start_len >= 0 else []
+                meta["output_top_logprobs"] = list(self.output_top)
+        return {"text": self.text.visible() if text is None else text, "output_ids": list(req.output_ids),
+                "meta_info": meta}
+
+    def push_increment(self) -> None:
+        """Stream the newly visible text (never a partial stop string)."""
+        visible = self.text.visible()
+        if len(visible) > self.sent_text_len or self.done:
+            self.events.put(self.result(visible[self.sent_text_len:]))
+            self.sent_text_len = len(visible)
+
+    def close(self) -> None:
+        """Wake the waiting caller: final increment when streaming, then the end marker."""
+        if self.stream and self.error is None:
+            self.push_increment()
+        self.events.put(_DONE)
+
+    def wait(self) -> dict[str, Any]:
+        """Block until done; raise the request's error if it failed."""
+        while self.events.get() is not _DONE:
+            pass
+        if self.error is not None:
+            raise RuntimeError(f"request {self.req.rid} failed: {self.error}") from self.error
+        return self.result()
+
+    def iter_events(self):
+        """Yield streamed increments until done."""
+        while True:
+            ev = self.events.get()
+            if ev is _DONE:
+                if self.error is not None:
+                    raise RuntimeError(f"request {self.req.rid} failed: {self.error}") from self.error
+                return
+            yield ev

@@ -1,0 +1,77 @@
+"""Host side of sampling: pack per-request settings into a SamplingInput, unpack input logprobs."""
+from __future__ import annotations
+
+import numpy as np
+
+from jaxsgl.engine.model_runner import StepOutputHost
+from jaxsgl.engine.request_state import RequestState
+from jaxsgl.engine.sampling import SamplingFlags, SamplingInput
+from jaxsgl.model.step_input import StepInput
+from jaxsgl.scheduler import ScheduledBatch
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _wants_input_logprobs(seq, st: RequestState) -> bool:
+    return seq.is_prefill and st.logprob_start_len >= 0
+
+
+def build_sampling_input(batch: ScheduledBatch, states: list[RequestState],
+                         step: StepInput) -> tuple[SamplingInput, SamplingFlags]:
+    """Per-row arrays padded to the step's S (and T) plus the static flags they need."""
+    S, T, n = step.num_seqs, step.num_tokens, len(states)
+    temp = np.zeros(S, np.float32)
+    top_p, top_k, min_p = np.ones(S, np.float32), np.zeros(S, np.int32), np.zeros(S, np.float32)
+    freq, pres, rep = np.zeros(S, np.float32), np.zeros(S, np.float32), np.ones(S, np.float32)
+    seed, counter = np.zeros(S, np.uint32), np.zeros(S, np.int32)
+    for i, st in enumerate(states):
+        p = st.params
+        temp[i] = 0.0 if p.greedy else p.temperature
+        top_p[i], top_k[i], min_p[i] = p.top_p, p.top_k, p.min_p
+        freq[i], pres[i], rep[i] = p.frequency_penalty, p.presence_penalty, p.repetition_penalty
+        seed[i], counter[i] = p.seed % 2**32, len(st.req.output_ids)
+    penal = [i for i, st in enumerate(states) if st.params.uses_penalties]
+    M = _pow2(max(states[i].req.seq_len for i in penal)) if penal else 1
+    pen_ids = np.full((S, M), -1, np.int32)
+    pen_out = np.zeros((S, M), np.bool_)
+    for i in penal:
+        ids = states[i].req.all_ids
+        pen_ids[i, :len(ids)] = ids
+        pen_out[i, len(states[i].req.prompt_ids):len(ids)] = True
+    want_in = [i for i in range(n) if _wants_input_logprobs(batch.seqs[i], states[i])]
+    next_ids = np.full(T, -1, np.int32)
+    for i in want_in:
+        seq, prompt = batch.seqs[i], states[i].req.prompt_ids
+        a = int(step.query_start[i])
+        for j in range(seq.num_new):
+            pos = seq.cached_len + j
+            if pos + 1 < len(prompt):
+                next_ids[a + j] = prompt[pos + 1]
+    sampled = temp[:n] > 0
+    top_n = max([st.top_logprobs_num for st in states] + [0])
+    flags = SamplingFlags(
+        sample=bool(sampled.any()),
+        filter=bool(np.any(sampled & ((top_k[:n] > 0) | (top_p[:n] < 1) | (min_p[:n] > 0)))),
+        penalties=bool(penal),
+        input_logprobs=bool(want_in),
+        top_logprobs=_pow2(top_n) if top_n else 0)
+    si = SamplingInput(temp, top_p, top_k, min_p, freq, pres, rep, seed, counter, pen_ids, pen_out, next_ids)
+    return si, flags
+
+
+def record_logprobs(batch: ScheduledBatch, states: list[RequestState], step: StepInput,
+                    out: StepOutputHost) -> None:
+    """Store the input-token logprobs this step computed into each request's state (mutates states)."""
+    for i, (seq, st) in enumerate(zip(batch.seqs, states)):
+        if not _wants_input_logprobs(seq, st):
+            continue
+        a, prompt_len, k = int(step.query_start[i]), len(st.req.prompt_ids), st.top_logprobs_num
+        for j in range(seq.num_new):
+            target = seq.cached_len + j + 1  # the prompt position whose token this row predicts
+            if st.logprob_start_len <= target < prompt_len:
+                st.input_logprobs[target] = float(out.input_logprobs[a + j])
+                if k:
+                    st.input_top[target] = [(float(lp), int(t), None) for lp, t in
+                                            zip(out.input_top_logprobs[a + j][:k], out.input_top_ids[a + j])]
