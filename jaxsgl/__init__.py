@@ -11,3 +11,11 @@ def __getattr__(name: str):
 
         return Engine
     raise AttributeError(f"module 'jaxsgl' has no attribute {name!r}")
+
+
+# The frontend language (plain Python, no JAX): `import jaxsgl as sgl` runs SGLang programs.
+from jaxsgl.lang import (Runtime, RuntimeBackend, assistant, assistant_begin, assistant_end,  # noqa: E402
+                         flush_cache, function, gen, gen_int, gen_string, get_server_info,
+                         greedy_token_selection, select, set_default_backend, system, system_begin,
+                         system_end, token_length_normalized, unconditional_likelihood_normalized, user,
+                         user_begin, user_end)

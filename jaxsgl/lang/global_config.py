@@ -1,0 +1,19 @@
+"""Process-wide frontend settings (SGLang's global_config, the parts that apply here)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class GlobalConfig:
+    default_backend: Any = None
+    # run_batch traces the program and pre-caches its constant prefix (if longer than this many chars).
+    enable_precache_with_tracing: bool = True
+    precache_min_chars: int = 64
+    # fork(n > 1) first prefills and caches the shared text once (the frontend hint).
+    enable_fork_hint: bool = True
+    verbosity: int = 0
+
+
+global_config = GlobalConfig()
