@@ -9,6 +9,7 @@ text since the previous chunk (concatenated, the chunks equal the non-streamed t
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import threading
@@ -112,9 +113,17 @@ class Engine:
             raise ValueError("stream=True takes a single prompt with n=1")
         self._submit(states)
         if stream:
-            return states[0].iter_events()
+            return self._stream(states[0])
         results = [s.wait() for s in states]
         return results[0] if single and len(results) == 1 else results
+
+    def _stream(self, st: RequestState) -> Iterator[dict]:
+        """Increments of one request; closing the iterator early (a client that went away) aborts it."""
+        try:
+            yield from st.iter_events()
+        finally:
+            if not st.done:
+                self.abort(st.req.rid)
 
     def abort(self, rid: str) -> None:
         """Cancel a request (its caller gets finish_reason 'abort')."""
@@ -168,7 +177,7 @@ class Engine:
         if start >= len(ids) or start < -1:
             raise ValueError(f"logprob_start_len {start} is outside the prompt of {len(ids)} tokens")
         seed = params.seed if params.seed is not None else self.options.random_seed * 1_000_003 + next(self._rid)
-        params.seed = seed + index
+        params = dataclasses.replace(params, seed=seed + index)  # each of n samples draws its own stream
         rid = f"r{next(self._rid)}"
         req = Req(rid, list(ids), max_new_tokens=params.max_new_tokens,
                   logprob_start_len=max(start - 1, 0) if start >= 0 else None)

@@ -1,0 +1,128 @@
+"""Engine features on a tiny random model with a real tokenizer: stops, n, seeds, logprobs, errors, aborts."""
+from __future__ import annotations
+
+import threading
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxsgl.model.forward import init_kv_cache, make_forward, step_to_device
+from jaxsgl.model.loader import load_model
+from jaxsgl.model.step_input import make_step_input
+
+PROMPT = "The quick brown fox jumps over the lazy dog. " * 4
+
+
+def greedy(eng, prompt=PROMPT, n=24, **kw):
+    return eng.generate(prompt, {"max_new_tokens": n, "temperature": 0, "ignore_eos": True, **kw})
+
+
+def test_stop_string_trims_and_never_leaks_while_streaming(tiny_engine):
+    full = greedy(tiny_engine)["text"]
+    stop = full[len(full) // 2: len(full) // 2 + 3]
+    assert stop.strip(), f"pick a visible stop string from {full!r}"
+    out = greedy(tiny_engine, stop=[stop])
+    assert out["text"] == full[:full.find(stop)]
+    assert out["meta_info"]["finish_reason"] == {"type": "stop", "matched": stop}
+    chunks = list(tiny_engine.generate(PROMPT, {"max_new_tokens": 24, "temperature": 0, "ignore_eos": True,
+                                                "stop": stop}, stream=True))
+    assert "".join(c["text"] for c in chunks) == out["text"]
+    assert chunks[-1]["meta_info"]["finish_reason"]["matched"] == stop
+
+
+def test_streamed_increments_concatenate_to_the_whole_text(tiny_engine):
+    chunks = list(tiny_engine.generate(PROMPT, {"max_new_tokens": 16, "temperature": 0, "ignore_eos": True},
+                                       stream=True))
+    assert len(chunks) > 1 and "".join(c["text"] for c in chunks) == greedy(tiny_engine, n=16)["text"]
+
+
+def test_stop_token_ids(tiny_engine):
+    ids = greedy(tiny_engine)["output_ids"]
+    target = ids[5]
+    out = greedy(tiny_engine, stop_token_ids=[target])
+    assert out["output_ids"] == ids[:ids.index(target) + 1]
+    assert out["meta_info"]["finish_reason"] == {"type": "stop", "matched": target}
+
+
+def test_seeds_n_and_shared_prompt_kv(tiny_engine):
+    sp = {"max_new_tokens": 12, "temperature": 1.0, "top_p": 0.95, "seed": 42, "ignore_eos": True}
+    a = tiny_engine.generate(PROMPT, sp)
+    b = tiny_engine.generate(PROMPT, sp)
+    assert a["output_ids"] == b["output_ids"]
+    many = tiny_engine.generate([PROMPT + " Again."], {**sp, "n": 4})
+    assert len(many) == 4 and len({tuple(m["output_ids"]) for m in many}) > 1
+    prompt_len = many[0]["meta_info"]["prompt_tokens"]
+    assert sum(m["meta_info"]["cached_tokens"] for m in many) >= 3 * (prompt_len // 16) * 16
+
+
+def test_max_new_tokens_zero_caches_the_prefix(tiny_engine):
+    prefix = "A completely different system prompt about astronomy and stars. " * 3
+    first = tiny_engine.generate(prefix, {"max_new_tokens": 0})
+    assert first["output_ids"] == [] and first["meta_info"]["finish_reason"]["type"] == "length"
+    n = first["meta_info"]["prompt_tokens"]
+    again = greedy(tiny_engine, prefix + " Question?", n=2)
+    assert again["meta_info"]["cached_tokens"] >= (n // 16) * 16 > 0
+
+
+def test_logprobs_match_a_direct_forward(tiny_engine, tiny_model_dir):
+    ids = tiny_engine.tokenizer.encode(PROMPT)
+    out = tiny_engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 4, "temperature": 0,
+                                                               "ignore_eos": True},
+                               return_logprob=True, logprob_start_len=3, top_logprobs_num=3)
+    cfg, w, _ = load_model(tiny_model_dir, dtype="float32")
+    full = ids + out["output_ids"]
+    kv = init_kv_cache(cfg, 8, 16, jnp.float32)
+    step = make_step_input([(full, 0, list(range(1, 8)))], 16)
+    logits, _ = make_forward(cfg, all_logits=True)(w, kv, step_to_device(step))
+    lp = np.asarray(logits) - np.log(np.exp(np.asarray(logits, np.float64)).sum(-1, keepdims=True))
+    meta = out["meta_info"]
+    inp = meta["input_token_logprobs"]
+    assert [t for _, t, _ in inp] == ids[3:]
+    np.testing.assert_allclose([x for x, _, _ in inp], [lp[p - 1, ids[p]] for p in range(3, len(ids))], atol=1e-4)
+    outl = meta["output_token_logprobs"]
+    np.testing.assert_allclose([x for x, _, _ in outl],
+                               [lp[len(ids) - 1 + i, t] for i, t in enumerate(out["output_ids"])], atol=1e-4)
+    for i, top in enumerate(meta["output_top_logprobs"]):
+        assert len(top) == 3 and top[0][1] == out["output_ids"][i]  # greedy: the top token is the chosen one
+        assert top[0][0] >= top[1][0] >= top[2][0]
+
+
+def test_bad_requests_raise_and_lose_nothing(tiny_engine):
+    results = {}
+    t = threading.Thread(target=lambda: results.setdefault("ok", greedy(tiny_engine, n=20)))
+    t.start()
+    with pytest.raises(ValueError, match="context length"):
+        tiny_engine.generate("x " * 3000, {"max_new_tokens": 4})
+    with pytest.raises(ValueError, match="unknown sampling params"):
+        tiny_engine.generate("hi", {"max_tokens": 4})
+    with pytest.raises(ValueError, match="top_p"):
+        tiny_engine.generate(["ok", "bad"], [{"max_new_tokens": 2}, {"top_p": 0}])
+    t.join(timeout=300)
+    assert results["ok"]["text"] == greedy(tiny_engine, n=20)["text"]
+
+
+def test_abort_and_abandoned_stream(tiny_engine):
+    it = tiny_engine.generate(PROMPT, {"max_new_tokens": 200, "temperature": 0, "ignore_eos": True}, stream=True)
+    first = next(it)
+    tiny_engine.abort(first["meta_info"]["id"])
+    rest = list(it)
+    assert rest[-1]["meta_info"]["finish_reason"]["type"] == "abort"
+    it2 = tiny_engine.generate(PROMPT, {"max_new_tokens": 200, "temperature": 0, "ignore_eos": True}, stream=True)
+    next(it2)
+    it2.close()  # the client went away: its request is aborted, the engine keeps serving
+    assert greedy(tiny_engine, n=3)["meta_info"]["completion_tokens"] == 3
+
+
+def test_concurrent_callers_are_batched_and_get_their_own_results(tiny_engine):
+    prompts = [f"Request number {i}: tell me about topic {i * 7}." for i in range(12)]
+    want = [greedy(tiny_engine, p, n=6)["output_ids"] for p in prompts]
+    got: dict[int, list[int]] = {}
+    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, greedy(tiny_engine, prompts[i], n=6)["output_ids"]))
+               for i in range(12)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=300)
+    assert [got[i] for i in range(12)] == want
+    assert max(r["num_seqs"] for r in tiny_engine.trace()) > 1
