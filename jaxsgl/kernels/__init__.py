@@ -6,7 +6,9 @@ implementation:
   "pallas"            Pallas Triton kernel; NVIDIA GPUs only (A100, H100, ...)
   "pallas_interpret"  the same kernel in Pallas interpret mode; any backend, slow (tests)
   "auto"              "pallas" on an NVIDIA GPU, "reference" elsewhere
-A requested impl that cannot run raises; nothing falls back silently.
+A requested impl that cannot run raises; nothing falls back silently. cuDNN dense
+attention beats the kernel on long prefills without a cached prefix (docs/perf.md) but
+is not wired in: it needs the new tokens' K/V and a static "no prefix" promise.
 """
 from __future__ import annotations
 
@@ -56,8 +58,8 @@ def ragged_paged_attention(q, k_pages, v_pages, query_start, kv_lens, page_table
 def write_kv(k_pages, v_pages, k, v, slots, *, impl: str = "reference"):
     """Scatter new K/V rows into their slots (see jaxsgl.kernels.reference.write_kv_ref).
 
-    Every impl uses XLA's in-place scatter: it runs at copy bandwidth on the H100
-    (docs/perf.md, "Attention kernels"), so a fused Pallas write would not pay.
+    Every impl uses XLA's in-place scatter on the donated pages (timed in docs/perf.md,
+    "Attention kernels"); a fused Pallas write has not been tried.
     """
     resolve_impl(impl)
     return write_kv_ref(k_pages, v_pages, k, v, slots)

@@ -229,7 +229,7 @@ def default_configs(num_tokens: int, num_seqs: int, pages_per_seq: int, page_siz
     programs = num_seqs * num_kv_heads
     splits = 1
     if programs < target:  # flash-decoding: split each sequence's KV, >= 512 tokens a split
-        splits = max(1, min(_cdiv(target, programs), max_ctx // 512, 32))
+        splits = max(1, min(_cdiv(target, programs), max_ctx // 512, 16))
     short = BlockConfig(rows_s, 64 if small else 32, splits, num_warps=4, num_stages=3 if small else 2)
     rows_l = max(64 if small else 32, rows_s)
     if rows_l // group <= rows_s // group or num_tokens <= rows_s // group:
