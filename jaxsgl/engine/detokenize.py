@@ -24,7 +24,7 @@ class OutputText:
         self.stopped_at: str | None = None
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tok.decode(ids, skip_special_tokens=self.skip)
+        return "" if self.tok is None else self.tok.decode(ids, skip_special_tokens=self.skip)
 
     def append(self, token_id: int) -> None:
         """Add one token (mutates text); after a stop string matched, further tokens are ignored."""

@@ -42,8 +42,9 @@ class Engine:
         t0 = time.perf_counter()
         self.cfg, weights, self.model_dir = load_model(opts.model_path, dtype=opts.dtype,
                                                        load_format=opts.load_format, seed=opts.random_seed)
-        self.tokenizer = load_tokenizer(self.model_dir)
-        self.eos_ids = eos_token_ids(self.tokenizer, self.cfg.eos_token_ids)
+        self.tokenizer = None if opts.skip_tokenizer_init else load_tokenizer(self.model_dir)
+        self.eos_ids = set(self.cfg.eos_token_ids) if self.tokenizer is None else \
+            eos_token_ids(self.tokenizer, self.cfg.eos_token_ids)
         kv_dtype = weights.embed.dtype if opts.kv_cache_dtype == "auto" else resolve_dtype(opts.kv_cache_dtype)
         ps = opts.page_size
         context = min(opts.context_length or self.cfg.max_position_embeddings, self.cfg.max_position_embeddings)
@@ -69,6 +70,8 @@ class Engine:
         self.builder = StepInputBuilder.for_limits(
             ps, max_tokens=self.scheduler.config.prefill_budget + opts.max_running_requests,
             max_seqs=opts.max_running_requests, max_context_len=self.context_len, page_buckets=page_buckets)
+        if opts.seq_buckets:
+            self.builder.seq_buckets = sorted(set(opts.seq_buckets) | {opts.max_running_requests})
         self.states: dict[str, RequestState] = {}
         self.step_times: list[float] = []
         self._rid = itertools.count()
@@ -96,6 +99,8 @@ class Engine:
         if input_ids is not None:
             batch_ids = [list(input_ids)] if single else [list(x) for x in input_ids]
         elif prompt is not None:
+            if self.tokenizer is None:
+                raise ValueError("this engine was started with skip_tokenizer_init: pass input_ids")
             batch_ids = [self.tokenizer.encode(p) for p in ([prompt] if single else prompt)]
         else:
             raise ValueError("generate() needs a prompt or input_ids")
@@ -181,6 +186,8 @@ class Engine:
         rid = f"r{next(self._rid)}"
         req = Req(rid, list(ids), max_new_tokens=params.max_new_tokens,
                   logprob_start_len=max(start - 1, 0) if start >= 0 else None)
+        if self.tokenizer is None and params.stop:
+            raise ValueError("stop strings need a tokenizer (engine started with skip_tokenizer_init)")
         text = OutputText(self.tokenizer, params.stop, params.skip_special_tokens)
         return RequestState(req, params, text, return_logprob=want_lp, logprob_start_len=start,
                             top_logprobs_num=top_n if want_lp else 0, stream=stream)

@@ -25,6 +25,8 @@ class EngineOptions:
     enable_prefix_dedup: bool = True
     attention_backend: str = "auto"  # auto | reference | pallas (see jaxsgl.kernels)
     random_seed: int = 0
+    skip_tokenizer_init: bool = False  # no tokenizer: input_ids in, output_ids out (text is "")
+    seq_buckets: list[int] | None = None  # padded batch sizes; default powers of two up to max_running_requests
     debug_check_integrity: bool = False  # assert cache/scheduler invariants after every step (tests)
 
     @classmethod

@@ -1,0 +1,130 @@
+"""Offline throughput of the Engine: batch-1 decode latency, then synthetic workloads with the cache on and off.
+
+    python benchmarks/offline_throughput.py                                   # default model, CPU-sized
+    python benchmarks/offline_throughput.py --model benchmarks/configs/llama-3.1-8b --load-format dummy \\
+        --num-prompts 256 --input-len 128 1024 --output-len 64 256 --groups 16 --per-group 16 --system-len 1024
+
+Datasets (token ids, no tokenizer needed):
+  random         --num-prompts requests with input/output lengths uniform in the given ranges
+  shared-prefix  --groups x --per-group requests: a --system-len prefix per group + a 64-token question, shuffled
+Prints a table and writes JSON (--out).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jaxsgl.engine.engine import Engine  # noqa: E402
+
+
+def random_dataset(rng, n: int, in_len: tuple[int, int], out_len: tuple[int, int], vocab: int):
+    return [(rng.integers(10, vocab, int(rng.integers(in_len[0], in_len[1] + 1))).tolist(),
+             int(rng.integers(out_len[0], out_len[1] + 1))) for _ in range(n)]
+
+
+def shared_prefix_dataset(rng, groups: int, per_group: int, system_len: int, out_len: int, vocab: int):
+    work = []
+    for _ in range(groups):
+        system = rng.integers(10, vocab, system_len).tolist()
+        work += [(system + rng.integers(10, vocab, 64).tolist(), out_len) for _ in range(per_group)]
+    order = rng.permutation(len(work))
+    return [work[i] for i in order]
+
+
+def run_workload(eng: Engine, work) -> dict:
+    eng.flush_cache()
+    before = dict(eng.cache_stats())
+    n_steps = len(eng.trace())
+    t0 = time.perf_counter()
+    outs = eng.generate(input_ids=[w[0] for w in work],
+                        sampling_params=[{"max_new_tokens": w[1], "temperature": 0, "ignore_eos": True} for w in work])
+    wall = time.perf_counter() - t0
+    steps = eng.trace()[n_steps:]
+    after = eng.cache_stats()
+    prompt = sum(len(w[0]) for w in work)
+    out_tok = sum(o["meta_info"]["completion_tokens"] for o in outs)
+    cached = after["cached_prompt_tokens"] - before["cached_prompt_tokens"]
+    return {"requests": len(work), "wall_s": wall, "req_per_s": len(work) / wall, "output_tok_per_s": out_tok / wall,
+            "total_tok_per_s": (prompt + out_tok) / wall, "prompt_tokens": prompt, "output_tokens": out_tok,
+            "hit_rate": cached / max(prompt, 1), "prefill_tokens_computed": sum(s["prefill_tokens"] for s in steps),
+            "steps": len(steps)}
+
+
+def batch1_decode(eng: Engine, in_len: int, out_len: int, vocab: int) -> dict:
+    ids = np.random.default_rng(7).integers(10, vocab, in_len).tolist()
+    eng.generate(input_ids=ids, sampling_params={"max_new_tokens": 4, "temperature": 0, "ignore_eos": True})  # compile
+    n = len(eng.trace())
+    eng.generate(input_ids=ids[::-1], sampling_params={"max_new_tokens": out_len, "temperature": 0, "ignore_eos": True})
+    decode = [s["step_time"] for s in eng.trace()[n:] if s["num_decode_seqs"] == 1 and s["num_seqs"] == 1]
+    return {"ms_per_token_median": 1e3 * statistics.median(decode), "ms_per_token_mean": 1e3 * statistics.mean(decode),
+            "decode_steps": len(decode)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--load-format", default="auto")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--num-prompts", type=int, default=32)
+    ap.add_argument("--input-len", type=int, nargs=2, default=[16, 128])
+    ap.add_argument("--output-len", type=int, nargs=2, default=[8, 32])
+    ap.add_argument("--groups", type=int, default=4)
+    ap.add_argument("--per-group", type=int, default=8)
+    ap.add_argument("--system-len", type=int, default=256)
+    ap.add_argument("--max-running-requests", type=int, default=64)
+    ap.add_argument("--chunked-prefill-size", type=int, default=512)
+    ap.add_argument("--batch1-output", type=int, default=32)
+    ap.add_argument("--attention-backend", default="auto")
+    ap.add_argument("--out", default="offline_throughput.json")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("jaxsgl").setLevel(logging.INFO)
+
+    t0 = time.perf_counter()
+    eng = Engine(args.model, load_format=args.load_format, dtype=args.dtype, skip_tokenizer_init=True,
+                 max_running_requests=args.max_running_requests, chunked_prefill_size=args.chunked_prefill_size,
+                 max_prefill_tokens=max(args.chunked_prefill_size, 1), attention_backend=args.attention_backend,
+                 seq_buckets=[1, 8, 32])
+    start_s = time.perf_counter() - t0
+    vocab = eng.cfg.vocab_size
+    rng = np.random.default_rng(0)
+    result = {"model": str(eng.model_dir), "load_format": args.load_format, "attention": eng.attn_impl,
+              "engine_start_s": start_s, "args": vars(args)}
+    result["batch1"] = batch1_decode(eng, 128, args.batch1_output, vocab)
+    print(f"batch1: {json.dumps(result['batch1'])}", flush=True)
+    datasets = {"random": random_dataset(rng, args.num_prompts, args.input_len, args.output_len, vocab),
+                "shared-prefix": shared_prefix_dataset(rng, args.groups, args.per_group, args.system_len,
+                                                       args.output_len[0], vocab)}
+    rows = []
+    for name, work in datasets.items():
+        warm = run_workload(eng, work)  # untimed pass: compiles the shapes this workload needs
+        print(f"{name}: warm-up pass {warm['wall_s']:.1f}s", flush=True)
+        for cache in ("on", "off"):
+            eng.scheduler.cache.enabled = cache == "on"  # the loop is idle between workloads
+            r = run_workload(eng, work)
+            eng.scheduler.cache.enabled = True
+            result[f"{name}/cache-{cache}"] = r
+            rows.append((f"{name}/cache-{cache}", r))
+            print(f"{name}/cache-{cache}: {json.dumps(r)}", flush=True)
+            Path(args.out).write_text(json.dumps(result, indent=2))
+    eng.shutdown()
+    print(f"engine start {start_s:.1f}s; batch-1 decode {result['batch1']['ms_per_token_median']:.2f} ms/token "
+          f"(median of {result['batch1']['decode_steps']} steps)")
+    print(f"{'workload':<24}{'req/s':>8}{'out tok/s':>11}{'tok/s':>10}{'hit rate':>10}{'prefill tok':>13}{'wall s':>8}")
+    for name, r in rows:
+        print(f"{name:<24}{r['req_per_s']:>8.2f}{r['output_tok_per_s']:>11.1f}{r['total_tok_per_s']:>10.1f}"
+              f"{r['hit_rate']:>10.3f}{r['prefill_tokens_computed']:>13}{r['wall_s']:>8.1f}")
+    Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
