@@ -67,7 +67,9 @@ def token_logprob(ids: list[int], pos: int) -> Optional[float]:
 class FakeEngine:
     """generate() with SGLang's signature and result dicts; thread-safe; records calls."""
 
-    def __init__(self, step_delay: float = 0.0, disable_radix_cache: bool = False):
+    def __init__(self, step_delay: float = 0.0, disable_radix_cache: bool = False,
+                 incremental_streaming_output: bool = False):
+        self.incremental_streaming_output = incremental_streaming_output
         self.tokenizer = CharTokenizer()
         self.step_delay = step_delay
         self.disable_radix_cache = disable_radix_cache
@@ -111,13 +113,14 @@ class FakeEngine:
 
     # ---- internals ----
     def _stream(self, out: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        ids = out["output_ids"]
+        ids, sent = out["output_ids"], 0
         for k in range(1, len(ids) + 1):
             time.sleep(self.step_delay)
-            text = self.tokenizer.decode(ids[:k])
-            if k < len(ids):
-                yield {"text": text, "output_ids": ids[:k], "meta_info": {"finish_reason": None}}
-        yield {"text": out["text"], "output_ids": ids, "meta_info": out["meta_info"]}
+            text = self.tokenizer.decode(ids[:k]) if k < len(ids) else out["text"]
+            if self.incremental_streaming_output:
+                text, sent = text[sent:], len(text)
+            meta = out["meta_info"] if k == len(ids) else {"finish_reason": None}
+            yield {"text": text, "output_ids": ids[:k], "meta_info": meta}
 
     def _match(self, ids: list[int]) -> int:
         best = 0

@@ -251,8 +251,9 @@ def test_trace_prefix(backend):
     assert fprog.trace_prefix(backend) == "Head "
 
 
-def test_stream_text_iter_equals_non_streamed(backend):
-    eng = FakeEngine(step_delay=0.002)
+@pytest.mark.parametrize("incremental", [False, True])
+def test_stream_text_iter_equals_non_streamed(incremental):
+    eng = FakeEngine(step_delay=0.002, incremental_streaming_output=incremental)
     be = RuntimeBackend(eng)
 
     @sgl.function

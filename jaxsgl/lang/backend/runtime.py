@@ -22,6 +22,19 @@ def common_prefix_len(a: list[int], b: list[int]) -> int:
     return i
 
 
+def stream_is_incremental(engine: Any) -> bool:
+    """Whether engine.generate(stream=True) yields new text per chunk rather than all text so far.
+
+    SGLang's server argument `incremental_streaming_output` says so where the engine exposes it;
+    otherwise jaxsgl's Engine streams increments and SGLang's Engine streams cumulative text.
+    """
+    for obj in (engine, getattr(engine, "options", None), getattr(engine, "server_args", None)):
+        value = getattr(obj, "incremental_streaming_output", None)
+        if value is not None:
+            return bool(value)
+    return type(engine).__module__.startswith("jaxsgl.")
+
+
 class RuntimeBackend(BaseBackend):
     """Backend over an engine object with jaxsgl.Engine's (= SGLang Engine's) generate()."""
 
@@ -30,6 +43,7 @@ class RuntimeBackend(BaseBackend):
         self.tokenizer = engine.tokenizer
         self.chat_template = get_chat_template(self.tokenizer)
         self.supports_constrained_decoding = bool(getattr(engine, "supports_constrained_decoding", False))
+        self.incremental_stream = stream_is_incremental(engine)
 
     def get_chat_template(self) -> Optional[ChatTemplate]:
         return self.chat_template
@@ -67,13 +81,13 @@ class RuntimeBackend(BaseBackend):
         return out["text"], out["meta_info"]
 
     def generate_stream(self, prompt: str, sampling_params: SamplingParams) -> Iterator[tuple[str, dict]]:
-        seen = ""
+        seen = 0
         for chunk in self._request(prompt, sampling_params, stream=True):
             text = chunk["text"]
-            if text.startswith(seen):  # cumulative text (SGLang's Engine)
-                delta, seen = text[len(seen):], text
-            else:  # incremental pieces
-                delta, seen = text, seen + text
+            if self.incremental_stream:
+                delta = text
+            else:  # cumulative text so far (SGLang's default)
+                delta, seen = text[seen:], len(text)
             yield delta, chunk.get("meta_info", {})
 
     def select(self, prompt: str, choices: list[str], temperature: float,
@@ -122,7 +136,10 @@ class RuntimeBackend(BaseBackend):
 
     def flush_cache(self) -> bool:
         flush = getattr(self.engine, "flush_cache", None)
-        return bool(flush()) if callable(flush) else False
+        if not callable(flush):
+            return False
+        flush()
+        return True
 
     def shutdown(self) -> None:
         stop = getattr(self.engine, "shutdown", None)
