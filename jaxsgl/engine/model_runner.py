@@ -6,6 +6,7 @@ transfer per step.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from dataclasses import dataclass
@@ -14,10 +15,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxsgl.engine.sampling import SampleOutput, SamplingFlags, SamplingInput, sample
+from jaxsgl.engine.sampling import SampleOutput, SamplingFlags, SamplingInput, output_layout, sample
+from jaxsgl.engine.packing import Layout, pack, pack_device, unpack, unpack_host
 from jaxsgl.model.config import ModelConfig
-from jaxsgl.model.forward import KVCache, forward, init_kv_cache, kv_bytes_per_token, step_to_device
-from jaxsgl.model.step_input import StepInput
+from jaxsgl.model.forward import KVCache, forward, init_kv_cache, kv_bytes_per_token
+from jaxsgl.model.step_input import StepInput, step_input_fields
 from jaxsgl.model.weights import Weights
 
 log = logging.getLogger(__name__)
@@ -36,13 +38,19 @@ class StepOutputHost:
     input_top_logprobs: np.ndarray | None
 
 
-def _step(weights: Weights, kv: KVCache, step: StepInput, si: SamplingInput, *, cfg: ModelConfig,
-          attn_impl: str, flags: SamplingFlags) -> tuple[SampleOutput, KVCache]:
+def _step(weights: Weights, kv: KVCache, flat: jax.Array, *, layout: Layout, cfg: ModelConfig,
+          attn_impl: str, flags: SamplingFlags) -> tuple[jax.Array, KVCache]:
+    """Unpack the step's inputs, run forward + sampling, pack the outputs into one int32 array."""
+    arrays = unpack(flat, layout)
+    step = StepInput(**{n: arrays["step." + n] for n in step_input_fields()})
+    si = SamplingInput(**{f.name: arrays["samp." + f.name] for f in dataclasses.fields(SamplingInput)})
     logits, kv = forward(weights, kv, step, cfg=cfg, attn_impl=attn_impl, all_logits=flags.input_logprobs)
     all_logits = None
     if flags.input_logprobs:
         all_logits, logits = logits, logits[step.logits_indices]
-    return sample(logits, si, flags, all_logits), kv
+    out, out_layout = pack_device(sample(logits, si, flags, all_logits)._asdict())
+    assert out_layout == output_layout(step.num_seqs, step.num_tokens, flags), out_layout
+    return out, kv
 
 
 class ModelRunner:
@@ -67,14 +75,17 @@ class ModelRunner:
     def _fn(self, flags: SamplingFlags):
         if flags not in self._fns:
             fn = functools.partial(_step, cfg=self.cfg, attn_impl=self.attn_impl, flags=flags)
-            self._fns[flags] = jax.jit(fn, donate_argnums=(1,))
+            self._fns[flags] = jax.jit(fn, donate_argnums=(1,), static_argnames=("layout",))
         return self._fns[flags]
 
     def run(self, step: StepInput, si: SamplingInput, flags: SamplingFlags) -> StepOutputHost:
         """Run one step; mutates self.kv (the new tokens' K/V are written)."""
-        out, self.kv = self._fn(flags)(self.weights, self.kv, step_to_device(step), si.to_device())
-        host = jax.device_get(out)
-        return StepOutputHost(*[None if x is None else np.asarray(x) for x in host])
+        arrays = {"step." + n: getattr(step, n) for n in step_input_fields()}
+        arrays.update({"samp." + f.name: getattr(si, f.name) for f in dataclasses.fields(si)})
+        flat, layout = pack(arrays)
+        out, self.kv = self._fn(flags)(self.weights, self.kv, flat, layout=layout)
+        got = unpack_host(np.asarray(out), output_layout(step.num_seqs, step.num_tokens, flags))
+        return StepOutputHost(*[got.get(name) for name in SampleOutput._fields])
 
 
 def kv_pages_for_memory(cfg: ModelConfig, page_size: int, dtype: Any, fraction: float = 0.85,

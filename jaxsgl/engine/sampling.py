@@ -69,6 +69,19 @@ class SampleOutput(NamedTuple):
     input_top_logprobs: jax.Array | None  # f32[T, k]
 
 
+def output_layout(S: int, T: int, flags: SamplingFlags) -> tuple:
+    """Shapes and dtypes of the SampleOutput fields a step with these flags returns (packing Layout)."""
+    k = flags.top_logprobs
+    rows = [("token_ids", (S,), "int32"), ("logprobs", (S,), "float32")]
+    if k:
+        rows += [("top_ids", (S, k), "int32"), ("top_logprobs", (S, k), "float32")]
+    if flags.input_logprobs:
+        rows += [("input_logprobs", (T,), "float32")]
+        if k:
+            rows += [("input_top_ids", (T, k), "int32"), ("input_top_logprobs", (T, k), "float32")]
+    return tuple(rows)
+
+
 def apply_penalties(logits: jax.Array, si: SamplingInput) -> jax.Array:
     """Repetition (prompt + output tokens), frequency and presence (output tokens) penalties."""
     S, V = logits.shape

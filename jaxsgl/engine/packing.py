@@ -1,0 +1,75 @@
+"""One host->device and one device->host transfer per step.
+
+Every per-step array (StepInput and SamplingInput fields: int32, uint32, float32, bool)
+is viewed as int32 and concatenated into one flat buffer; the jitted step slices it
+apart again by a static layout. Outputs travel back the same way. On the H100 this
+replaced ~20 small transfers per step (docs/perf.md, "Engine").
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Layout = tuple[tuple[str, tuple[int, ...], str], ...]  # (name, shape, dtype name) per array
+
+_AS_INT32 = {"int32", "uint32", "float32"}
+
+
+def pack(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, Layout]:
+    """Concatenate arrays into one int32 buffer; the layout (static) says how to cut it."""
+    parts, layout = [], []
+    for name, a in arrays.items():
+        a = np.ascontiguousarray(a)
+        dt = a.dtype.name
+        if dt == "bool":
+            flat = a.astype(np.int32).ravel()
+        elif dt in _AS_INT32:
+            flat = a.view(np.int32).ravel()
+        else:
+            raise TypeError(f"cannot pack {name} of dtype {dt}")
+        parts.append(flat)
+        layout.append((name, tuple(a.shape), dt))
+    return np.concatenate(parts) if parts else np.zeros(0, np.int32), tuple(layout)
+
+
+def unpack(flat: jax.Array, layout: Layout) -> dict[str, jax.Array]:
+    """Inverse of pack, inside jit: static slices of the int32 buffer, bit-cast back."""
+    out, off = {}, 0
+    for name, shape, dt in layout:
+        n = math.prod(shape)
+        x = flat[off:off + n].reshape(shape)
+        off += n
+        if dt == "bool":
+            x = x != 0
+        elif dt != "int32":
+            x = jax.lax.bitcast_convert_type(x, jnp.dtype(dt))
+        out[name] = x
+    return out
+
+
+def pack_device(arrays: dict[str, Any]) -> tuple[jax.Array, Layout]:
+    """pack() for traced arrays (inside jit), for the outputs' trip back."""
+    parts, layout = [], []
+    for name, a in arrays.items():
+        if a is None:
+            continue
+        dt = jnp.dtype(a.dtype).name
+        flat = a.astype(jnp.int32) if dt == "bool" else jax.lax.bitcast_convert_type(a, jnp.int32)
+        parts.append(flat.ravel())
+        layout.append((name, tuple(a.shape), dt))
+    return jnp.concatenate(parts), tuple(layout)
+
+
+def unpack_host(flat: np.ndarray, layout: Layout) -> dict[str, np.ndarray]:
+    """Inverse of pack_device on the host (numpy views, no copies)."""
+    out, off = {}, 0
+    for name, shape, dt in layout:
+        n = math.prod(shape)
+        x = flat[off:off + n].reshape(shape)
+        off += n
+        out[name] = (x != 0) if dt == "bool" else x.view(np.dtype(dt))
+    return out
