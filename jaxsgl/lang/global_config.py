@@ -11,8 +11,10 @@ class GlobalConfig:
     # run_batch traces the program and pre-caches its constant prefix (if longer than this many chars).
     enable_precache_with_tracing: bool = True
     precache_min_chars: int = 64
-    # fork(n > 1) first prefills and caches the shared text once (the frontend hint).
+    # fork(n > 1) first prefills and caches the shared text once (the frontend hint), when at least
+    # this many of its chars are new to the engine (not a prompt or output it already processed).
     enable_fork_hint: bool = True
+    fork_hint_min_new_chars: int = 16
     verbosity: int = 0
 
 

@@ -49,6 +49,7 @@ class StreamExecutor:
         self.cur_role: Optional[str] = None
         self.cur_role_begin_pos: Optional[int] = None
         self.fork_start_text_pos: Optional[int] = None
+        self.engine_seen_len = 0  # text_[:engine_seen_len] was a prompt or output the backend processed
         self.error_: Optional[BaseException] = None
         self.error_traceback: Optional[str] = None
         self.is_finished = False
@@ -116,10 +117,12 @@ class StreamExecutor:
         return self.error_
 
     def fork(self, size: int = 1) -> list["StreamExecutor"]:
-        """size copies of this state; for size > 1 the shared text is committed (prefilled) first."""
+        """size copies of this state; for size > 1 new shared text is committed (prefilled) first."""
         self.sync()
         size = int(size)
-        if size > 1 and self.text_ and global_config.enable_fork_hint and self.error_ is None:
+        new_chars = len(self.text_) - self.engine_seen_len
+        if size > 1 and global_config.enable_fork_hint and self.error_ is None \
+                and new_chars >= max(1, global_config.fork_hint_min_new_chars):
             self.submit(CommitLazy())
             self.sync()
         children = []
@@ -133,6 +136,7 @@ class StreamExecutor:
             child.cur_role = self.cur_role
             child.cur_role_begin_pos = self.cur_role_begin_pos
             child.fork_start_text_pos = len(self.text_)
+            child.engine_seen_len = self.engine_seen_len
             children.append(child)
         return children
 
@@ -201,6 +205,7 @@ class StreamExecutor:
             self.variable_event[expr.name].set()
         elif isinstance(expr, CommitLazy):
             self.backend.commit_lazy_operations(self.text_)
+            self.engine_seen_len = len(self.text_)
         elif isinstance(expr, ConcatAndAppend):
             for state in expr.states:
                 exe = state.stream_executor
@@ -228,6 +233,7 @@ class StreamExecutor:
                 self.variables[name] += delta
                 self.meta_info[name] = meta
                 self._notify()
+        self.engine_seen_len = len(self.text_)  # prompt + output are in the engine's cache now
         self.variable_event[name].set()
 
     def _execute_select(self, expr: Select) -> None:
@@ -235,6 +241,7 @@ class StreamExecutor:
         self.variables[expr.name] = decision.decision
         self.meta_info[expr.name] = decision.meta_info
         self.text_ += decision.decision
+        self.engine_seen_len = len(self.text_)
         self.variable_event[expr.name].set()
 
     def _role_begin(self, role: str) -> None:

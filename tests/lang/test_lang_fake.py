@@ -108,18 +108,37 @@ def test_gen_with_choices_is_select(backend):
 def test_fork_join_gathers_variables_and_commits_prefix_first(backend, engine):
     @sgl.function
     def prog(s):
-        s += "Shared context. "
+        s += "Shared context. " * 2
         forks = s.fork(3)
         forks += lambda i: f"Branch {i}:"
         forks += sgl.gen("ans", max_tokens=4)
         forks.join()
 
     state = prog.run(temperature=0, backend=backend)
-    assert state["ans"] == [greedy_continuation(f"Shared context. Branch {i}:", 4) for i in range(3)]
-    assert state.text() == "Shared context. "
+    assert state["ans"] == [greedy_continuation(f"Shared context. Shared context. Branch {i}:", 4)
+                            for i in range(3)]
+    assert state.text() == "Shared context. " * 2
     first = engine.calls[0]
-    assert first["prompts"] == ["Shared context. "] and first["sampling_params"] == {"max_new_tokens": 0}
+    assert first["prompts"] == ["Shared context. " * 2] and first["sampling_params"] == {"max_new_tokens": 0}
     assert all(c["sampling_params"]["max_new_tokens"] == 4 for c in engine.calls[1:])
+
+
+def test_fork_hint_skips_text_the_engine_has_seen(backend, engine):
+    @sgl.function
+    def prog(s):
+        s += "A long enough shared prefix. " + sgl.gen("g", max_tokens=3) + "\n"
+        forks = s.fork(2)  # only "\n" is new: no commit
+        forks += sgl.gen("a", max_tokens=2)
+        forks.join()
+        s += "Another long piece of new shared text."
+        forks = s.fork(2)  # new text: commit first
+        forks += sgl.gen("b", max_tokens=2)
+        forks.join()
+
+    state = prog.run(backend=backend)
+    assert state.error() is None
+    commits = [c["prompts"][0] for c in engine.calls if c["sampling_params"] == {"max_new_tokens": 0}]
+    assert commits == [state.text()]
 
 
 def test_fork_hint_can_be_disabled(backend, engine, monkeypatch):
@@ -127,7 +146,7 @@ def test_fork_hint_can_be_disabled(backend, engine, monkeypatch):
 
     @sgl.function
     def prog(s):
-        s += "Shared. "
+        s += "Shared prefix, long enough. "
         forks = s.fork(2)
         forks += sgl.gen("a", max_tokens=2)
         forks.join()
