@@ -24,17 +24,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jaxsgl.engine.model_runner import ModelRunner  # noqa: E402
-from jaxsgl.engine.sampling import SamplingFlags, SamplingInput  # noqa: E402
+from jaxsgl.engine.sampling import SamplingFlags  # noqa: E402
+from jaxsgl.engine.step_sampling import greedy_sampling_input  # noqa: E402
 from jaxsgl.engine.packing import pack  # noqa: E402
 from jaxsgl.model.loader import load_model  # noqa: E402
 from jaxsgl.model.step_input import make_step_input, step_input_fields  # noqa: E402
-
-
-def greedy_input(S: int, T: int) -> SamplingInput:
-    z = lambda dt: np.zeros(S, dt)
-    return SamplingInput(z(np.float32), np.ones(S, np.float32), z(np.int32), z(np.float32), z(np.float32),
-                         z(np.float32), np.ones(S, np.float32), z(np.uint32), z(np.int32),
-                         np.full((S, 1), -1, np.int32), np.zeros((S, 1), bool), np.full(T, -1, np.int32))
 
 
 def time_calls(fn, n: int, sync_each: bool) -> float:
@@ -72,7 +66,7 @@ def main() -> None:
         seqs = [([7], args.context, list(range(1 + i * pages_per_seq, 1 + (i + 1) * pages_per_seq))) for i in range(S)]
         for width in (pages_per_seq, wide):
             step = make_step_input(seqs, ps, num_tokens=max(S, 16), pages_per_seq=width)
-            si = greedy_input(S, step.num_tokens)
+            si = greedy_sampling_input(S, step.num_tokens)
             arrays = {"step." + n: getattr(step, n) for n in step_input_fields()}
             arrays.update({"samp." + f.name: getattr(si, f.name) for f in dataclasses.fields(si)})
             flat, layout = pack(arrays)

@@ -23,9 +23,11 @@ from jaxsgl.engine.model_runner import ModelRunner, kv_pages_for_memory, weights
 from jaxsgl.engine.options import EngineOptions
 from jaxsgl.engine.request_state import RequestState
 from jaxsgl.engine.sampling_params import SamplingParams
-from jaxsgl.engine.step_sampling import build_sampling_input, record_logprobs
+from jaxsgl.engine.sampling import SamplingFlags
+from jaxsgl.engine.step_sampling import build_sampling_input, greedy_sampling_input, record_logprobs
 from jaxsgl.kernels import resolve_impl
 from jaxsgl.model.loader import load_model, resolve_dtype
+from jaxsgl.model.step_input import PAD_PAGE, PAD_SLOT, StepInput
 from jaxsgl.scheduler import Req, Scheduler, StepInputBuilder
 from jaxsgl.scheduler.batch import pow2_buckets
 from jaxsgl.tokenizer import eos_token_ids, load_tokenizer
@@ -72,6 +74,8 @@ class Engine:
             max_seqs=opts.max_running_requests, max_context_len=self.context_len, page_buckets=page_buckets)
         if opts.seq_buckets:
             self.builder.seq_buckets = sorted(set(opts.seq_buckets) | {opts.max_running_requests})
+        if opts.warmup:
+            self.warmup()
         self.states: dict[str, RequestState] = {}
         self.step_times: list[float] = []
         self._rid = itertools.count()
@@ -166,6 +170,19 @@ class Engine:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+    def warmup(self) -> int:
+        """Compile the greedy step for every bucket shape by running all-padding steps (no KV is
+        written). Call before serving (the constructor does with warmup=True). Returns the count."""
+        shapes = self.builder.shapes()
+        t0 = time.perf_counter()
+        for T, S, P in shapes:
+            step = StepInput(np.zeros(T, np.int32), np.zeros(T, np.int32), np.zeros(S + 1, np.int32),
+                             np.zeros(S, np.int32), np.full((S, P), PAD_PAGE, np.int32),
+                             np.full(T, PAD_SLOT, np.int32), np.zeros(S, np.int32))
+            self.runner.run(step, greedy_sampling_input(S, T), SamplingFlags())
+        log.info("warm-up: compiled %d step shapes in %.1fs", len(shapes), time.perf_counter() - t0)
+        return len(shapes)
 
     # ------------------------------------------------------------------ requests
     def _make_state(self, ids: list[int], params: SamplingParams, index: int, want_lp: bool, start: int | None,

@@ -18,6 +18,14 @@ def _wants_input_logprobs(seq, st: RequestState) -> bool:
     return seq.is_prefill and st.logprob_start_len >= 0
 
 
+def greedy_sampling_input(S: int, T: int) -> SamplingInput:
+    """Settings of an all-greedy batch (for warm-up and benchmarks)."""
+    z = lambda dt: np.zeros(S, dt)
+    return SamplingInput(z(np.float32), np.ones(S, np.float32), z(np.int32), z(np.float32), z(np.float32),
+                         z(np.float32), np.ones(S, np.float32), z(np.uint32), z(np.int32),
+                         np.full((S, 1), -1, np.int32), np.zeros((S, 1), np.bool_), np.full(T, -1, np.int32))
+
+
 def build_sampling_input(batch: ScheduledBatch, states: list[RequestState],
                          step: StepInput) -> tuple[SamplingInput, SamplingFlags]:
     """Per-row arrays padded to the step's S (and T) plus the static flags they need."""

@@ -126,3 +126,14 @@ def test_concurrent_callers_are_batched_and_get_their_own_results(tiny_engine):
         th.join(timeout=300)
     assert [got[i] for i in range(12)] == want
     assert max(r["num_seqs"] for r in tiny_engine.trace()) > 1
+
+
+def test_warmup_compiles_every_bucket_without_touching_the_cache(tiny_model_dir):
+    from jaxsgl.engine.engine import Engine
+
+    with Engine(str(tiny_model_dir), dtype="float32", max_running_requests=4, chunked_prefill_size=32,
+                max_prefill_tokens=32, context_length=256, warmup=True, debug_check_integrity=True) as eng:
+        assert len(eng.builder.shapes()) > 1
+        assert all(not np.any(np.asarray(k)) for k in eng.runner.kv.k)  # padding steps write no KV
+        out = eng.generate(PROMPT, {"max_new_tokens": 4, "temperature": 0, "ignore_eos": True})
+        assert out["output_ids"] == greedy(eng, n=4)["output_ids"]
