@@ -281,6 +281,7 @@ class Engine:
                 self._on_token(st, int(next_ids[i]), i, out)
         if self.options.debug_check_integrity:
             self.scheduler.check_integrity()
+        batch.trace.end_time = time.perf_counter()
 
     def _on_token(self, st: RequestState, tok: int, row: int, out) -> None:
         p = st.params
