@@ -4,12 +4,13 @@
     python benchmarks/tree_of_thought.py --questions 8 --max-tokens 32 --out tot.json
 
 Each question grows a binary tree (plan -> execute -> reflect -> answer): 2 + 4 + 8 + 16 = 30 gens.
-Every configuration runs in a fresh Engine: a warm-up question first (compilation), then
-flush_cache() and the measured questions. Configurations:
+Every configuration runs in a fresh Engine: as many warm-up questions first (compilation of the
+same batch shapes), then flush_cache() and the measured questions. Configurations:
 
   hint              radix cache on; fork(n) first commits the shared prefix (max_new_tokens=0)
   no-hint           radix cache on; branches go straight to the engine (its in-batch prefix dedup still on)
   no-hint-no-dedup  as no-hint, and the scheduler's in-batch prefix de-duplication off
+  hint-no-dedup     the hint alone (dedup off)
   no-cache          radix cache off (no hint: nothing could reuse it)
 
 Reports prefill tokens computed (sum over engine steps), prompt tokens, cache hit rate and wall time,
@@ -35,6 +36,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "hint": dict(hint=True, engine={}),
     "no-hint": dict(hint=False, engine={}),
     "no-hint-no-dedup": dict(hint=False, engine={"enable_prefix_dedup": False}),
+    "hint-no-dedup": dict(hint=True, engine={"enable_prefix_dedup": False}),
     "no-cache": dict(hint=False, engine={"disable_radix_cache": True}),
 }
 
@@ -77,7 +79,8 @@ def measure(rt: sgl.Runtime, questions: list[str], branches: int, max_tokens: in
     stats1, trace = eng.cache_stats(), eng.trace()[steps0:]
     prompt = stats1["prompt_tokens"] - stats0["prompt_tokens"]
     cached = stats1["cached_prompt_tokens"] - stats0["cached_prompt_tokens"]
-    return {"wall_s": round(wall, 2), "prefill_tokens_computed": sum(r["prefill_tokens"] for r in trace),
+    return {"wall_s": round(wall, 2), "step_time_s": round(sum(r["step_time"] for r in trace), 2),
+            "prefill_tokens_computed": sum(r["prefill_tokens"] for r in trace),
             "prompt_tokens": prompt, "cached_prompt_tokens": cached,
             "hit_rate": round(cached / prompt, 4) if prompt else 0.0,
             "requests": stats1["num_added"] - stats0["num_added"], "steps": len(trace),
@@ -111,16 +114,17 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--out", default=None, help="write the JSON results here")
     args = ap.parse_args()
-    questions, warmup = load_questions(args.questions), load_questions(1, offset=100)
+    questions, warmup = load_questions(args.questions), load_questions(args.questions, offset=100)
     rows = [run_config(name, args, questions, warmup) for name in args.configs]
     same = all(r["answers"] == rows[0]["answers"] for r in rows)
     print(f"\ntree of thought: {args.questions} questions x {len(LEVELS)} levels x fork({args.branches}), "
           f"{args.max_tokens} tokens per node, greedy; identical answers across configs: {same}\n")
-    print("| config | prefill tokens computed | prompt tokens | cache hit rate | requests | steps | wall s |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| config | prefill tokens computed | prompt tokens | cache hit rate | requests | steps | step time s "
+          "| wall s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['config']} | {r['prefill_tokens_computed']} | {r['prompt_tokens']} | {r['hit_rate']:.1%} | "
-              f"{r['requests']} | {r['steps']} | {r['wall_s']} |")
+              f"{r['requests']} | {r['steps']} | {r['step_time_s']} | {r['wall_s']} |")
     for r in rows:
         if r["errors"]:
             print(f"{r['config']}: errors {r['errors']}")
