@@ -229,7 +229,11 @@ class Engine:
                 new, self._inbox = self._inbox, []
                 aborts, self._aborts = self._aborts, []
                 for s in new:
-                    self.scheduler.add_request(s.req)
+                    try:
+                        self.scheduler.add_request(s.req)
+                    except ValueError as e:  # cannot fit: fail this request only
+                        s.error = e
+                        self._finish(s, {"type": "abort", "message": str(e)}, release=False)
                 for rid in aborts:
                     if rid in self.states and self.scheduler.abort(rid) is not None:
                         self._finish(self.states[rid], {"type": "abort"}, release=False)

@@ -137,3 +137,21 @@ def test_warmup_compiles_every_bucket_without_touching_the_cache(tiny_model_dir)
         assert all(not np.any(np.asarray(k)) for k in eng.runner.kv.k)  # padding steps write no KV
         out = eng.generate(PROMPT, {"max_new_tokens": 4, "temperature": 0, "ignore_eos": True})
         assert out["output_ids"] == greedy(eng, n=4)["output_ids"]
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_recovers(tiny_engine, monkeypatch):
+    real_run = tiny_engine.runner.run
+    calls = {"n": 0}
+
+    def flaky(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("simulated device error")
+        return real_run(*a, **kw)
+
+    monkeypatch.setattr(tiny_engine.runner, "run", flaky)
+    with pytest.raises(RuntimeError, match="simulated device error"):
+        greedy(tiny_engine, n=3)
+    monkeypatch.setattr(tiny_engine.runner, "run", real_run)
+    assert greedy(tiny_engine, n=5)["meta_info"]["completion_tokens"] == 5
+    tiny_engine.scheduler.check_integrity()
