@@ -8,6 +8,7 @@ Prints each answer and the engine's prefix-cache hit rate.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Optional
 
@@ -48,6 +49,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--model", default=None, help="model path (default: the embedded SmolLM2-135M-Instruct)")
     ap.add_argument("--max-tokens", type=int, default=24)
     args = ap.parse_args(argv)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # its "PyTorch was not found" note is not for us
 
     runtime = sgl.Runtime(args.model)
     sgl.set_default_backend(runtime)
