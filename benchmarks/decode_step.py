@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--page-size", type=int, default=16)
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--attention-backend", default="auto")
+    ap.add_argument("--narrow-only", action="store_true", help="skip the model-context-wide page table")
     ap.add_argument("--out", default="decode_step.json")
     args = ap.parse_args()
     cfg, weights, _ = load_model(args.model, load_format=args.load_format)
@@ -64,7 +65,7 @@ def main() -> None:
     rows = []
     for S in args.batches:
         seqs = [([7], args.context, list(range(1 + i * pages_per_seq, 1 + (i + 1) * pages_per_seq))) for i in range(S)]
-        for width in (pages_per_seq, wide):
+        for width in (pages_per_seq,) if args.narrow_only else (pages_per_seq, wide):
             step = make_step_input(seqs, ps, num_tokens=max(S, 16), pages_per_seq=width)
             si = greedy_sampling_input(S, step.num_tokens)
             arrays = {"step." + n: getattr(step, n) for n in step_input_fields()}
