@@ -58,12 +58,12 @@ def ceilings() -> dict:
     return {"copy_bw_Bps": bw, "matmul_flops": 2 * 8192 ** 3 / t}
 
 
-def paged_sets(rng, batch: int, ctx: int, q_len: int, rotations: int, poison: bool = True):
+def paged_sets(rng, batch: int, ctx: int, q_len: int, rotations: int, ps: int = PS):
     """`rotations` arg sets sharing one big KV pool, each with its own random page table."""
-    P = -(-ctx // PS)
+    P = -(-ctx // ps)
     n = batch * P * rotations
-    k = jax.random.normal(jax.random.key(3), (n, PS, KVH, D), DT)
-    v = jax.random.normal(jax.random.key(4), (n, PS, KVH, D), DT)
+    k = jax.random.normal(jax.random.key(3), (n, ps, KVH, D), DT)
+    v = jax.random.normal(jax.random.key(4), (n, ps, KVH, D), DT)
     perm = rng.permutation(n).astype(np.int32).reshape(rotations, batch, P)
     q = jnp.asarray(rng.standard_normal((batch * q_len, H, D)), DT)
     qs = jnp.arange(batch + 1, dtype=jnp.int32) * q_len
@@ -164,6 +164,65 @@ def bench_extend(rng, ceil, cases, tune: bool) -> list[dict]:
     return rows
 
 
+def cudnn_time(prefix: int, new: int) -> float:
+    ctx = prefix + new
+    qd, kd, vd = (jax.random.normal(jax.random.key(i), (1, n, h, D), DT)
+                  for i, (n, h) in enumerate([(new, H), (ctx, KVH), (ctx, KVH)]))
+    dense = jax.jit(functools.partial(jax.nn.dot_product_attention, is_causal=prefix == 0,
+                                      scale=SCALE, implementation="cudnn"))
+    return timeit(dense, [(qd, kd, vd)])
+
+
+def bench_sweep(rng, ext_cases, long_cfgs, dec_cases, short_cfgs, page1: bool = True) -> dict:
+    """Alternative block configs (and page size 1) on chosen cases, each vs the default."""
+    out = {"extend": [], "decode": [], "page1": []}
+    for prefix, new in ext_cases:
+        k, v, sets = paged_sets(rng, 1, prefix + new, new, 4)
+        flops = 4 * H * D * (new * prefix + new * (new + 1) / 2)
+        cud = cudnn_time(prefix, new)
+        cud_flops = flops if prefix == 0 else 4 * H * D * new * (prefix + new)
+        want = np.asarray(ragged_paged_attention_ref(*sets[0], sm_scale=SCALE), np.float32) if new <= 1024 else None
+        for cfg in [None] + long_cfgs:
+            f = jax.jit(functools.partial(ragged_paged_attention_pallas, sm_scale=SCALE, long_config=cfg))
+            t = timeit(f, sets)
+            row = {"prefix": prefix, "new": new, "config": str(cfg or "default"), "us": t * 1e6,
+                   "TFLOPs": flops / t / 1e12, "ratio_vs_cudnn": (t / flops) / (cud / cud_flops)}
+            if want is not None:
+                row["max_err"] = float(np.abs(np.asarray(f(*sets[0]), np.float32) - want).max())
+            print(json.dumps(row), flush=True)
+            out["extend"].append(row)
+        out["extend"].append({"prefix": prefix, "new": new, "cudnn_us": cud * 1e6})
+        del k, v, sets
+    for batch, ctx in dec_cases:
+        k, v, sets = paged_sets(rng, batch, ctx, 1, 4)
+        for cfg in [None] + short_cfgs:
+            f = jax.jit(functools.partial(ragged_paged_attention_pallas, sm_scale=SCALE, short_config=cfg))
+            t = timeit(f, sets)
+            row = {"batch": batch, "ctx": ctx, "config": str(cfg or "default"), "us": t * 1e6,
+                   "TBps": 2 * batch * ctx * KVH * D * 2 / t / 1e12}
+            print(json.dumps(row), flush=True)
+            out["decode"].append(row)
+        del k, v, sets
+    # page size 1 vs 16 on one decode and one extend case (same default configs)
+    f = jax.jit(functools.partial(ragged_paged_attention_pallas, sm_scale=SCALE))
+    for batch, ctx, q_len in ((32, 2048, 1), (1, 2560, 512), (1, 4096, 4096)) if page1 else ():
+        for ps in (16, 1):
+            k, v, sets = paged_sets(rng, batch, ctx, q_len, 4, ps=ps)
+            row = {"batch": batch, "ctx": ctx, "q_len": q_len, "page_size": ps, "us": timeit(f, sets) * 1e6}
+            print(json.dumps(row), flush=True)
+            out["page1"].append(row)
+            del k, v, sets
+    return out
+
+
+def ncu_once(prefix: int, new: int, cfg: BlockConfig) -> None:
+    """Run one extend call (for `ncu --launch-skip 2 --launch-count 1`)."""
+    k, v, sets = paged_sets(np.random.default_rng(0), 1, prefix + new, new, 1)
+    f = jax.jit(functools.partial(ragged_paged_attention_pallas, sm_scale=SCALE, long_config=cfg))
+    for _ in range(3):
+        jax.block_until_ready(f(*sets[0]))
+
+
 def bench_write_kv() -> list[dict]:
     rows = []
     n = 1 << 16  # pages
@@ -215,12 +274,30 @@ def main() -> None:
     ap.add_argument("--tune", action="store_true", help="also time alternative block configs")
     ap.add_argument("--quick", action="store_true", help="a few cases only")
     ap.add_argument("--budget", type=float, default=420.0, help="stop starting new cases after this many s")
+    ap.add_argument("--sweep", action="store_true", help="time alternative configs and page size 1")
+    ap.add_argument("--ncu", default="", help="PREFIX,NEW,rows,block_k,splits,warps,stages,reverse: one call")
     a = ap.parse_args()
     BUDGET = a.budget
     warnings.filterwarnings("ignore")
     if jax.default_backend() != "gpu":
         sys.exit("benchmarks/attention.py needs a GPU")
     rng = np.random.default_rng(0)
+    if a.ncu:
+        p, n, *c = (int(x) for x in a.ncu.split(","))
+        return ncu_once(p, n, BlockConfig(*c[:5], *(bool(x) for x in c[5:])))
+    if a.sweep:
+        L, S = BlockConfig, BlockConfig
+        longs = [L(64, 32, 1, 4, 2), L(64, 32, 1, 4, 3, True), L(128, 32, 1, 8, 3, True),
+                 L(128, 64, 1, 8, 3, True), L(128, 64, 1, 8, 2, True), L(128, 32, 1, 8, 2, True),
+                 L(64, 64, 1, 4, 3, True), L(128, 32, 1, 8, 3, True, True), L(64, 32, 1, 4, 2, True),
+                 L(128, 16, 1, 8, 3, True), L(256, 32, 1, 8, 2, True)]
+        res = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "argv": sys.argv}
+        res.update(bench_sweep(rng, [(0, 4096), (8192, 4096)], longs, [(32, 2048), (32, 8192)],
+                               [S(16, 64, 1, 4, 3), S(16, 128, 1, 4, 2), S(16, 64, 2, 4, 3)]))
+        res["extend_small"] = bench_sweep(rng, [(8192, 1024), (2048, 512), (512, 1024)], longs[:4] + longs[8:9], [], [], page1=False)["extend"]
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=1)
+        return
     res = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "argv": sys.argv,
            "ceilings": ceilings()}
     print(json.dumps(res), flush=True)

@@ -39,6 +39,8 @@ class BlockConfig(NamedTuple):
     num_splits: int = 1  # KV splits per tile (flash-decoding); 1 writes the output directly
     num_warps: int = 4
     num_stages: int = 2
+    reverse: bool = False  # launch tiles last-first (long causal tiles start first)
+    overlap: bool = False  # software-pipeline q.k^T of the next block over this block's softmax
 
 
 def _next_pow2(x: int) -> int:
@@ -52,15 +54,20 @@ def _cdiv(a, b):
 def _attn_kernel(plan_ref, q_ref, k_ref, v_ref, pt_ref, *refs, sm_scale: float,
                  soft_cap: float | None, window: int | None, group: int, rows: int,
                  block_k: int, num_splits: int, page_size: int, head_dim: int,
-                 aliased: bool):
+                 aliased: bool, reverse: bool, overlap: bool):
     """One (tile, kv_head, split). plan_ref[tile] = (seq, first row, num rows, first position).
 
     q_ref [T, H, D]; k_ref/v_ref [num_slots, KVH, D]; pt_ref [S, P]; outputs: o [T, H, D]
     (num_splits == 1) or o [splits, T, H, D] f32 and lse [splits, T, H] (log2 domain).
+    reverse: take tiles last-first (a sequence's last tiles see the most KV: start them first).
+    overlap: issue the next block's q.k^T before this block's softmax (unmasked blocks).
     """
     refs = refs[1:] if aliased else refs  # an aliased previous output shares o_ref's buffer
     o_ref, lse_ref = (refs[0], refs[1] if num_splits > 1 else None)
-    tile, h, split = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    tile = pl.program_id(0)
+    if reverse:
+        tile = pl.num_programs(0) - 1 - tile
+    h, split = pl.program_id(1), pl.program_id(2)
     seq, row0 = plan_ref[tile, 0], plan_ref[tile, 1]
     nrows, pos0 = plan_ref[tile, 2], plan_ref[tile, 3]
     num_tokens = q_ref.shape[0]
@@ -88,19 +95,22 @@ def _attn_kernel(plan_ref, q_ref, k_ref, v_ref, pt_ref, *refs, sm_scale: float,
         nfull = jnp.clip((pos0 + 1 - lo) // block_k, b0, b1)
     else:
         nfull = b0
-    qk_scale = sm_scale * LOG2E
+    # Scores go to the log2 domain as s * c - m (one FMA); with a soft cap c = 1.
+    c = 1.0 if soft_cap is not None else sm_scale * LOG2E
     # Triton's default for a float32 dot is TF32 (~3e-4 relative error): ask for IEEE.
     prec = lax.Precision.HIGHEST if q_ref.dtype == jnp.float32 else None
+    pow2 = page_size & (page_size - 1) == 0
+    shift = page_size.bit_length() - 1
 
-    def body(b, carry, masked: bool):
-        acc, m, l = carry
+    def load_kv(b, masked: bool):
         j = lo + b * block_k + jnp.arange(block_k, dtype=jnp.int32)
+        pidx, poff = (j >> shift, j & (page_size - 1)) if pow2 else (j // page_size, j % page_size)
         if masked:
             jm = j < hi
-            page = plgpu.load(pt_ref.at[pt_row, j // page_size], mask=jm, other=0)
+            page = plgpu.load(pt_ref.at[pt_row, pidx], mask=jm, other=0)
         else:
-            page = pt_ref[pt_row, j // page_size]
-        slot = (page * page_size + j % page_size)[:, None]
+            page = pt_ref[pt_row, pidx]
+        slot = (page * page_size + poff)[:, None]
         kv_mask = None
         if masked:
             kv_mask = jm[:, None] if d_ok is None else jm[:, None] & d_ok
@@ -109,29 +119,51 @@ def _attn_kernel(plan_ref, q_ref, k_ref, v_ref, pt_ref, *refs, sm_scale: float,
         other = None if kv_mask is None else 0
         k = plgpu.load(k_ref.at[slot, h, d], mask=kv_mask, other=other)
         v = plgpu.load(v_ref.at[slot, h, d], mask=kv_mask, other=other)
+        return j, k, v
+
+    def scores(k):
         s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), precision=prec,
                             preferred_element_type=jnp.float32)
         if soft_cap is not None:
             s = (soft_cap * LOG2E) * jnp.tanh(s * (sm_scale / soft_cap))
-        else:
-            s = s * qk_scale
+        return s
+
+    def update(s, v, carry):
+        acc, m, l = carry
+        m_new = jnp.maximum(m, jnp.max(s, axis=1) * c)
+        alpha = jnp.exp2(m - m_new)
+        p = jnp.exp2(s * c - m_new[:, None])
+        l = l * alpha + jnp.sum(p, axis=1)
+        acc = acc * alpha[:, None]
+        pv = lax.dot_general(p.astype(v.dtype), v, (((1,), (0,)), ((), ())), precision=prec,
+                             preferred_element_type=jnp.float32)
+        return acc + pv, m_new, l
+
+    def body(b, carry, masked: bool):
+        j, k, v = load_kv(b, masked)
+        s = scores(k)
         if masked:
             ok = j[None, :] <= pos[:, None]
             if window is not None:
                 ok &= j[None, :] > pos[:, None] - window
             s = jnp.where(ok, s, MASK)
-        m_new = jnp.maximum(m, jnp.max(s, axis=1))
-        alpha = jnp.exp2(m - m_new)
-        p = jnp.exp2(s - m_new[:, None])
-        l = l * alpha + jnp.sum(p, axis=1)
-        pv = lax.dot_general(p.astype(v.dtype), v, (((1,), (0,)), ((), ())), precision=prec,
-                             preferred_element_type=jnp.float32)
-        return acc * alpha[:, None] + pv, m_new, l
+        return update(s, v, carry)
 
     carry = (jnp.zeros((rows, d_pad), jnp.float32), jnp.full((rows,), MASK, jnp.float32),
              jnp.zeros((rows,), jnp.float32))
-    carry = lax.fori_loop(b0, nfull, lambda b, c: body(b, c, False), carry)
-    acc, m, l = lax.fori_loop(nfull, b1, lambda b, c: body(b, c, True), carry)
+    if overlap:  # software-pipelined: q.k^T of block b + 1 is in flight during block b's softmax
+        def obody(b, c2):
+            acc, m, l, s = c2
+            _, k_next, _ = load_kv(jnp.minimum(b + 1, nfull - 1), False)
+            s_next = scores(k_next)
+            _, _, v = load_kv(b, False)
+            return update(s, v, (acc, m, l)) + (s_next,)
+        _, k0, _ = load_kv(b0, True)  # masked: the loop may be empty
+        acc, m, l, _ = lax.fori_loop(b0, nfull, obody, carry + (scores(k0),))
+        carry = (acc, m, l)
+    else:
+        carry = lax.fori_loop(b0, nfull, lambda b, c2: body(b, c2, False), carry)
+    acc, m, l = lax.fori_loop(nfull, b1, lambda b, c2: body(b, c2, True), carry)
     out = acc / jnp.where(l == 0.0, 1.0, l)[:, None]
     if num_splits == 1:
         plgpu.store(o_ref.at[tok, head, d], out.astype(o_ref.dtype), mask=qmask)
@@ -153,6 +185,10 @@ def _plan(query_start: jax.Array, kv_lens: jax.Array, num_tokens: int, tile_toke
     q_len = qs[1:] - qs[:-1]
     kvl = jnp.concatenate([kv_lens, jnp.zeros((1,), jnp.int32)])
     in_cls = (q_len >= q_min) & (q_len <= q_max)
+    if q_max <= tile_tokens and num_tiles == q_len.shape[0]:  # one tile per sequence: no search
+        nrows = jnp.where(in_cls, q_len, 0)
+        return jnp.stack([jnp.arange(num_tiles, dtype=jnp.int32), jnp.where(in_cls, qs[:-1], 0),
+                          nrows, jnp.where(in_cls, kvl - q_len, 0)], axis=1).astype(jnp.int32)
     n = jnp.where(in_cls, _cdiv(q_len, tile_tokens), 0)
     end = jnp.cumsum(n)
     i = jnp.arange(num_tiles, dtype=jnp.int32)
@@ -173,7 +209,8 @@ def _launch(plan, q, k_flat, v_flat, page_table, prev_out, cfg: BlockConfig, *, 
     aliased = prev_out is not None and cfg.num_splits == 1
     kernel = _partial(_attn_kernel, sm_scale=sm_scale, soft_cap=soft_cap, window=window,
                       group=group, rows=cfg.rows, block_k=cfg.block_k, num_splits=cfg.num_splits,
-                      page_size=page_size, head_dim=D, aliased=aliased)
+                      page_size=page_size, head_dim=D, aliased=aliased,
+                      reverse=cfg.reverse, overlap=cfg.overlap)
     if cfg.num_splits == 1:
         out_shape = jax.ShapeDtypeStruct((T, H, D), q.dtype)
     else:
@@ -298,7 +335,7 @@ def ragged_paged_attention_pallas(
     out = out_init
     for cfg, q_min, q_max in classes:
         tile = cfg.rows // group
-        num_tiles = min(S + 1, T // q_min) + (T // tile if q_max > tile else 0)
+        num_tiles = S + 1 if q_max <= tile else min(S + 1, T // q_min) + T // tile
         plan = _plan(query_start, kv_lens, T, tile, q_min, q_max, max(num_tiles, 1))
         res = _launch(plan, q, k_flat, v_flat, page_table, out, cfg, page_size=page_size,
                       sm_scale=sm_scale, soft_cap=soft_cap, window=sliding_window, interpret=interpret)

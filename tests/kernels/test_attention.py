@@ -2,7 +2,8 @@
 
 On CPU the kernel runs in Pallas interpret mode; on an NVIDIA GPU the same sweep
 runs the compiled Triton kernel. Each shape compiles once and is checked on several
-fresh random ragged mixes (the mix is data, not shape). KV pages and slots past
+fresh random ragged mixes (the mix is data, not shape: the page pool size and the static
+sm_scale are fixed per shape, so no mix recompiles). KV pages and slots past
 kv_len are NaN and the output buffer starts NaN, so garbage reads and unwritten
 rows fail the test.
 """
@@ -40,6 +41,11 @@ SHAPES = {
         sliding_window=33, short_config=BlockConfig(16, 16, 3), long_config=BlockConfig(32, 16, 2))),
     "g16_d64_ps64_f32_splits": (20, 4, 16, 1, 64, 64, 3, jnp.float32, dict(
         short_config=BlockConfig(16, 32, 4), long_config=BlockConfig(32, 32, 2))),
+    # the extend class's tuned shape: long tiles taken last-first, page-aligned KV blocks
+    "g4_d128_ps16_long128_reverse": (96, 4, 8, 2, 128, 16, 10, jnp.bfloat16, dict(
+        long_config=BlockConfig(128, 32, 1, 8, 3, reverse=True))),
+    "g2_d64_ps16_overlap_splits": (64, 4, 4, 2, 64, 16, 8, jnp.bfloat16, dict(
+        long_config=BlockConfig(32, 16, 2, reverse=True, overlap=True))),
 }
 
 
@@ -72,11 +78,12 @@ def _run(batch, dtype, sm_scale, **kw):
 def test_ragged_mixes(name):
     T, S, H, KVH, D, ps, P, dtype, kw = SHAPES[name]
     rng = np.random.default_rng([SEED, sorted(SHAPES).index(name)])
+    sm_scale = float(rng.uniform(0.05, 0.2))
     for _ in range(3):
         seqs = random_mix(rng, T, S, P * ps)
         batch = make_batch(rng, seqs, num_tokens=T, num_heads=H, num_kv_heads=KVH, head_dim=D,
-                           page_size=ps, pages_per_seq=P)
-        _run(batch, dtype, float(rng.uniform(0.05, 0.2)), **kw)
+                           page_size=ps, pages_per_seq=P, num_pages=S * P + 2)
+        _run(batch, dtype, sm_scale, **kw)
 
 
 def test_decode_long_context():
