@@ -287,14 +287,15 @@ def main() -> None:
         return ncu_once(p, n, BlockConfig(*c[:5], *(bool(x) for x in c[5:])))
     if a.sweep:
         L, S = BlockConfig, BlockConfig
-        longs = [L(64, 32, 1, 4, 2, True), L(64, 32, 1, 4, 3, True), L(128, 32, 1, 8, 3, True),
-                 L(128, 64, 1, 8, 3, True), L(128, 64, 1, 8, 2, True), L(128, 32, 1, 8, 2, True),
-                 L(64, 64, 1, 4, 3, True), L(128, 32, 1, 8, 3, True, True)]
+        big = [L(64, 32, 1, 4, 2, True), L(64, 32, 1, 4, 3, True), L(128, 32, 1, 8, 3, True),
+               L(128, 64, 1, 8, 3, True), L(128, 32, 1, 8, 2, True), L(128, 32, 1, 8, 3, True, True)]
         res = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "argv": sys.argv}
-        res.update(bench_sweep(rng, [(0, 4096), (8192, 4096)], longs, [(32, 2048), (32, 8192)],
-                               [S(16, 64, 1, 4, 3), S(16, 128, 1, 4, 2), S(16, 64, 2, 4, 3)]))
-        res["extend_small"] = bench_sweep(rng, [(8192, 1024), (2048, 512)], [longs[0], longs[2], longs[3]],
-                                          [], [], page1=False)["extend"]
+        res.update(bench_sweep(rng, [(0, 4096), (8192, 4096)], big,
+                               [(32, 2048), (32, 8192), (64, 2048), (256, 2048)],
+                               [S(16, 64, 1, 4, 3), S(16, 128, 1, 4, 2)]))
+        rest = [(p, n) for p in (0, 512, 2048, 8192) for n in (128, 512, 1024, 4096)
+                if (p, n) not in ((0, 4096), (8192, 4096))]
+        res["extend_all"] = bench_sweep(rng, rest, [big[0], big[2], big[3]], [], [], page1=False)["extend"]
         with open(a.out, "w") as f:
             json.dump(res, f, indent=1)
         return
