@@ -63,3 +63,23 @@ def test_step_input_check_catches_inconsistent_offsets():
     step.kv_lens[1] = 0
     with pytest.raises(ValueError, match="kv_lens"):
         step.check()
+
+
+def test_loading_holds_one_tensor_at_a_time_not_the_model(tmp_path):
+    """Peak host allocations while loading stay near the largest tensor, far below the model's size."""
+    import tracemalloc
+
+    import torch
+    import transformers
+
+    cfg = transformers.LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=12,
+                                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path, max_shard_size="2MB")
+    assert len(list(tmp_path.glob("*.safetensors"))) > 1  # sharded, with an index
+    total = sum(p.numel() * 4 for p in transformers.AutoModelForCausalLM.from_config(cfg).parameters())
+    tracemalloc.start()
+    _, w, _ = load_model(tmp_path, dtype="float32")
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    largest = max(x.size * 4 for x in jax.tree_util.tree_leaves(w))
+    assert peak < 6 * largest < total / 4, (peak, largest, total)  # a few tensors in flight, never the model
