@@ -215,6 +215,35 @@ def bench_sweep(rng, ext_cases, long_cfgs, dec_cases, short_cfgs, page1: bool = 
     return out
 
 
+def bench_final(rng, ceil) -> dict:
+    """Default configs on the target cases, single-loop variant, page size 1, and JAX's bundled
+    dense Pallas `mha` (contiguous KV, no paging): what the Triton lowering reaches unpaged."""
+    from jax.experimental.pallas.ops.gpu.attention import BlockSizes, mha
+    res = {"decode": bench_decode(rng, ceil, [(32, 2048), (32, 8192), (64, 2048), (128, 2048),
+                                              (256, 2048), (128, 8192), (1, 32768)], False)}
+    L = BlockConfig
+    res.update(bench_sweep(rng, [(0, 4096), (8192, 4096), (2048, 4096), (8192, 1024)],
+                           [L(64, 32, 1, 4, 2, True, single_loop=True)], [], []))
+    res["mha"] = []
+    for prefix, new, bq, bk, w, st in ((0, 4096, 128, 64, 4, 2), (0, 4096, 128, 64, 8, 3),
+                                       (0, 4096, 128, 128, 8, 2), (8192, 4096, 128, 64, 4, 2),
+                                       (8192, 4096, 128, 64, 8, 3)):
+        ctx = prefix + new
+        q, k, v = (jax.random.normal(jax.random.key(i), (1, n, H, D), DT)
+                   for i, n in enumerate((new, ctx, ctx)))
+        f = jax.jit(functools.partial(mha, segment_ids=None, sm_scale=SCALE, causal=prefix == 0,
+                                      block_sizes=BlockSizes(bq, bk), num_warps=w, num_stages=st))
+        try:
+            t = timeit(f, [(q, k, v)])
+            fl = 4 * H * D * (new * (new + 1) / 2 if prefix == 0 else new * ctx)
+            row = {"prefix": prefix, "new": new, "block": (bq, bk, w, st), "us": t * 1e6, "TFLOPs": fl / t / 1e12}
+        except Exception as e:  # noqa: BLE001
+            row = {"prefix": prefix, "new": new, "block": (bq, bk, w, st), "error": str(e)[:200]}
+        print(json.dumps(row), flush=True)
+        res["mha"].append(row)
+    return res
+
+
 def ncu_once(prefix: int, new: int, cfg: BlockConfig) -> None:
     """Run one extend call (for `ncu --launch-skip 2 --launch-count 1`)."""
     k, v, sets = paged_sets(np.random.default_rng(0), 1, prefix + new, new, 1)
@@ -275,6 +304,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a few cases only")
     ap.add_argument("--budget", type=float, default=420.0, help="stop starting new cases after this many s")
     ap.add_argument("--sweep", action="store_true", help="time alternative configs and page size 1")
+    ap.add_argument("--final", action="store_true", help="defaults on target cases, page 1, bundled mha")
     ap.add_argument("--ncu", default="", help="PREFIX,NEW,rows,block_k,splits,warps,stages,reverse: one call")
     a = ap.parse_args()
     BUDGET = a.budget
@@ -282,6 +312,14 @@ def main() -> None:
     if jax.default_backend() != "gpu":
         sys.exit("benchmarks/attention.py needs a GPU")
     rng = np.random.default_rng(0)
+    if a.final:
+        res = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "argv": sys.argv,
+               "ceilings": ceilings()}
+        print(json.dumps(res), flush=True)
+        res.update(bench_final(rng, res["ceilings"]))
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=1)
+        return
     if a.ncu:
         p, n, *c = (int(x) for x in a.ncu.split(","))
         return ncu_once(p, n, BlockConfig(*c[:5], *(bool(x) for x in c[5:])))
