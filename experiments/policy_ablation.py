@@ -116,7 +116,8 @@ def simulate(workload: Workload, *, eviction: str = "lru", schedule: str = "fcfs
     st = sched.stats
     row = {
         "workload": workload.name, "eviction": eviction, "schedule": schedule, "pool_frac": pool_frac,
-        "pool_tokens": num_pages * page_size, "page_size": page_size, "requests": len(workload.requests),
+        "pool_tokens": num_pages * page_size, "pool_ratio": num_pages * page_size / workload.unique_tokens(),
+        "page_size": page_size, "requests": len(workload.requests),
         "hit_rate": st.hit_rate, "optimal_hit_rate": workload.optimal_hit_rate(page_size),
         "prompt_tokens": st.prompt_tokens, "cached_tokens": st.cached_prompt_tokens,
         "prefill_tokens": sum(t["prefill_tokens"] for t in trace),
@@ -131,12 +132,17 @@ def run_grid(workloads: Iterable[Workload], *, evictions: Sequence[str] = EVICTI
              schedules: Sequence[str] = SCHEDULE_POLICIES, pool_fracs: Sequence[float] = (0.1, 0.25, 0.5, 1.0),
              page_size: int = 16, keep_traces: bool = True, **options: object) -> tuple[list[dict], dict]:
     """simulate() every (workload, eviction, schedule, pool_frac). Returns (rows, traces) where
-    traces[(workload, eviction, schedule, pool_frac)] is that run's per-step trace."""
+    traces[(workload, eviction, schedule, pool_frac)] is that run's per-step trace. A frac whose pool
+    is raised to the same size as a smaller frac's (pool_tokens_for) is skipped."""
     rows: list[dict] = []
     traces: dict[tuple, list[dict]] = {}
     for wl in workloads:
+        seen: set[int] = set()
         for frac in pool_fracs:
             pool = pool_tokens_for(wl, frac, page_size)
+            if pool in seen:  # raised to the same least pool as a smaller frac: nothing new to run
+                continue
+            seen.add(pool)
             for ev in evictions:
                 for sp in schedules:
                     res = simulate(wl, eviction=ev, schedule=sp, pool_tokens=pool, page_size=page_size, **options)
@@ -149,25 +155,30 @@ def run_grid(workloads: Iterable[Workload], *, evictions: Sequence[str] = EVICTI
 
 def engine_check(workload: Workload, *, num_requests: int = 20, max_new_tokens: int = 4, eviction: str = "lru",
                  schedule: str = "lpm", pool_tokens: int | None = None, page_size: int = 16,
-                 **engine_options: object) -> dict:
+                 **options: object) -> dict:
     """Replay the first `num_requests` requests (as independent requests, `max_new_tokens` each,
     greedy, ignore_eos) through jaxsgl.Engine on the default model, all submitted at once, and
-    through simulate() with the same options. Returns both hit rates and prefill token counts."""
+    through simulate() with the same options. `options` (e.g. max_running_requests,
+    chunked_prefill_size) go to both; their names are shared by EngineOptions and SchedulerConfig.
+    Returns both hit rates, prefill token counts, step counts and evicted pages."""
     from jaxsgl import Engine  # imports JAX: only here
+    from jaxsgl.model.compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()  # a rerun reuses the compiled step buckets
 
     reqs = [Request(r.rid, r.prompt_ids, max_new_tokens) for r in workload.requests[:num_requests]]
     small = Workload(workload.name, reqs)
     if pool_tokens is None:
         pool_tokens = sum(len(r.prompt_ids) + max_new_tokens + page_size for r in reqs)
     sim = simulate(small, eviction=eviction, schedule=schedule, pool_tokens=pool_tokens, page_size=page_size,
-                   arrival_rate=None, check=True)
+                   arrival_rate=None, check=True, **options)
     t0 = time.perf_counter()
     with Engine(None, max_total_tokens=pool_tokens, page_size=page_size, radix_eviction_policy=eviction,
-                schedule_policy=schedule, **engine_options) as engine:
+                schedule_policy=schedule, **options) as engine:
         outs = engine.generate(input_ids=[r.prompt_ids for r in reqs],
                                sampling_params={"max_new_tokens": max_new_tokens, "temperature": 0.0,
                                                 "ignore_eos": True})
-        stats, trace = engine.cache_stats(), engine.trace()
+        stats, trace, step_s = engine.cache_stats(), engine.trace(), sum(engine.step_times)
     return {"requests": len(reqs), "pool_tokens": pool_tokens, "eviction": eviction, "schedule": schedule,
             "sim_hit_rate": sim.row["hit_rate"], "engine_hit_rate": stats["hit_rate"],
             "sim_prefill_tokens": sim.row["prefill_tokens"],
@@ -175,4 +186,4 @@ def engine_check(workload: Workload, *, num_requests: int = 20, max_new_tokens: 
             "sim_steps": sim.row["steps"], "engine_steps": len(trace),
             "sim_evicted_pages": sim.row["evicted_pages"], "engine_evicted_pages": stats["evicted_pages"],
             "output_tokens": sum(len(o["output_ids"]) for o in outs),
-            "engine_wall_s": time.perf_counter() - t0}
+            "engine_step_s": step_s, "engine_wall_s": time.perf_counter() - t0}
