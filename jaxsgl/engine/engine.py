@@ -26,6 +26,7 @@ from jaxsgl.engine.sampling_params import SamplingParams
 from jaxsgl.engine.sampling import SamplingFlags
 from jaxsgl.engine.step_sampling import build_sampling_input, greedy_sampling_input, record_logprobs
 from jaxsgl.kernels import resolve_impl
+from jaxsgl.model.compile_cache import enable_compilation_cache
 from jaxsgl.model.loader import load_model, resolve_dtype
 from jaxsgl.model.step_input import PAD_PAGE, PAD_SLOT, StepInput
 from jaxsgl.scheduler import Req, Scheduler, StepInputBuilder
@@ -42,6 +43,7 @@ class Engine:
     def __init__(self, model_path: str | None = None, **options: Any) -> None:
         self.options = opts = EngineOptions.from_kwargs(model_path, options)
         t0 = time.perf_counter()
+        enable_compilation_cache()
         self.cfg, weights, self.model_dir = load_model(opts.model_path, dtype=opts.dtype,
                                                        load_format=opts.load_format, seed=opts.random_seed)
         self.tokenizer = None if opts.skip_tokenizer_init else load_tokenizer(self.model_dir)
@@ -93,11 +95,12 @@ class Engine:
     def generate(self, prompt: str | list[str] | None = None, sampling_params: dict | list[dict] | None = None,
                  input_ids: list[int] | list[list[int]] | None = None, return_logprob: bool | list[bool] = False,
                  logprob_start_len: int | list[int] | None = None, top_logprobs_num: int = 0,
-                 stream: bool = False) -> dict | list[dict] | Iterator[dict]:
+                 stream: bool = False, priority: int | list[int] | None = None) -> dict | list[dict] | Iterator[dict]:
         """Generate for one prompt (dict result) or a list (list of results, n per prompt).
 
         Every request is validated before any is queued: bad input raises ValueError and
         queues nothing. stream=True (single prompt, n=1) returns an iterator of increments.
+        priority (larger = more important) feeds the "priority" schedule and eviction policies.
         """
         single = (input_ids is not None and (not input_ids or isinstance(input_ids[0], int))) or isinstance(prompt, str)
         if input_ids is not None:
@@ -111,12 +114,13 @@ class Engine:
         k = len(batch_ids)
         per = lambda x, default: (x if isinstance(x, list) else [x] * k) if x is not None else [default] * k
         params_l, lp_l, start_l = per(sampling_params, None), per(return_logprob, False), per(logprob_start_len, None)
-        if not len(params_l) == len(lp_l) == len(start_l) == k:
+        prio_l = per(priority, 0)
+        if not len(params_l) == len(lp_l) == len(start_l) == len(prio_l) == k:
             raise ValueError(f"per-request argument lists must have {k} entries")
         states = []
-        for ids, sp, want_lp, start in zip(batch_ids, params_l, lp_l, start_l):
+        for ids, sp, want_lp, start, prio in zip(batch_ids, params_l, lp_l, start_l, prio_l):
             params = SamplingParams.from_dict(sp)
-            states += [self._make_state(ids, params, i, bool(want_lp), start, top_logprobs_num, stream)
+            states += [self._make_state(ids, params, i, bool(want_lp), start, top_logprobs_num, stream, int(prio))
                        for i in range(params.n)]
         if stream and len(states) != 1:
             raise ValueError("stream=True takes a single prompt with n=1")
@@ -186,7 +190,7 @@ class Engine:
 
     # ------------------------------------------------------------------ requests
     def _make_state(self, ids: list[int], params: SamplingParams, index: int, want_lp: bool, start: int | None,
-                    top_n: int, stream: bool) -> RequestState:
+                    top_n: int, stream: bool, priority: int = 0) -> RequestState:
         if not ids:
             raise ValueError("empty prompt")
         if any(not 0 <= t < self.cfg.vocab_size for t in ids):
@@ -201,7 +205,7 @@ class Engine:
         seed = params.seed if params.seed is not None else self.options.random_seed * 1_000_003 + next(self._rid)
         params = dataclasses.replace(params, seed=seed + index)  # each of n samples draws its own stream
         rid = f"r{next(self._rid)}"
-        req = Req(rid, list(ids), max_new_tokens=params.max_new_tokens,
+        req = Req(rid, list(ids), max_new_tokens=params.max_new_tokens, priority=priority,
                   logprob_start_len=max(start - 1, 0) if start >= 0 else None)
         if self.tokenizer is None and params.stop:
             raise ValueError("stop strings need a tokenizer (engine started with skip_tokenizer_init)")

@@ -155,3 +155,18 @@ def test_a_failing_step_fails_its_requests_and_the_engine_recovers(tiny_engine, 
     monkeypatch.setattr(tiny_engine.runner, "run", real_run)
     assert greedy(tiny_engine, n=5)["meta_info"]["completion_tokens"] == 5
     tiny_engine.scheduler.check_integrity()
+
+
+def test_request_priority_reaches_the_priority_eviction_policy(tiny_model_dir):
+    from jaxsgl.engine.engine import Engine
+
+    rng = np.random.default_rng(3)
+    a, b, c = (rng.integers(3, 49152, n).tolist() for n in (80, 80, 100))
+    with Engine(str(tiny_model_dir), dtype="float32", max_total_tokens=256, radix_eviction_policy="priority",
+                debug_check_integrity=True) as eng:
+        eng.generate(input_ids=a, sampling_params={"max_new_tokens": 0}, priority=5)
+        eng.generate(input_ids=b, sampling_params={"max_new_tokens": 0}, priority=0)
+        eng.generate(input_ids=c, sampling_params={"max_new_tokens": 0}, priority=0)  # forces an eviction
+        again = eng.generate(input_ids=[a, b], sampling_params={"max_new_tokens": 0})
+        assert again[0]["meta_info"]["cached_tokens"] == 64  # the important prefix survived
+        assert again[1]["meta_info"]["cached_tokens"] == 0  # the unimportant one (older than c) went
