@@ -31,25 +31,28 @@ class OutputText:
         if self.stopped_at is not None:
             return
         self.ids.append(token_id)
+        before = len(self.text)
         prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
         full = self._decode(self.ids[self.prefix_offset:])
         if len(full) > len(prefix) and not full.endswith("\ufffd"):
             self.text += full[len(prefix):]
             self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-        self._check_stop()
+        self._check_stop(before)
 
     def flush(self) -> None:
         """At the end: take whatever is still held back (e.g. an unfinished character)."""
         if self.stopped_at is None and self.read_offset < len(self.ids):
             prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
+            before = len(self.text)
             self.text += self._decode(self.ids[self.prefix_offset:])[len(prefix):]
             self.read_offset = len(self.ids)
-            self._check_stop()
+            self._check_stop(before)
 
-    def _check_stop(self) -> None:
+    def _check_stop(self, new_from: int) -> None:
+        """Trim at the earliest stop string that ends in the text added since position new_from."""
         if not self.stop:
             return
-        hits = [(self.text.find(s), s) for s in self.stop]
+        hits = [(self.text.find(s, max(new_from - len(s) + 1, 0)), s) for s in self.stop]
         hits = [(i, s) for i, s in hits if i >= 0]
         if hits:
             i, s = min(hits)
