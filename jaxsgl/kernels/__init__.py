@@ -4,20 +4,23 @@
 implementation:
   "reference"         plain jnp; runs everywhere (the CPU path and the test oracle)
   "pallas"            Pallas Triton kernel; NVIDIA GPUs only (A100, H100, ...)
-  "pallas_interpret"  the same kernel in Pallas interpret mode; any backend, slow (tests)
-  "auto"              "pallas" on an NVIDIA GPU, "reference" elsewhere
-A requested impl that cannot run raises; nothing falls back silently. cuDNN dense
-attention beats the kernel on long prefills without a cached prefix (docs/perf.md) but
-is not wired in: it needs the new tokens' K/V and a static "no prefix" promise.
+  "pallas_cudnn"      the kernel, plus cuDNN dense attention for steps that are one fresh
+                      prefill of >= 1024 padded tokens (kernels/dense_prefill.py); NVIDIA only
+  "pallas_interpret"  the Pallas kernel in interpret mode; any backend, slow (tests)
+  "auto"              "pallas_cudnn" on an NVIDIA GPU, "reference" elsewhere
+A requested impl that cannot run raises; nothing falls back silently.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 
+from jaxsgl.kernels.dense_prefill import with_dense_prefill
 from jaxsgl.kernels.ragged_paged_attention import BlockConfig, ragged_paged_attention_pallas
 from jaxsgl.kernels.reference import ragged_paged_attention_ref, write_kv_ref
 
-ATTENTION_IMPLS = ("reference", "pallas", "pallas_interpret", "auto")
+ATTENTION_IMPLS = ("reference", "pallas", "pallas_cudnn", "pallas_interpret", "auto")
 
 __all__ = ["ATTENTION_IMPLS", "BlockConfig", "on_nvidia_gpu", "ragged_paged_attention",
            "resolve_impl", "write_kv"]
@@ -35,9 +38,9 @@ def resolve_impl(impl: str) -> str:
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"unknown attention impl {impl!r}; available: {ATTENTION_IMPLS}")
     if impl == "auto":
-        return "pallas" if on_nvidia_gpu() else "reference"
-    if impl == "pallas" and not on_nvidia_gpu():
-        raise ValueError(f"attention impl 'pallas' needs an NVIDIA GPU (Triton lowering), but JAX's "
+        return "pallas_cudnn" if on_nvidia_gpu() else "reference"
+    if impl in ("pallas", "pallas_cudnn") and not on_nvidia_gpu():
+        raise ValueError(f"attention impl {impl!r} needs an NVIDIA GPU (Triton lowering), but JAX's "
                          f"default backend is {jax.default_backend()!r}; use 'reference', 'auto', or "
                          "'pallas_interpret' (slow) instead")
     return impl
@@ -51,8 +54,10 @@ def ragged_paged_attention(q, k_pages, v_pages, query_start, kv_lens, page_table
     kw = dict(sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window)
     if impl == "reference":
         return ragged_paged_attention_ref(q, k_pages, v_pages, query_start, kv_lens, page_table, **kw)
-    return ragged_paged_attention_pallas(q, k_pages, v_pages, query_start, kv_lens, page_table, **kw,
-                                         interpret=impl == "pallas_interpret")
+    paged = functools.partial(ragged_paged_attention_pallas, interpret=impl == "pallas_interpret")
+    if impl == "pallas_cudnn":
+        paged = with_dense_prefill(paged, "cudnn")
+    return paged(q, k_pages, v_pages, query_start, kv_lens, page_table, **kw)
 
 
 def write_kv(k_pages, v_pages, k, v, slots, *, impl: str = "reference"):
