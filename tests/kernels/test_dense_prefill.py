@@ -37,8 +37,9 @@ TOL = {jnp.float32: 2e-5, jnp.bfloat16: 3e-2}
 def test_dense_prefill_equals_paged_reference(dtype):
     args = setup([(list(range(45)), 0, [3, 7, 11])], dtype)
     want = ragged_paged_attention_ref(*args, sm_scale=D ** -0.5)
-    got = jax.jit(lambda *a: dense_prefill.dense_prefill_attention(*a, sm_scale=D ** -0.5,
-                                                                   implementation="xla"))(*args)
+    with jax.default_matmul_precision("highest"):  # GPUs default fp32 dots to TF32; the reference does not
+        got = jax.jit(lambda *a: dense_prefill.dense_prefill_attention(*a, sm_scale=D ** -0.5,
+                                                                       implementation="xla"))(*args)
     np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), atol=TOL[dtype], rtol=0)
     assert not np.any(np.asarray(got[45:], np.float32))  # padding rows are zeros
 
@@ -53,7 +54,8 @@ def test_with_dense_prefill_picks_the_right_branch(seqs, fresh, monkeypatch):
     args = setup(seqs, jnp.float32, seed=1)
     assert bool(dense_prefill.is_single_fresh_prefill(args[3], args[4])) == fresh
     attn = dense_prefill.with_dense_prefill(ragged_paged_attention_ref, implementation="xla")
-    got = jax.jit(lambda *a: attn(*a, sm_scale=0.125))(*args)
+    with jax.default_matmul_precision("highest"):
+        got = jax.jit(lambda *a: attn(*a, sm_scale=0.125))(*args)
     want = ragged_paged_attention_ref(*args, sm_scale=0.125)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=0)
 
