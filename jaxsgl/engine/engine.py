@@ -21,6 +21,7 @@ import numpy as np
 from jaxsgl.engine.detokenize import OutputText
 from jaxsgl.engine.model_runner import ModelRunner, kv_pages_for_memory, weights_nbytes
 from jaxsgl.engine.options import EngineOptions
+from jaxsgl.engine.overlap import OverlapLoop
 from jaxsgl.engine.request_state import RequestState
 from jaxsgl.engine.sampling_params import SamplingParams
 from jaxsgl.engine.sampling import SamplingFlags
@@ -58,8 +59,6 @@ class Engine:
             num_pages = kv_pages_for_memory(self.cfg, ps, kv_dtype, opts.mem_fraction_static,
                                             weights_nbytes(weights)) or CPU_DEFAULT_TOTAL_TOKENS // ps
         self.attn_impl = resolve_impl(opts.attention_backend)
-        self.runner = ModelRunner(self.cfg, weights, num_pages=num_pages, page_size=ps, kv_dtype=kv_dtype,
-                                  attn_impl=self.attn_impl)
         self.context_len = min(context, num_pages * ps)
         self.scheduler = Scheduler.create(
             num_pages, ps, eviction_policy=opts.radix_eviction_policy, disable_radix_cache=opts.disable_radix_cache,
@@ -76,6 +75,9 @@ class Engine:
             max_seqs=opts.max_running_requests, max_context_len=self.context_len, page_buckets=page_buckets)
         if opts.seq_buckets:
             self.builder.seq_buckets = sorted(set(opts.seq_buckets) | {opts.max_running_requests})
+        self.runner = ModelRunner(self.cfg, weights, num_pages=num_pages, page_size=ps, kv_dtype=kv_dtype,
+                                  attn_impl=self.attn_impl, max_seqs=self.builder.seq_buckets[-1])
+        self._overlap = OverlapLoop(self) if opts.enable_overlap else None
         if opts.warmup:
             self.warmup()
         self.states: dict[str, RequestState] = {}
@@ -184,7 +186,11 @@ class Engine:
             step = StepInput(np.zeros(T, np.int32), np.zeros(T, np.int32), np.zeros(S + 1, np.int32),
                              np.zeros(S, np.int32), np.full((S, P), PAD_PAGE, np.int32),
                              np.full(T, PAD_SLOT, np.int32), np.zeros(S, np.int32))
-            self.runner.run(step, greedy_sampling_input(S, T), SamplingFlags())
+            if self._overlap is None:
+                self.runner.run(step, greedy_sampling_input(S, T), SamplingFlags())
+            else:  # the overlap path compiles its own step function
+                self.runner.collect(self.runner.run_async(step, greedy_sampling_input(S, T), SamplingFlags(), None,
+                                                          np.full(T, -1, np.int32)))
         log.info("warm-up: compiled %d step shapes in %.1fs", len(shapes), time.perf_counter() - t0)
         return len(shapes)
 
@@ -226,7 +232,8 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not (self._inbox or self._aborts or self._stopping or self._flush or self.scheduler.has_work()):
+                while not (self._inbox or self._aborts or self._stopping or self._flush or self.scheduler.has_work()
+                           or (self._overlap is not None and self._overlap.inflight is not None)):
                     self._cv.wait()
                 if self._stopping:
                     break
@@ -261,10 +268,14 @@ class Engine:
                 self._finish(st, {"type": "abort", "message": str(error)}, release=False)
         if self.scheduler._pending_batch is not None:
             self.scheduler.process_results(self.scheduler._pending_batch, [])
+        if self._overlap is not None:
+            self._overlap.reset()
         self.scheduler.cache.evict_all()
         self.runner.reset_kv()
 
     def _step(self) -> None:
+        if self._overlap is not None:
+            return self._overlap.step()
         batch = self.scheduler.schedule()
         if not batch:
             self.scheduler.process_results(batch, [])
@@ -279,17 +290,27 @@ class Engine:
         self.step_times.append(batch.trace.step_time)
         if flags.input_logprobs:
             record_logprobs(batch, states, step, out)
+        next_ids = self._next_ids(batch, states, out)
+        self.scheduler.process_results(batch, next_ids)
+        self._deliver(batch, states, next_ids, out)
+        if self.options.debug_check_integrity:
+            self.scheduler.check_integrity()
+        batch.trace.end_time = time.perf_counter()
+
+    @staticmethod
+    def _next_ids(batch, states: list[RequestState], out) -> np.ndarray:
+        """The step's sampled ids per sequence; -1 (append nothing) for max_new_tokens == 0 prefills."""
         next_ids = out.token_ids[:len(batch.seqs)].copy()
         for i, (seq, st) in enumerate(zip(batch.seqs, states)):
             if seq.need_logits and st.params.max_new_tokens == 0:
                 next_ids[i] = -1  # prefill only: cache the prompt, append nothing
-        self.scheduler.process_results(batch, next_ids)
+        return next_ids
+
+    def _deliver(self, batch, states: list[RequestState], next_ids: np.ndarray, out) -> None:
+        """Hand each live sampling sequence its token (stop checks, streaming)."""
         for i, (seq, st) in enumerate(zip(batch.seqs, states)):
             if seq.need_logits and not st.done:
                 self._on_token(st, int(next_ids[i]), i, out)
-        if self.options.debug_check_integrity:
-            self.scheduler.check_integrity()
-        batch.trace.end_time = time.perf_counter()
 
     def _on_token(self, st: RequestState, tok: int, row: int, out) -> None:
         p = st.params
@@ -305,7 +326,7 @@ class Engine:
         st.text.append(tok)
         if st.text.stopped_at is not None:
             return self._finish(st, {"type": "stop", "matched": st.text.stopped_at})
-        if len(st.req.output_ids) >= p.max_new_tokens:
+        if st.req.num_generated >= p.max_new_tokens:  # (overlap: minus tokens still on the device)
             return self._finish(st, {"type": "length", "length": p.max_new_tokens})
         if st.stream:
             st.push_increment()

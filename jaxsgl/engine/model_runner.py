@@ -3,6 +3,15 @@
 The step function is jitted once per (StepInput bucket shape, SamplingFlags); the
 KV cache is donated through it. Outputs come back to the host as numpy in one
 transfer per step.
+
+Two ways to run a step:
+  - run(): synchronous, returns host arrays (the reference path);
+  - run_async() + collect(): overlap scheduling. run_async dispatches the step and
+    returns a StepHandle holding its device outputs (JAX dispatch does not block);
+    it takes the previous step's handle and a per-token source-row index, and the
+    jitted step reads token_ids[t] = prev.tokens[src[t]] where src[t] >= 0, so a
+    decode can feed a token that has not reached the host yet. collect() is the
+    only call that waits for the device.
 """
 from __future__ import annotations
 
@@ -13,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxsgl.engine.sampling import SampleOutput, SamplingFlags, SamplingInput, output_layout, sample
@@ -38,26 +48,53 @@ class StepOutputHost:
     input_top_logprobs: np.ndarray | None
 
 
+@dataclass
+class StepHandle:
+    """A dispatched step: its outputs still on the device."""
+
+    out: jax.Array       # packed SampleOutput (int32), read back by collect()
+    tokens: jax.Array    # int32[carry]: sampled ids (rows beyond the step's S are 0), feeds the next step
+    layout: tuple        # output_layout of `out`
+
+
 def _step(weights: Weights, kv: KVCache, flat: jax.Array, *, layout: Layout, cfg: ModelConfig,
           attn_impl: str, flags: SamplingFlags) -> tuple[jax.Array, KVCache]:
     """Unpack the step's inputs, run forward + sampling, pack the outputs into one int32 array."""
+    out, _, kv = _forward_sample(weights, kv, unpack(flat, layout), cfg=cfg, attn_impl=attn_impl, flags=flags)
+    return out, kv
+
+
+def _step_overlap(weights: Weights, kv: KVCache, flat: jax.Array, prev_tokens: jax.Array, *, layout: Layout,
+                  cfg: ModelConfig, attn_impl: str, flags: SamplingFlags) -> tuple[jax.Array, jax.Array, KVCache]:
+    """_step whose token_ids[t] come from prev_tokens[src[t]] where src[t] >= 0; also returns the
+    sampled ids padded to prev_tokens' size (the next step's prev_tokens)."""
     arrays = unpack(flat, layout)
+    src = arrays.pop("src")
+    arrays["step.token_ids"] = jnp.where(src >= 0, prev_tokens[jnp.maximum(src, 0)], arrays["step.token_ids"])
+    out, tokens, kv = _forward_sample(weights, kv, arrays, cfg=cfg, attn_impl=attn_impl, flags=flags)
+    return out, jnp.zeros_like(prev_tokens).at[:tokens.shape[0]].set(tokens), kv
+
+
+def _forward_sample(weights: Weights, kv: KVCache, arrays: dict[str, jax.Array], *, cfg: ModelConfig,
+                    attn_impl: str, flags: SamplingFlags) -> tuple[jax.Array, jax.Array, KVCache]:
+    """Forward + sampling on unpacked inputs: (packed outputs, sampled token ids, new KV)."""
     step = StepInput(**{n: arrays["step." + n] for n in step_input_fields()})
     si = SamplingInput(**{f.name: arrays["samp." + f.name] for f in dataclasses.fields(SamplingInput)})
     logits, kv = forward(weights, kv, step, cfg=cfg, attn_impl=attn_impl, all_logits=flags.input_logprobs)
     all_logits = None
     if flags.input_logprobs:
         all_logits, logits = logits, logits[step.logits_indices]
-    out, out_layout = pack_device(sample(logits, si, flags, all_logits)._asdict())
+    sampled = sample(logits, si, flags, all_logits)
+    out, out_layout = pack_device(sampled._asdict())
     assert out_layout == output_layout(step.num_seqs, step.num_tokens, flags), out_layout
-    return out, kv
+    return out, sampled.token_ids, kv
 
 
 class ModelRunner:
     """Weights + paged KV + the compiled step functions."""
 
     def __init__(self, cfg: ModelConfig, weights: Weights, *, num_pages: int, page_size: int,
-                 kv_dtype: Any = None, attn_impl: str = "reference") -> None:
+                 kv_dtype: Any = None, attn_impl: str = "reference", max_seqs: int = 0) -> None:
         self.cfg = cfg
         self.weights = weights
         self.page_size = page_size
@@ -65,6 +102,9 @@ class ModelRunner:
         self.kv_dtype = kv_dtype or weights.embed.dtype
         self.kv = init_kv_cache(cfg, num_pages, page_size, self.kv_dtype)
         self._fns: dict[SamplingFlags, Any] = {}
+        self._overlap_fns: dict[SamplingFlags, Any] = {}
+        self.max_seqs = max_seqs  # run_async: rows carried from one step to the next (>= any step's S)
+        self._no_prev: jax.Array | None = None
         log.info("KV cache: %d pages x %d tokens, %.1f MiB", num_pages, page_size,
                  num_pages * page_size * kv_bytes_per_token(cfg, self.kv_dtype) / 2**20)
 
@@ -80,12 +120,43 @@ class ModelRunner:
 
     def run(self, step: StepInput, si: SamplingInput, flags: SamplingFlags) -> StepOutputHost:
         """Run one step; mutates self.kv (the new tokens' K/V are written)."""
-        arrays = {"step." + n: getattr(step, n) for n in step_input_fields()}
-        arrays.update({"samp." + f.name: getattr(si, f.name) for f in dataclasses.fields(si)})
-        flat, layout = pack(arrays)
+        flat, layout = pack(_inputs(step, si))
         out, self.kv = self._fn(flags)(self.weights, self.kv, flat, layout=layout)
-        got = unpack_host(np.asarray(out), output_layout(step.num_seqs, step.num_tokens, flags))
-        return StepOutputHost(*[got.get(name) for name in SampleOutput._fields])
+        return _unpack_output(np.asarray(out), output_layout(step.num_seqs, step.num_tokens, flags))
+
+    def run_async(self, step: StepInput, si: SamplingInput, flags: SamplingFlags, prev: StepHandle | None,
+                  src: np.ndarray) -> StepHandle:
+        """Dispatch one step without waiting for it; mutates self.kv (a future). src int32[T]:
+        token_ids[t] = prev.tokens[src[t]] where src[t] >= 0 (prev's sampled row src[t])."""
+        if not 0 < step.num_seqs <= self.max_seqs:
+            raise ValueError(f"run_async: {step.num_seqs} sequences, carry size max_seqs={self.max_seqs}")
+        if prev is None:
+            if (src >= 0).any():
+                raise ValueError("run_async: src refers to a previous step but none was given")
+            if self._no_prev is None:
+                self._no_prev = jnp.zeros(self.max_seqs, jnp.int32)
+        flat, layout = pack({**_inputs(step, si), "src": np.asarray(src, np.int32)})
+        if flags not in self._overlap_fns:
+            fn = functools.partial(_step_overlap, cfg=self.cfg, attn_impl=self.attn_impl, flags=flags)
+            self._overlap_fns[flags] = jax.jit(fn, donate_argnums=(1,), static_argnames=("layout",))
+        out, tokens, self.kv = self._overlap_fns[flags](self.weights, self.kv, flat,
+                                                        self._no_prev if prev is None else prev.tokens, layout=layout)
+        return StepHandle(out, tokens, output_layout(step.num_seqs, step.num_tokens, flags))
+
+    def collect(self, handle: StepHandle) -> StepOutputHost:
+        """Wait for a dispatched step and bring its outputs to the host (one transfer)."""
+        return _unpack_output(np.asarray(handle.out), handle.layout)
+
+
+def _inputs(step: StepInput, si: SamplingInput) -> dict[str, np.ndarray]:
+    arrays = {"step." + n: getattr(step, n) for n in step_input_fields()}
+    arrays.update({"samp." + f.name: getattr(si, f.name) for f in dataclasses.fields(si)})
+    return arrays
+
+
+def _unpack_output(flat: np.ndarray, layout: tuple) -> StepOutputHost:
+    got = unpack_host(flat, layout)
+    return StepOutputHost(*[got.get(name) for name in SampleOutput._fields])
 
 
 def kv_pages_for_memory(cfg: ModelConfig, page_size: int, dtype: Any, fraction: float = 0.85,

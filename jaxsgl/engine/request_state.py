@@ -44,7 +44,7 @@ class RequestState:
         meta: dict[str, Any] = {
             "id": req.rid,
             "prompt_tokens": len(req.prompt_ids),
-            "completion_tokens": len(req.output_ids),
+            "completion_tokens": req.num_generated,
             "cached_tokens": req.cached_len,
             "finish_reason": self.finish_reason,
             "e2e_latency": time.perf_counter() - self.created,
@@ -59,7 +59,7 @@ class RequestState:
                 meta["input_top_logprobs"] = [self.input_top.get(p) for p in range(start, len(req.prompt_ids))] \
                     if self.logprob_start_len >= 0 else []
                 meta["output_top_logprobs"] = list(self.output_top)
-        return {"text": self.text.visible() if text is None else text, "output_ids": list(req.output_ids),
+        return {"text": self.text.visible() if text is None else text, "output_ids": req.generated_ids(),
                 "meta_info": meta}
 
     def push_increment(self) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from jaxsgl.scheduler.overlap import PLACEHOLDER
 from jaxsgl.scheduler.request import ReqStatus
 
 if TYPE_CHECKING:
@@ -18,6 +19,7 @@ def check_scheduler_integrity(sched: Scheduler) -> None:
     expected_locks: dict[int, int] = {}
     for req in sched.running:
         assert req.status == ReqStatus.RUNNING and req.lock_node is not None, f"{req} is not properly running"
+        assert req.kv_len <= req.seq_len, f"{req}: KV beyond its tokens"
         assert sched.cache.path_pages(req.lock_node) == req.pages[:req.num_tree_pages], f"{req}: tree pages differ"
         assert len(req.pages) * sched.page_size >= req.kv_len, f"{req}: pages do not cover its KV"
         private.extend(req.private_pages())
@@ -30,10 +32,15 @@ def check_scheduler_integrity(sched: Scheduler) -> None:
     while stack:
         node = stack.pop()
         assert node.lock_ref == expected_locks.get(id(node), 0), f"{node}: lock_ref without a running owner"
+        assert min(node.key) >= 0, f"{node}: the tree holds a placeholder id"
         stack.extend(node.children.values())
     for req in sched.waiting:
         assert req.status == ReqStatus.WAITING and not req.pages and req.lock_node is None and req.kv_len == 0, \
             f"waiting {req} holds KV"
+    for req in sched.requests.values():
+        known = req.num_generated
+        assert 0 <= known and all(t == PLACEHOLDER for t in req.output_ids[known:]) \
+            and PLACEHOLDER not in req.output_ids[:known], f"{req}: placeholders not at the end"
     live = {id(r) for r in sched.waiting} | {id(r) for r in sched.running}
     assert len(live) == len(sched.waiting) + len(sched.running) == len(sched.requests), "request lists disagree"
     assert all(id(r) in live for r in sched.requests.values()), "a live request is in no queue"

@@ -60,14 +60,16 @@ class ReqKV:
         return True
 
     def cache_prefix(self, req: Req) -> None:
-        """Insert req's computed whole pages into the tree and move its lock to the new end.
+        """Insert req's computed whole pages of known tokens into the tree and move its lock
+        to the new end.
 
         Mutates the tree (insert), the pool (frees duplicate pages) and req.pages /
         num_tree_pages / lock_node. No-op when the cache is disabled."""
         if not self.cache.enabled:
             return
         ps = self.page_size
-        res = self.cache.insert(req.all_ids[:req.kv_len], req.pages, priority=req.priority)
+        known = min(req.kv_len, req.seq_len - req.num_placeholders)  # never an overlap placeholder
+        res = self.cache.insert(req.all_ids[:known], req.pages, priority=req.priority)
         dup_end = res.prefix_len // ps
         if dup_end > req.num_tree_pages:  # someone cached these tokens first: use their pages
             self.pool.free(req.pages[req.num_tree_pages:dup_end])

@@ -11,6 +11,8 @@ with the radix cache on and off").
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from jaxsgl.model.step_input import StepInput
@@ -32,10 +34,16 @@ class MockModel:
         weights = np.arange(1, len(context) + 1, dtype=np.int64) % 7919
         return int((context.astype(np.int64) * weights).sum() % self.vocab_size)
 
-    def step(self, inp: StepInput, batch: ScheduledBatch | None = None) -> np.ndarray:
+    def step(self, inp: StepInput, batch: ScheduledBatch | None = None, prev_tokens: np.ndarray | None = None,
+             src: np.ndarray | None = None) -> np.ndarray:
         """Run one step; returns int32[S] next tokens (padded rows: -1). With `batch`,
-        also checks each sequence's KV against its request's token ids."""
+        also checks each sequence's KV against its request's known token ids. Overlap:
+        token_ids[t] = prev_tokens[src[t]] where src[t] >= 0 (the previous step's output),
+        as the jitted engine step does on the device."""
         inp.check()
+        if src is not None and (src >= 0).any():
+            inp = dataclasses.replace(inp, token_ids=np.where(src >= 0, prev_tokens[np.maximum(src, 0)],
+                                                                inp.token_ids).astype(np.int32))
         ps = self.page_size
         real = inp.slots >= 0
         n_real = int(inp.query_start[-1])
@@ -53,7 +61,7 @@ class MockModel:
             assert (self.kv_pos[slots] == pos).all(), f"sequence {s}: KV positions corrupted"
             context = self.kv_token[slots]
             if batch is not None:
-                want = np.asarray(batch.seqs[s].req.all_ids[:kv_len])
-                assert (context == want).all(), f"sequence {s} ({batch.seqs[s].req.rid}): KV holds other tokens"
+                want = np.asarray(batch.seqs[s].req.all_ids[:kv_len])  # placeholders (< 0) are unknown yet
+                assert ((context == want) | (want < 0)).all(), f"sequence {s} ({batch.seqs[s].req.rid}): KV holds other tokens"
             out[s] = self.next_token(context)
         return out

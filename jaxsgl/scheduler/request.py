@@ -22,6 +22,8 @@ class Req:
     Token model: `all_ids = prompt_ids + output_ids`. KV exists for all_ids[:kv_len];
     the next step feeds all_ids[kv_len:] (the whole uncached prompt in prefill, or
     chunks of it; one token in decode). The last output token has no KV until fed.
+    With overlap scheduling the last num_placeholders output ids are PLACEHOLDER
+    (scheduler/overlap.py): sampled on the device, not read back yet.
 
     KV ownership while RUNNING: pages[i] holds tokens [i*ps, (i+1)*ps). The first
     num_tree_pages pages belong to the radix cache and are pinned by lock_node;
@@ -42,6 +44,7 @@ class Req:
     # KV state (scheduler-owned)
     pages: list[int] = field(default_factory=list)
     num_tree_pages: int = 0
+    num_placeholders: int = 0    # trailing output_ids whose sampled id is still on the device (overlap)
     lock_node: TreeNode | None = None
     kv_len: int = 0
     cached_len: int = 0          # prompt tokens served by the cache at first admission
@@ -64,6 +67,15 @@ class Req:
         if end <= n:
             return self.prompt_ids[start:end]
         return self.prompt_ids[start:] + self.output_ids[:end - n]
+
+    @property
+    def num_generated(self) -> int:
+        """Output tokens whose ids are known (output_ids minus trailing placeholders)."""
+        return len(self.output_ids) - self.num_placeholders
+
+    def generated_ids(self) -> list[int]:
+        """A copy of the known output ids (never a placeholder)."""
+        return self.output_ids[:self.num_generated]
 
     @property
     def seq_len(self) -> int:

@@ -14,6 +14,9 @@ The engine's loop (nano-vllm style; one schedule/process pair per step):
 A step = decodes of running requests + chunks of unfinished prefills + newly
 admitted requests (see schedule()). finish()/abort() may be called at any time
 between steps; process_results(batch) must come before the next schedule().
+Overlap scheduling replaces process_results by advance(batch) (right after the
+step is dispatched) and fill(batch, ids) (once its results are read back), so the
+next step can be scheduled while one is in flight; see scheduler/overlap.py.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from jaxsgl.cache.radix_cache import RadixCache
 from jaxsgl.scheduler.batch import ScheduledBatch, SeqWork
 from jaxsgl.scheduler.config import SchedulerConfig
 from jaxsgl.scheduler.integrity import check_scheduler_integrity
+from jaxsgl.scheduler import overlap
 from jaxsgl.scheduler.kv import ReqKV
 from jaxsgl.scheduler.policy import SchedulePolicy, arrival_order, make_schedule_policy
 from jaxsgl.scheduler.request import Req, ReqStatus
@@ -78,6 +82,7 @@ class Scheduler:
         self.stats = SchedulerStats()
         self._seq_no = 0
         self._pending_batch: ScheduledBatch | None = None
+        self.in_flight: list[ScheduledBatch] = []  # advanced, not yet filled (overlap), oldest first
 
     @classmethod
     def create(cls, num_pages: int, page_size: int = 1, *, eviction_policy: str = "lru",
@@ -123,7 +128,7 @@ class Scheduler:
         pages cannot be found. Mutates queues, requests' pages/locks, the cache (evictions)
         and appends a StepTrace. An empty batch means there is nothing to run."""
         if self._pending_batch is not None:
-            raise RuntimeError("schedule() called twice without process_results()")
+            raise RuntimeError("schedule() called twice without process_results() or advance()")
         self.step += 1
         trace = StepTrace(step=self.step)
         evicted_before = self.cache.stats.evicted_pages
@@ -171,6 +176,18 @@ class Scheduler:
                 self.finish(req)
         return updated
 
+    def advance(self, batch: ScheduledBatch) -> None:
+        """Overlap: apply a dispatched step optimistically (placeholder ids); see overlap.advance."""
+        overlap.advance(self, batch)
+
+    def fill(self, batch: ScheduledBatch, next_token_ids: Sequence[int]) -> list[Req]:
+        """Overlap: give the oldest advanced batch its sampled ids; see overlap.fill."""
+        return overlap.fill(self, batch, next_token_ids)
+
+    def discard_in_flight(self) -> None:
+        """Overlap: drop advanced batches whose requests have all ended (after a failed step)."""
+        overlap.discard_in_flight(self)
+
     def finish(self, req: Req | str, reason: object = None) -> Req:
         """End a request: insert its computed KV into the cache, free the rest, unlock."""
         return self._end(req, ReqStatus.FINISHED, reason)
@@ -215,6 +232,8 @@ class Scheduler:
         """Work for already-running requests; retracts some if their pages cannot be found."""
         plan: list[tuple[Req, int]] = []
         for req in self.running:
+            if overlap.will_finish_by_length(req):
+                continue  # overlap: ends when its in-flight token is filled
             if req.is_decoding:
                 if decode:
                     plan.append((req, 1))
@@ -340,6 +359,7 @@ class Scheduler:
         req = self.requests[req] if isinstance(req, str) else req
         if req.is_done:
             return req
+        overlap.trim_placeholders(req)  # tokens of in-flight steps are dropped; only known ids are cached
         if req.status == ReqStatus.RUNNING:
             self.running.remove(req)
             self.kv.release(req, insert=True)

@@ -31,7 +31,9 @@ class StepTrace:
     evictable_pages: int = 0
     locked_pages: int = 0
     new_token_ratio: float = 0.0
-    step_time: float | None = None   # seconds in ModelRunner.run (transfer + device + transfer back)
+    sync_fallback: bool = False  # overlap on, but this step waited for the previous one's results
+    step_time: float | None = None   # seconds in ModelRunner.run (transfer + device + transfer back);
+    #                                  overlap: from dispatch until the results are on the host
     end_time: float | None = None    # time.perf_counter() when the engine finished the step (host work included)
 
     def as_dict(self) -> dict[str, Any]:

@@ -36,3 +36,18 @@ def tiny_engine(tiny_model_dir):
     eng = Engine(str(tiny_model_dir), dtype="float32", debug_check_integrity=True, chunked_prefill_size=64)
     yield eng
     eng.shutdown()
+
+
+@pytest.fixture(scope="session")
+def workload():
+    from tests.engine.workload import mixed_workload
+
+    return mixed_workload()
+
+
+@pytest.fixture(scope="session")
+def baseline(tiny_model_dir, workload):
+    """Greedy outputs (and cache stats) of the workload with the cache on, page 16, chunking: the reference."""
+    from tests.engine.workload import CONFIGS, run
+
+    return run(tiny_model_dir, workload, **CONFIGS["cache-on-page16-chunked"])
