@@ -42,8 +42,8 @@ class MockModel:
         as the jitted engine step does on the device."""
         inp.check()
         if src is not None and (src >= 0).any():
-            inp = dataclasses.replace(inp, token_ids=np.where(src >= 0, prev_tokens[np.maximum(src, 0)],
-                                                                inp.token_ids).astype(np.int32))
+            fed = np.where(src >= 0, prev_tokens[np.maximum(src, 0)], inp.token_ids)
+            inp = dataclasses.replace(inp, token_ids=fed.astype(np.int32))
         ps = self.page_size
         real = inp.slots >= 0
         n_real = int(inp.query_start[-1])
@@ -62,6 +62,7 @@ class MockModel:
             context = self.kv_token[slots]
             if batch is not None:
                 want = np.asarray(batch.seqs[s].req.all_ids[:kv_len])  # placeholders (< 0) are unknown yet
-                assert ((context == want) | (want < 0)).all(), f"sequence {s} ({batch.seqs[s].req.rid}): KV holds other tokens"
+                assert ((context == want) | (want < 0)).all(), \
+                    f"sequence {s} ({batch.seqs[s].req.rid}): KV holds other tokens"
             out[s] = self.next_token(context)
         return out

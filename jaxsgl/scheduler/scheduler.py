@@ -202,8 +202,8 @@ class Scheduler:
     def extend_output(self, req: Req, token_ids: Sequence[int]) -> None:
         """Append tokens the engine decided without sampling (e.g. a constrained-decoding
         jump-forward); the next step feeds them all as one extend."""
-        if req.status != ReqStatus.RUNNING:
-            raise ValueError(f"{req} is not running")
+        if req.status != ReqStatus.RUNNING or req.num_placeholders:
+            raise ValueError(f"{req} is not running, or has tokens in flight (overlap)")
         req.output_ids.extend(int(t) for t in token_ids)
 
     def trace_records(self) -> list[dict]:

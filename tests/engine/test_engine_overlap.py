@@ -39,7 +39,7 @@ def test_overlap_runs_decodes_from_device_tokens_without_fallback(overlap_engine
 
 def test_stop_strings_stop_ids_and_streaming_match_sync(overlap_engine, tiny_engine):
     full = tiny_engine.generate(PROMPT, {"max_new_tokens": 24, **GREEDY})
-    assert overlap_engine.generate(PROMPT, {"max_new_tokens": 24, **GREEDY}) ["output_ids"] == full["output_ids"]
+    assert overlap_engine.generate(PROMPT, {"max_new_tokens": 24, **GREEDY})["output_ids"] == full["output_ids"]
     text = full["text"]
     stop = text[len(text) // 2: len(text) // 2 + 3]
     want = tiny_engine.generate(PROMPT, {"max_new_tokens": 24, "stop": [stop], **GREEDY})
@@ -59,13 +59,11 @@ def test_logprobs_zero_tokens_n_and_penalties_match_sync(overlap_engine, tiny_en
     kw = dict(input_ids=tiny_engine.tokenizer.encode(PROMPT), return_logprob=True, logprob_start_len=3,
               top_logprobs_num=3, sampling_params={"max_new_tokens": 4, **GREEDY})
     want, got = tiny_engine.generate(**kw)["meta_info"], overlap_engine.generate(**kw)["meta_info"]
-    for key in ("input_token_logprobs", "output_token_logprobs", "output_top_logprobs"):
-        a, b = want[key], got[key]
-        assert len(a) == len(b) and [x[1] for x in a] == [x[1] for x in b] if key != "output_top_logprobs" else True
-        np.testing.assert_allclose(np.array([x[0] for x in a] if key != "output_top_logprobs" else
-                                            [[y[0] for y in x] for x in a], float),
-                                   np.array([x[0] for x in b] if key != "output_top_logprobs" else
-                                            [[y[0] for y in x] for x in b], float), atol=1e-5)
+    for key in ("input_token_logprobs", "output_token_logprobs"):
+        assert [t for _, t, _ in got[key]] == [t for _, t, _ in want[key]]
+        np.testing.assert_allclose([x for x, _, _ in got[key]], [x for x, _, _ in want[key]], atol=1e-5)
+    assert [[t for _, t, _ in top] for top in got["output_top_logprobs"]] == \
+        [[t for _, t, _ in top] for top in want["output_top_logprobs"]]
     zero = overlap_engine.generate("Astronomy and stars, once more. " * 3, {"max_new_tokens": 0})
     assert zero["output_ids"] == [] and zero["meta_info"]["finish_reason"]["type"] == "length"
     sp = {"max_new_tokens": 10, "temperature": 1.0, "top_p": 0.95, "seed": 7, "n": 3, "ignore_eos": True}

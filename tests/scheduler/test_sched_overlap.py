@@ -12,7 +12,8 @@ from tests.scheduler.sched_harness import assert_idle_and_clean, make_builder
 
 def stops(req: Req) -> bool:
     """A stop rule that depends on the tokens only (so both loops stop at the same place)."""
-    return req.num_generated >= req.max_new_tokens or (req.num_generated > 0 and req.output_ids[req.num_generated - 1] % 29 == 0)
+    n = req.num_generated
+    return n >= req.max_new_tokens or (n > 0 and req.output_ids[n - 1] % 29 == 0)
 
 
 def drive(sched: Scheduler, reqs: list[Req], *, overlap: bool, abort_every: int = 0, ctx: int = 1024,
