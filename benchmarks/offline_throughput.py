@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--chunked-prefill-size", type=int, default=512)
     ap.add_argument("--batch1-output", type=int, default=32)
     ap.add_argument("--attention-backend", default="auto")
-    ap.add_argument("--enable-overlap", action="store_true", help="overlap scheduling (EngineOptions.enable_overlap)")
+    ap.add_argument("--disable-overlap-schedule", action="store_true", help="synchronous steps (no overlap scheduling)")
     ap.add_argument("--out", default="offline_throughput.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
@@ -97,7 +97,7 @@ def main() -> None:
     eng = Engine(args.model, load_format=args.load_format, dtype=args.dtype, skip_tokenizer_init=True,
                  max_running_requests=args.max_running_requests, chunked_prefill_size=args.chunked_prefill_size,
                  max_prefill_tokens=max(args.chunked_prefill_size, 1), attention_backend=args.attention_backend,
-                 seq_buckets=[1, 8, 32], enable_overlap=args.enable_overlap)
+                 seq_buckets=[1, 8, 32], disable_overlap_schedule=args.disable_overlap_schedule)
     start_s = time.perf_counter() - t0
     vocab = eng.cfg.vocab_size
     rng = np.random.default_rng(0)

@@ -77,7 +77,7 @@ class Engine:
             self.builder.seq_buckets = sorted(set(opts.seq_buckets) | {opts.max_running_requests})
         self.runner = ModelRunner(self.cfg, weights, num_pages=num_pages, page_size=ps, kv_dtype=kv_dtype,
                                   attn_impl=self.attn_impl, max_seqs=self.builder.seq_buckets[-1])
-        self._overlap = OverlapLoop(self) if opts.enable_overlap else None
+        self._overlap = None if opts.disable_overlap_schedule else OverlapLoop(self)
         if opts.warmup:
             self.warmup()
         self.states: dict[str, RequestState] = {}

@@ -1,4 +1,4 @@
-"""Overlap scheduling in the engine loop (EngineOptions.enable_overlap).
+"""Overlap scheduling in the engine loop (on unless EngineOptions.disable_overlap_schedule).
 
 The synchronous loop (Engine._step) reads step N's tokens back and does its host work
 (stop checks, detokenizing, scheduling, packing) before dispatching step N+1, so the

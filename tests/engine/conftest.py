@@ -33,7 +33,9 @@ def tiny_model_dir(tmp_path_factory, default_model_dir) -> Path:
 def tiny_engine(tiny_model_dir):
     from jaxsgl.engine.engine import Engine
 
-    eng = Engine(str(tiny_model_dir), dtype="float32", debug_check_integrity=True, chunked_prefill_size=64)
+    """The synchronous engine (no overlap): the reference the overlapped default is compared with."""
+    eng = Engine(str(tiny_model_dir), dtype="float32", debug_check_integrity=True, chunked_prefill_size=64,
+                 disable_overlap_schedule=True)
     yield eng
     eng.shutdown()
 
@@ -50,4 +52,4 @@ def baseline(tiny_model_dir, workload):
     """Greedy outputs (and cache stats) of the workload with the cache on, page 16, chunking: the reference."""
     from tests.engine.workload import CONFIGS, run
 
-    return run(tiny_model_dir, workload, **CONFIGS["cache-on-page16-chunked"])
+    return run(tiny_model_dir, workload, disable_overlap_schedule=True, **CONFIGS["cache-on-page16-chunked"])

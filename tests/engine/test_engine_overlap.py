@@ -1,4 +1,4 @@
-"""Overlap scheduling (enable_overlap=True) gives the synchronous engine's results, feature by feature."""
+"""Overlap scheduling (the default; disable_overlap_schedule=False) gives the synchronous engine's results, feature by feature."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,14 +14,14 @@ GREEDY = {"temperature": 0, "ignore_eos": True}
 @pytest.fixture(scope="module")
 def overlap_engine(tiny_model_dir):
     eng = Engine(str(tiny_model_dir), dtype="float32", debug_check_integrity=True, chunked_prefill_size=64,
-                 enable_overlap=True)
+                 disable_overlap_schedule=False)
     yield eng
     eng.shutdown()
 
 
 @pytest.mark.parametrize("name", ["cache-on-page16-chunked", "heavy-eviction"])
 def test_greedy_outputs_identical_with_overlap(name, tiny_model_dir, workload, baseline):
-    got, stats = run(tiny_model_dir, workload, enable_overlap=True, **CONFIGS[name])
+    got, stats = run(tiny_model_dir, workload, disable_overlap_schedule=False, **CONFIGS[name])
     assert got == baseline[0]  # the synchronous engine's outputs (equal across configs: test_engine_equivalence)
     if name == "heavy-eviction":
         assert stats["evicted_pages"] > 0
