@@ -10,8 +10,6 @@ import jaxsgl as sgl
 from jaxsgl.lang import ConstrainedDecodingUnavailable
 from jaxsgl.lang.backend.runtime import common_prefix_len
 
-pytest.importorskip("jax")
-engine_mod = pytest.importorskip("jaxsgl.engine.engine")
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 
