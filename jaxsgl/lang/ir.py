@@ -100,6 +100,19 @@ def run_defaults(max_new_tokens: int = 128, stop: Any = (), stop_token_ids: Any 
         top_logprobs_num=top_logprobs_num, return_text_in_logprobs=return_text_in_logprobs)
 
 
+class RoleMethods:
+    """`s.system(...)`, `s.user(...)`, `s.assistant(...)` for any state with a `_role(name, expr)`."""
+
+    def system(self, expr: Optional[Any] = None) -> Any:
+        return self._role("system", expr)  # type: ignore[attr-defined]
+
+    def user(self, expr: Optional[Any] = None) -> Any:
+        return self._role("user", expr)  # type: ignore[attr-defined]
+
+    def assistant(self, expr: Optional[Any] = None) -> Any:
+        return self._role("assistant", expr)  # type: ignore[attr-defined]
+
+
 class Expr:
     """Base of every expression; `+` concatenates into an ExprList."""
 

@@ -5,11 +5,11 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
 from jaxsgl.lang.interpreter import StreamExecutor
-from jaxsgl.lang.ir import (ConcatAndAppend, Expr, ExprList, RoleBegin, RoleEnd, VarScopeBegin, VarScopeEnd,
-                            _as_expr)
+from jaxsgl.lang.ir import (ConcatAndAppend, Expr, ExprList, RoleBegin, RoleEnd, RoleMethods, VarScopeBegin,
+                            VarScopeEnd, _as_expr)
 
 
-class ProgramState:
+class ProgramState(RoleMethods):
     """The state of one running program: append with `+=`, read with `s["var"]`, `s.text()`."""
 
     def __init__(self, stream_executor: StreamExecutor):
@@ -38,15 +38,6 @@ class ProgramState:
             self.stream_executor.submit(RoleEnd(role))
 
         return scope()
-
-    def system(self, expr: Optional[Any] = None) -> Any:
-        return self._role("system", expr)
-
-    def user(self, expr: Optional[Any] = None) -> Any:
-        return self._role("user", expr)
-
-    def assistant(self, expr: Optional[Any] = None) -> Any:
-        return self._role("assistant", expr)
 
     @contextmanager
     def var_scope(self, name: str) -> Iterator[None]:

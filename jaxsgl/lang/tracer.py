@@ -10,14 +10,14 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
 from jaxsgl.lang.chat_template import ChatTemplate
-from jaxsgl.lang.ir import Argument, ConstantText, Expr, ExprList, RoleBegin, RoleEnd
+from jaxsgl.lang.ir import Argument, ConstantText, Expr, ExprList, RoleBegin, RoleEnd, RoleMethods
 
 
 class StopTracing(Exception):
     """The program reached something that is not constant."""
 
 
-class TracerState:
+class TracerState(RoleMethods):
     """A stand-in for ProgramState that only records the constant prefix."""
 
     def __init__(self, chat_template: Optional[ChatTemplate]):
@@ -65,15 +65,6 @@ class TracerState:
             self._trace(RoleEnd(role))
 
         return scope()
-
-    def system(self, expr: Optional[Any] = None) -> Any:
-        return self._role("system", expr)
-
-    def user(self, expr: Optional[Any] = None) -> Any:
-        return self._role("user", expr)
-
-    def assistant(self, expr: Optional[Any] = None) -> Any:
-        return self._role("assistant", expr)
 
     def __getattr__(self, name: str) -> Any:  # fork, text, var_scope, ...: not constant
         raise StopTracing()
