@@ -1,6 +1,7 @@
 """Time ragged paged attention on the GPU: decode and extend, against baselines and the roofline.
 
     python benchmarks/attention.py [--out results.json] [--tune] [--quick] [--budget SECONDS]
+    python benchmarks/attention.py --mosaic   # extend: Mosaic GPU kernel configs vs Triton vs cuDNN
 
 Shapes are Llama-3-8B's attention (32 q heads, 8 KV heads, head_dim 128, bf16, page 16).
 Decode: batch 1-256 x context 512-32k vs the reference, JAX's bundled
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsgl.kernels import BlockConfig, write_kv
+from jaxsgl.kernels.paged_extend_mosaic import MosaicConfig
 from jaxsgl.kernels.ragged_paged_attention import default_configs, ragged_paged_attention_pallas
 from jaxsgl.kernels.reference import ragged_paged_attention_ref
 
@@ -173,7 +175,8 @@ def cudnn_time(prefix: int, new: int) -> float:
     return timeit(dense, [(qd, kd, vd)])
 
 
-def bench_sweep(rng, ext_cases, long_cfgs, dec_cases, short_cfgs, page1: bool = True) -> dict:
+def bench_sweep(rng, ext_cases, long_cfgs, dec_cases, short_cfgs, page1: bool = True,
+                with_default: bool = True) -> dict:
     """Alternative block configs (and page size 1) on chosen cases, each vs the default."""
     out = {"extend": [], "decode": [], "page1": []}
     for prefix, new in ext_cases:
@@ -182,9 +185,15 @@ def bench_sweep(rng, ext_cases, long_cfgs, dec_cases, short_cfgs, page1: bool = 
         cud = cudnn_time(prefix, new)
         cud_flops = flops if prefix == 0 else 4 * H * D * new * (prefix + new)
         want = np.asarray(ragged_paged_attention_ref(*sets[0], sm_scale=SCALE), np.float32) if new <= 512 and prefix <= 2048 else None
-        for cfg in [None] + long_cfgs:
+        for cfg in [None] * with_default + long_cfgs:
             f = jax.jit(functools.partial(ragged_paged_attention_pallas, sm_scale=SCALE, long_config=cfg))
-            t = timeit(f, sets)
+            try:
+                t = timeit(f, sets)
+            except Exception as e:  # noqa: BLE001 - a config that does not compile is a result
+                row = {"prefix": prefix, "new": new, "config": str(cfg), "error": str(e)[:2000]}
+                print(json.dumps(row), flush=True)
+                out["extend"].append(row)
+                continue
             row = {"prefix": prefix, "new": new, "config": str(cfg or "default"), "us": t * 1e6,
                    "TFLOPs": flops / t / 1e12, "ratio_vs_cudnn": (t / flops) / (cud / cud_flops)}
             if want is not None:
@@ -242,6 +251,38 @@ def bench_final(rng, ceil) -> dict:
         print(json.dumps(row), flush=True)
         res["mha"].append(row)
     return res
+
+
+def bench_mosaic_probe(rng, with_pages: bool = True) -> dict:
+    """Where the Mosaic extend kernel's time goes: page size 16 / 64 / 128 (TMA copies per KV
+    block) on two large extends, and JAX's own FA3-style Mosaic kernel (attention_mgpu:
+    contiguous KV, no paging) on the same tokens."""
+    from jax.experimental.pallas.ops.gpu import attention_mgpu as fa3
+    out = {"page_size": [], "attention_mgpu": []}
+    f = jax.jit(functools.partial(ragged_paged_attention_pallas, sm_scale=SCALE, long_config=MosaicConfig()))
+    for prefix, new in ((0, 4096), (8192, 4096)):
+        flops = 4 * H * D * (new * prefix + new * (new + 1) / 2)
+        for ps in (16, 64, 128) if with_pages else ():
+            k, v, sets = paged_sets(rng, 1, prefix + new, new, 4, ps=ps)
+            t = timeit(f, sets)
+            row = {"prefix": prefix, "new": new, "page_size": ps, "us": t * 1e6, "TFLOPs": flops / t / 1e12}
+            print(json.dumps(row), flush=True)
+            out["page_size"].append(row)
+            del k, v, sets
+        ctx = prefix + new
+        q, k, v = (jax.random.normal(jax.random.key(i), (1, n, h, D), jnp.float16)  # it takes f16 only
+                   for i, (n, h) in enumerate(((new, H), (ctx, KVH), (ctx, KVH))))
+        for bkv in (64, 128):
+            cfg = fa3.TuningConfig(block_q=64, block_kv=bkv, max_concurrent_steps=2, causal=prefix == 0)
+            try:
+                t = timeit(jax.jit(lambda a, b, c, cfg=cfg: fa3.attention(a, b, c, cfg)), [(q, k, v)])
+                fl = flops if prefix == 0 else 4 * H * D * new * ctx
+                row = {"prefix": prefix, "new": new, "block_kv": bkv, "us": t * 1e6, "TFLOPs": fl / t / 1e12}
+            except Exception as e:  # noqa: BLE001
+                row = {"prefix": prefix, "new": new, "block_kv": bkv, "error": repr(e)[:300]}
+            print(json.dumps(row), flush=True)
+            out["attention_mgpu"].append(row)
+    return out
 
 
 def ncu_once(prefix: int, new: int, cfg: BlockConfig) -> None:
@@ -305,6 +346,9 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=420.0, help="stop starting new cases after this many s")
     ap.add_argument("--sweep", action="store_true", help="time alternative configs and page size 1")
     ap.add_argument("--final", action="store_true", help="defaults on target cases, page 1, bundled mha")
+    ap.add_argument("--mosaic", action="store_true", help="extend: Mosaic GPU configs vs Triton vs cuDNN")
+    ap.add_argument("--mosaic-probe", action="store_true", help="Mosaic extend: page sizes, JAX's FA3")
+    ap.add_argument("--no-pages", action="store_true", help="with --mosaic-probe: only JAX's FA3")
     ap.add_argument("--ncu", default="", help="PREFIX,NEW,rows,block_k,splits,warps,stages,reverse: one call")
     a = ap.parse_args()
     BUDGET = a.budget
@@ -317,6 +361,21 @@ def main() -> None:
                "ceilings": ceilings()}
         print(json.dumps(res), flush=True)
         res.update(bench_final(rng, res["ceilings"]))
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=1)
+        return
+    if a.mosaic_probe:
+        res = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "argv": sys.argv}
+        res.update(bench_mosaic_probe(rng, with_pages="--no-pages" not in sys.argv))
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=1)
+        return
+    if a.mosaic:
+        res = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "argv": sys.argv}
+        triton = BlockConfig(64, 32, 1, 4, 2, reverse=True)  # the Triton long-class default
+        cfgs = [triton, MosaicConfig(128, 2), MosaicConfig(64, 4)]
+        cases = [(p, n) for p in (0, 512, 2048, 8192) for n in (128, 512, 1024, 4096)]
+        res.update(bench_sweep(rng, cases, cfgs, [], [], page1=False, with_default=False))
         with open(a.out, "w") as f:
             json.dump(res, f, indent=1)
         return

@@ -3,7 +3,9 @@
 `ragged_paged_attention` and `write_kv` are what the model calls; `impl` picks the
 implementation:
   "reference"         plain jnp; runs everywhere (the CPU path and the test oracle)
-  "pallas"            Pallas Triton kernel; NVIDIA GPUs only (A100, H100, ...)
+  "pallas"            Pallas kernels; NVIDIA GPUs only: Triton (A100, H100, ...), and on
+                      Hopper the Mosaic GPU kernel for extends of >= 64 new tokens
+                      (kernels/paged_extend_mosaic.py; bf16/f16, head_dim 64/128, page >= 8)
   "pallas_cudnn"      the kernel, plus cuDNN dense attention for steps that are one fresh
                       prefill of >= 1024 padded tokens (kernels/dense_prefill.py); NVIDIA only
   "pallas_interpret"  the Pallas kernel in interpret mode; any backend, slow (tests)

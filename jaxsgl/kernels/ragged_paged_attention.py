@@ -13,6 +13,9 @@ KV rows are gathered token by token through the page table, so any page size wor
 Blocks wholly below the causal diagonal run without masks; the rest mask per row.
 Sequences fall into two classes, each launched with its own static block shape:
 short (q_len <= rows // group of the short config: decode) and long (extend, prefill).
+The long class runs either this kernel (a BlockConfig) or the Mosaic GPU kernel of
+paged_extend_mosaic.py (a MosaicConfig). By default on Hopper, where it applies, sequences
+of >= MOSAIC_MIN_Q new tokens go to the Mosaic kernel and shorter extends stay here.
 With num_splits > 1 (flash-decoding) each split writes a partial output and its
 log-sum-exp, merged in plain jnp afterwards.
 """
@@ -27,6 +30,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
+
+from jaxsgl.kernels.paged_extend_mosaic import (MOSAIC_MIN_Q, TILE_TOKENS, MosaicConfig,
+                                                check_supported, paged_extend_mosaic, plan_tiles)
 
 MASK = -1e30  # finite, so a row that sees no key in a block stays NaN-free
 LOG2E = math.log2(math.e)
@@ -293,14 +299,15 @@ def ragged_paged_attention_pallas(
     q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, query_start: jax.Array,
     kv_lens: jax.Array, page_table: jax.Array, *, sm_scale: float, soft_cap: float | None = None,
     sliding_window: int | None = None, short_config: BlockConfig | None = None,
-    long_config: BlockConfig | None = None, interpret: bool = False,
+    long_config: BlockConfig | MosaicConfig | None = None, interpret: bool = False,
     out_init: jax.Array | None = None,
 ) -> jax.Array:
     """Pallas version of jaxsgl.kernels.reference.ragged_paged_attention_ref (same contract).
 
     q [T, H, D]; k_pages, v_pages [num_pages, page_size, KVH, D]; query_start int32[S+1];
     kv_lens int32[S]; page_table int32[S, P]. Returns [T, H, D] in q's dtype.
-    Configs default to `default_configs`; interpret=True runs on CPU (for tests).
+    Configs default to `default_configs` (the long class to MosaicConfig() on Hopper where it
+    applies); interpret=True runs on CPU (for tests), Mosaic configs in GPU interpret mode.
     out_init [T, H, D] (donated) is the buffer the kernels write into, e.g. NaN-filled by
     tests to prove every row is written; by default a fresh uninitialised one.
     """
@@ -320,11 +327,17 @@ def ragged_paged_attention_pallas(
     if k_pages.dtype != q.dtype:
         raise ValueError(f"KV dtype {k_pages.dtype} differs from q dtype {q.dtype}")
     for name, cfg in (("short_config", short_config), ("long_config", long_config)):
-        if cfg is not None and (cfg.rows < max(16, H // KVH) or cfg.rows & (cfg.rows - 1)
+        if isinstance(cfg, BlockConfig) and (cfg.rows < max(16, H // KVH) or cfg.rows & (cfg.rows - 1)
                                 or cfg.block_k < 16 or cfg.block_k & (cfg.block_k - 1)):
             raise ValueError(f"{name} {cfg}: rows and block_k must be powers of 2, >= 16, "
                              f"rows >= heads per KV head ({H // KVH})")
     short, long = default_configs(T, S, P, page_size, H, KVH, D, q.dtype)
+    mosaic, mosaic_min = None, 0
+    if long is not None and isinstance(long_config, MosaicConfig):  # every long sequence
+        mosaic, long_config = long_config, None
+    elif (long is not None and long_config is None and not interpret and T >= MOSAIC_MIN_Q
+          and _mosaic_applies(q.dtype, D, page_size, soft_cap, sliding_window)):
+        mosaic, mosaic_min = MosaicConfig(), MOSAIC_MIN_Q  # shorter extends stay on Triton
     short, long = short_config or short, (long_config or long) if long is not None else None
     group = H // KVH
     tile_s = short.rows // group
@@ -333,6 +346,11 @@ def ragged_paged_attention_pallas(
         classes.append((long, tile_s + 1, 2**31 - 1))
     else:
         classes = [(short, 1, 2**31 - 1)]
+    if mosaic is not None:
+        check_supported(q.dtype, D, page_size, mosaic, soft_cap, sliding_window)
+        lo = max(mosaic_min, tile_s + 1)
+        # the Mosaic class first (it writes a fresh buffer), the others take q_len < lo
+        classes = [(mosaic, lo, 2**31 - 1)] + [(c, a, min(b, lo - 1)) for c, a, b in classes if a < lo]
     query_start, kv_lens = query_start.astype(jnp.int32), kv_lens.astype(jnp.int32)
     page_table = page_table.astype(jnp.int32)
     k_flat, v_flat = k_pages.reshape(N * page_size, KVH, D), v_pages.reshape(N * page_size, KVH, D)
@@ -340,6 +358,14 @@ def ragged_paged_attention_pallas(
         raise ValueError(f"out_init {out_init.shape} {out_init.dtype} must match q {q.shape} {q.dtype}")
     out = out_init
     for cfg, q_min, q_max in classes:
+        if isinstance(cfg, MosaicConfig):
+            num_tiles = min(S + 1, T // q_min) + T // TILE_TOKENS
+            plan = plan_tiles(query_start, kv_lens, T, q_min, max(num_tiles, 1))
+            res = paged_extend_mosaic(plan, q, k_pages, v_pages, page_table, sm_scale=sm_scale,
+                                      cfg=cfg, interpret=interpret)
+            out = res if out is None else jnp.where(
+                _token_in_class(query_start, T, q_min, q_max)[:, None, None], res, out)
+            continue
         tile = cfg.rows // group
         num_tiles = S + 1 if q_max <= tile else min(S + 1, T // q_min) + T // tile
         plan = _plan(query_start, kv_lens, T, tile, q_min, q_max, max(num_tiles, 1))
@@ -352,3 +378,15 @@ def ragged_paged_attention_pallas(
             out = comb if out is None else jnp.where(
                 _token_in_class(query_start, T, q_min, q_max)[:, None, None], comb, out)
     return out
+
+
+def _mosaic_applies(dtype, head_dim: int, page_size: int, soft_cap, sliding_window) -> bool:
+    """Whether the default long class is the Mosaic GPU kernel: on Hopper (sm_90), for the
+    shapes it supports (paged_extend_mosaic.check_supported)."""
+    if jax.default_backend() != "gpu" or getattr(jax.devices()[0], "compute_capability", "") != "9.0":
+        return False
+    try:
+        check_supported(dtype, head_dim, page_size, MosaicConfig(), soft_cap, sliding_window)
+    except ValueError:
+        return False
+    return True
