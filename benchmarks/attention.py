@@ -259,13 +259,14 @@ def bench_mosaic_probe(rng, with_pages: bool = True) -> dict:
     contiguous KV, no paging) on the same tokens."""
     from jax.experimental.pallas.ops.gpu import attention_mgpu as fa3
     out = {"page_size": [], "attention_mgpu": []}
-    f = jax.jit(functools.partial(ragged_paged_attention_pallas, sm_scale=SCALE, long_config=MosaicConfig()))
     for prefix, new in ((0, 4096), (8192, 4096)):
         flops = 4 * H * D * (new * prefix + new * (new + 1) / 2)
-        for ps in (16, 64, 128) if with_pages else ():
+        for ps, cfg in [(16, MosaicConfig()), (64, MosaicConfig()), (128, MosaicConfig())] if with_pages else ():
+            f = jax.jit(functools.partial(ragged_paged_attention_pallas, sm_scale=SCALE, long_config=cfg))
             k, v, sets = paged_sets(rng, 1, prefix + new, new, 4, ps=ps)
             t = timeit(f, sets)
-            row = {"prefix": prefix, "new": new, "page_size": ps, "us": t * 1e6, "TFLOPs": flops / t / 1e12}
+            row = {"prefix": prefix, "new": new, "page_size": ps, "config": str(cfg), "us": t * 1e6,
+                   "TFLOPs": flops / t / 1e12}
             print(json.dumps(row), flush=True)
             out["page_size"].append(row)
             del k, v, sets
