@@ -261,7 +261,8 @@ def bench_mosaic_probe(rng, with_pages: bool = True) -> dict:
     out = {"page_size": [], "attention_mgpu": []}
     for prefix, new in ((0, 4096), (8192, 4096)):
         flops = 4 * H * D * (new * prefix + new * (new + 1) / 2)
-        for ps, cfg in [(16, MosaicConfig()), (64, MosaicConfig()), (128, MosaicConfig())] if with_pages else ():
+        for ps, cfg in [(16, MosaicConfig()), (64, MosaicConfig()), (128, MosaicConfig()),
+                        (16, MosaicConfig(reverse=False))] if with_pages else ():
             f = jax.jit(functools.partial(ragged_paged_attention_pallas, sm_scale=SCALE, long_config=cfg))
             k, v, sets = paged_sets(rng, 1, prefix + new, new, 4, ps=ps)
             t = timeit(f, sets)
