@@ -18,7 +18,7 @@ import functools
 
 import jax
 
-from jaxsgl.kernels.dense_prefill import with_dense_prefill
+from jaxsgl.kernels.dense_prefill import DENSE_PREFILL_MIN_TOKENS, with_dense_prefill
 from jaxsgl.kernels.ragged_paged_attention import BlockConfig, ragged_paged_attention_pallas
 from jaxsgl.kernels.reference import ragged_paged_attention_ref, write_kv_ref
 
@@ -50,14 +50,19 @@ def resolve_impl(impl: str) -> str:
 
 def ragged_paged_attention(q, k_pages, v_pages, query_start, kv_lens, page_table, *, sm_scale: float,
                            soft_cap: float | None = None, sliding_window: int | None = None,
-                           impl: str = "reference"):
-    """Dispatch to the named implementation (see jaxsgl.kernels.reference for the contract)."""
+                           impl: str = "reference", max_q_len: int | None = None):
+    """Dispatch to the named implementation (see jaxsgl.kernels.reference for the contract).
+
+    max_q_len (static): a promise that no sequence has more new tokens (1 in a decode step);
+    the kernels skip launches only longer sequences need. The reference ignores it.
+    """
     impl = resolve_impl(impl)
     kw = dict(sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window)
     if impl == "reference":
         return ragged_paged_attention_ref(q, k_pages, v_pages, query_start, kv_lens, page_table, **kw)
-    paged = functools.partial(ragged_paged_attention_pallas, interpret=impl == "pallas_interpret")
-    if impl == "pallas_cudnn":
+    paged = functools.partial(ragged_paged_attention_pallas, interpret=impl == "pallas_interpret",
+                              max_q_len=max_q_len)
+    if impl == "pallas_cudnn" and (max_q_len is None or max_q_len >= DENSE_PREFILL_MIN_TOKENS):
         paged = with_dense_prefill(paged, "cudnn")
     return paged(q, k_pages, v_pages, query_start, kv_lens, page_table, **kw)
 

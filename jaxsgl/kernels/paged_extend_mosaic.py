@@ -127,43 +127,46 @@ def paged_extend_mosaic(plan: jax.Array, q: jax.Array, k_pages: jax.Array, v_pag
             def step(b, carry, masked: bool):
                 acc, m, l = carry
                 slot = lax.rem(b, stages)
-                plgpu.barrier_wait(k_full.at[slot])
-
-                s = _scores(my_q, k_smem.at[slot], sched_sync, interpret)
-                plgpu.barrier_arrive(k_free.at[slot])
-                if masked:
-                    row, col = iota((ROWS, bk), 0), iota((ROWS, bk), 1)
-                    s = jnp.where(col + b * bk <= row + (pos0 - lead + wg * ROWS), s, MASK)
-                m_new = jnp.maximum(m, s.max(axis=1) * c)
-                alpha = jnp.exp2(m - m_new)
-                p = jnp.exp2(s * c - lax.broadcast_in_dim(m_new, s.shape, [0]))
-                acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
-                l = l * alpha + p.sum(axis=1)
-                p16 = p.astype(dtype)
-                # Keep the softmax ahead of the barriers below (as in JAX's FA3 kernel): without
-                # this the compiler sinks it past the waits and the warpgroups stop overlapping.
-                acc, l, m_new, p16 = lax.optimization_barrier((acc, l, m_new, p16))
-                if cfg.schedule_barrier:
-                    plgpu.barrier_arrive(sched)
-                plgpu.barrier_wait(v_full.at[slot])
-                if masked:  # V rows past `hi` may be garbage (NaN): 0 * NaN would leak
-                    @pl.when((b + 1) * bk > hi)  # the last block only: warpgroup 0 zeroes them
-                    def _sanitize():
-                        @pl.when(wg == 0)
-                        def _zero():
-                            for c0 in range(0, bk, ROWS):  # 64 rows at a time: fewer registers
-                                rows_ref = v_smem.at[slot, pl.ds(c0, ROWS)]
-                                j = iota((ROWS, D), 0) + (b * bk + c0)
-                                v = rows_ref[...]  # tiled SMEM loads in the WGMMA layout
-                                rows_ref[...] = jnp.where(j < hi, v, jnp.zeros_like(v))
-                            plgpu.commit_smem()
-                            plgpu.barrier_arrive(v_clean)
-                        plgpu.barrier_wait(v_clean)
-                if cfg.schedule_barrier:
-                    plgpu.barrier_wait(sched)
-
-                acc = _accumulate_pv(acc, p16, v_smem.at[slot], interpret)
-                plgpu.barrier_arrive(v_free.at[slot])
+                with jax.named_scope("wait_k"):
+                    plgpu.barrier_wait(k_full.at[slot])
+                with jax.named_scope("qk"):
+                    s = _scores(my_q, k_smem.at[slot], sched_sync, interpret)
+                    plgpu.barrier_arrive(k_free.at[slot])
+                with jax.named_scope("softmax"):
+                    if masked:
+                        row, col = iota((ROWS, bk), 0), iota((ROWS, bk), 1)
+                        s = jnp.where(col + b * bk <= row + (pos0 - lead + wg * ROWS), s, MASK)
+                    m_new = jnp.maximum(m, s.max(axis=1) * c)
+                    alpha = jnp.exp2(m - m_new)
+                    p = jnp.exp2(s * c - lax.broadcast_in_dim(m_new, s.shape, [0]))
+                    acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+                    l = l * alpha + p.sum(axis=1)
+                    p16 = p.astype(dtype)
+                    # Keep the softmax ahead of the barriers below (as in JAX's FA3 kernel): without
+                    # this the compiler sinks it past the waits and the warpgroups stop overlapping.
+                    acc, l, m_new, p16 = lax.optimization_barrier((acc, l, m_new, p16))
+                with jax.named_scope("wait_v"):
+                    if cfg.schedule_barrier:
+                        plgpu.barrier_arrive(sched)
+                    plgpu.barrier_wait(v_full.at[slot])
+                    if masked:  # V rows past `hi` may be garbage (NaN): 0 * NaN would leak
+                        @pl.when((b + 1) * bk > hi)  # the last block only: warpgroup 0 zeroes them
+                        def _sanitize():
+                            @pl.when(wg == 0)
+                            def _zero():
+                                for c0 in range(0, bk, ROWS):  # 64 rows at a time: fewer registers
+                                    rows_ref = v_smem.at[slot, pl.ds(c0, ROWS)]
+                                    j = iota((ROWS, D), 0) + (b * bk + c0)
+                                    v = rows_ref[...]  # tiled SMEM loads in the WGMMA layout
+                                    rows_ref[...] = jnp.where(j < hi, v, jnp.zeros_like(v))
+                                plgpu.commit_smem()
+                                plgpu.barrier_arrive(v_clean)
+                            plgpu.barrier_wait(v_clean)
+                    if cfg.schedule_barrier:
+                        plgpu.barrier_wait(sched)
+                with jax.named_scope("pv"):
+                    acc = _accumulate_pv(acc, p16, v_smem.at[slot], interpret)
+                    plgpu.barrier_arrive(v_free.at[slot])
                 return acc, m_new, l
 
             carry = lax.fori_loop(0, nfull, lambda b, cr: step(b, cr, False), (acc, m, l))
@@ -214,9 +217,11 @@ def paged_extend_mosaic(plan: jax.Array, q: jax.Array, k_pages: jax.Array, v_pag
             def steady(b, pages):  # pages: block b's, read one iteration ahead
                 slot = lax.rem(b, stages)
                 pages_next = pages_of(b + 1)  # in flight while we wait for a free slot
-                plgpu.barrier_wait(k_free.at[slot])
+                with jax.named_scope("wait_free"):
+                    plgpu.barrier_wait(k_free.at[slot])
                 fetch(k_ref, k_smem, k_full, b, slot, pages)
-                plgpu.barrier_wait(v_free.at[slot])
+                with jax.named_scope("wait_free"):
+                    plgpu.barrier_wait(v_free.at[slot])
                 fetch(v_ref, v_smem, v_full, b, slot, pages)
                 return pages_next
 

@@ -65,7 +65,8 @@ def _attn_kernel(plan_ref, q_ref, k_ref, v_ref, pt_ref, *refs, sm_scale: float,
     """One (tile, kv_head, split). plan_ref[tile] = (seq, first row, num rows, first position).
 
     q_ref [T, H, D]; k_ref/v_ref [num_slots, KVH, D]; pt_ref [S, P]; outputs: o [T, H, D]
-    (num_splits == 1) or o [splits, T, H, D] f32 and lse [splits, T, H] (log2 domain).
+    (num_splits == 1) or o [splits, tiles, KVH, rows, D] f32 and lse [splits, tiles, KVH, rows]
+    (log2 domain), merged by `_combine`.
     reverse: take tiles last-first (a sequence's last tiles see the most KV: start them first).
     overlap: issue the next block's q.k^T before this block's softmax (unmasked blocks).
     """
@@ -176,10 +177,10 @@ def _attn_kernel(plan_ref, q_ref, k_ref, v_ref, pt_ref, *refs, sm_scale: float,
     out = acc / jnp.where(l == 0.0, 1.0, l)[:, None]
     if num_splits == 1:
         plgpu.store(o_ref.at[tok, head, d], out.astype(o_ref.dtype), mask=qmask)
-    else:
-        plgpu.store(o_ref.at[split, tok, head, d], out, mask=qmask)
+    else:  # partials by (split, tile, kv head, row): sized by the class's tiles, not by T
+        plgpu.store(o_ref.at[split, tile, h, r[:, None], d], out, mask=d_ok)
         lse = jnp.where(l > 0.0, m + jnp.log2(jnp.where(l > 0.0, l, 1.0)), -jnp.inf)
-        plgpu.store(lse_ref.at[split, tok[:, 0], head[:, 0]], lse, mask=row_ok)
+        plgpu.store(lse_ref.at[split, tile, h, r], lse)
 
 
 def _plan(query_start: jax.Array, kv_lens: jax.Array, num_tokens: int, tile_tokens: int,
@@ -223,8 +224,9 @@ def _launch(plan, q, k_flat, v_flat, page_table, prev_out, cfg: BlockConfig, *, 
     if cfg.num_splits == 1:
         out_shape = jax.ShapeDtypeStruct((T, H, D), q.dtype)
     else:
-        out_shape = (jax.ShapeDtypeStruct((cfg.num_splits, T, H, D), jnp.float32),
-                     jax.ShapeDtypeStruct((cfg.num_splits, T, H), jnp.float32))
+        parts = (cfg.num_splits, plan.shape[0], KVH, cfg.rows)
+        out_shape = (jax.ShapeDtypeStruct(parts + (D,), jnp.float32),
+                     jax.ShapeDtypeStruct(parts, jnp.float32))
     args = (plan, q, k_flat, v_flat, page_table) + ((prev_out,) if aliased else ())
     return pl.pallas_call(
         kernel,
@@ -243,14 +245,26 @@ def _partial(fn, **kw):
     return bound
 
 
-def _combine(o_parts: jax.Array, lse: jax.Array, dtype) -> jax.Array:
-    """Merge split partials [splits, T, H, D] by their log2-sum-exp [splits, T, H]."""
+def _combine(o_parts: jax.Array, lse: jax.Array, plan: jax.Array, out: jax.Array | None,
+             num_tokens: int, group: int, dtype) -> jax.Array:
+    """Merge split partials o_parts [splits, tiles, KVH, rows, D] by their log2-sum-exp
+    lse [splits, tiles, KVH, rows] and scatter each tile's rows to its tokens in `out`
+    [T, H, D] (a fresh zero buffer when None). Returns the updated buffer."""
     m = jnp.max(lse, axis=0)
     w = jnp.exp2(lse - jnp.where(jnp.isfinite(m), m, 0.0))
     w = jnp.where(jnp.isfinite(lse), w, 0.0)
     den = jnp.sum(w, axis=0)
-    out = jnp.sum(w[..., None] * o_parts, axis=0) / jnp.where(den == 0.0, 1.0, den)[..., None]
-    return out.astype(dtype)
+    merged = jnp.sum(w[..., None] * o_parts, axis=0) / jnp.where(den == 0.0, 1.0, den)[..., None]
+    tiles, KVH, rows, D = merged.shape
+    tile_tokens = rows // group  # a tile row is (token, head within the group)
+    merged = merged.reshape(tiles, KVH, tile_tokens, group, D).transpose(0, 2, 1, 3, 4)
+    r = jnp.arange(tile_tokens, dtype=jnp.int32)[None, :]
+    spare = num_tokens + jnp.arange(tiles * tile_tokens, dtype=jnp.int32).reshape(tiles, tile_tokens)
+    tok = jnp.where(r < plan[:, 2:3], plan[:, 1:2] + r, spare).reshape(-1)  # idle rows: dropped
+    if out is None:
+        out = jnp.zeros((num_tokens, KVH * group, D), dtype)
+    return out.at[tok].set(merged.reshape(tiles * tile_tokens, KVH * group, D).astype(dtype),
+                           mode="drop", unique_indices=True)
 
 
 def _token_in_class(query_start: jax.Array, num_tokens: int, q_min: int, q_max: int) -> jax.Array:
@@ -290,7 +304,8 @@ def default_configs(num_tokens: int, num_seqs: int, pages_per_seq: int, page_siz
     return short, BlockConfig(rows_l, 32, splits_l, num_warps=4, num_stages=2, reverse=True)
 
 
-_STATIC = ("sm_scale", "soft_cap", "sliding_window", "short_config", "long_config", "interpret")
+_STATIC = ("sm_scale", "soft_cap", "sliding_window", "short_config", "long_config", "interpret",
+           "max_q_len")
 _DONATE = ("out_init",)
 
 
@@ -300,7 +315,7 @@ def ragged_paged_attention_pallas(
     kv_lens: jax.Array, page_table: jax.Array, *, sm_scale: float, soft_cap: float | None = None,
     sliding_window: int | None = None, short_config: BlockConfig | None = None,
     long_config: BlockConfig | MosaicConfig | None = None, interpret: bool = False,
-    out_init: jax.Array | None = None,
+    out_init: jax.Array | None = None, max_q_len: int | None = None,
 ) -> jax.Array:
     """Pallas version of jaxsgl.kernels.reference.ragged_paged_attention_ref (same contract).
 
@@ -310,6 +325,8 @@ def ragged_paged_attention_pallas(
     applies); interpret=True runs on CPU (for tests), Mosaic configs in GPU interpret mode.
     out_init [T, H, D] (donated) is the buffer the kernels write into, e.g. NaN-filled by
     tests to prove every row is written; by default a fresh uninitialised one.
+    max_q_len: a promise that no sequence has more new tokens (1 for a decode step); classes
+    that only longer sequences could fill are not launched, so their rows would go unwritten.
     """
     T, H, D = q.shape
     if k_pages.ndim != 4 or k_pages.shape != v_pages.shape:
@@ -351,6 +368,8 @@ def ragged_paged_attention_pallas(
         lo = max(mosaic_min, tile_s + 1)
         # the Mosaic class first (it writes a fresh buffer), the others take q_len < lo
         classes = [(mosaic, lo, 2**31 - 1)] + [(c, a, min(b, lo - 1)) for c, a, b in classes if a < lo]
+    if max_q_len is not None:  # drop the classes no sequence can fall into
+        classes = [(c, a, min(b, max_q_len)) for c, a, b in classes if a <= max(max_q_len, 1)]
     query_start, kv_lens = query_start.astype(jnp.int32), kv_lens.astype(jnp.int32)
     page_table = page_table.astype(jnp.int32)
     k_flat, v_flat = k_pages.reshape(N * page_size, KVH, D), v_pages.reshape(N * page_size, KVH, D)
@@ -371,12 +390,7 @@ def ragged_paged_attention_pallas(
         plan = _plan(query_start, kv_lens, T, tile, q_min, q_max, max(num_tiles, 1))
         res = _launch(plan, q, k_flat, v_flat, page_table, out, cfg, page_size=page_size,
                       sm_scale=sm_scale, soft_cap=soft_cap, window=sliding_window, interpret=interpret)
-        if cfg.num_splits == 1:
-            out = res
-        else:
-            comb = _combine(*res, q.dtype)
-            out = comb if out is None else jnp.where(
-                _token_in_class(query_start, T, q_min, q_max)[:, None, None], comb, out)
+        out = res if cfg.num_splits == 1 else _combine(*res, plan, out, T, group, q.dtype)
     return out
 
 

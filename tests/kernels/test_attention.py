@@ -9,6 +9,7 @@ rows fail the test.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -95,6 +96,21 @@ def test_decode_long_context():
     batch = make_batch(rng, seqs, num_tokens=T, num_heads=8, num_kv_heads=2, head_dim=128,
                        page_size=ps, pages_per_seq=P)
     _run(batch, jnp.bfloat16, 128 ** -0.5)
+
+
+def test_decode_hint_launches_only_the_decode_class():
+    """max_q_len=1 (a decode step) drops the extend class's launch; outputs are unchanged."""
+    rng = np.random.default_rng([SEED, 100 + 5])
+    seqs = [(1, 700), (1, 33), (1, 1), (1, 256), (1, 17), (1, 64), (1, 300), (0, 0)]
+    batch = make_batch(rng, seqs, num_tokens=8, num_heads=8, num_kv_heads=2, head_dim=64,
+                       page_size=16, pages_per_seq=48)
+    _run(batch, jnp.bfloat16, 0.125, max_q_len=1)
+    args = batch.args(jnp.bfloat16)
+
+    def launches(**kw) -> int:
+        f = functools.partial(ragged_paged_attention_pallas, sm_scale=0.125, interpret=True, **kw)
+        return str(jax.make_jaxpr(f)(*args)).count("pallas_call[")
+    assert launches() == 2 and launches(max_q_len=1) == 1
 
 
 def test_prefill_and_extend_multi_tile():
