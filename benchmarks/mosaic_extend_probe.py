@@ -9,6 +9,8 @@
     python benchmarks/mosaic_extend_probe.py --profile dir
         Mosaic GPU's in-kernel profiler: per-warpgroup time in the kernel's named regions
         (wait_k, qk, softmax, wait_v, pv; memory warpgroup: wait_free), summed over blocks
+    python benchmarks/mosaic_extend_probe.py --kernels 512,1024 0,4096
+        GPU time of every kernel the default dispatch launches (jax.profiler / CUPTI), next to cuDNN
 
 Shapes as benchmarks/attention.py (Llama-3-8B attention: 32 q heads, 8 KV heads, head_dim 128).
 """
@@ -151,11 +153,62 @@ def summarise(events: list[dict]) -> dict:
     return {k: round(v, 1) for k, v in sorted({**per, **busy}.items())}
 
 
+def device_kernels(fn, sets, iters: int = 5) -> dict:
+    """GPU time per call of each kernel fn launches (CUPTI trace via jax.profiler), plus the
+    GPU's busy span per call: the calls run chained in one jit, `iters` times."""
+    import tempfile
+    chained = jax.jit(lambda s: [fn(*a) for a in s])
+    jax.block_until_ready(chained(list(sets)))
+    d = tempfile.mkdtemp()
+    with jax.profiler.trace(d):
+        for _ in range(iters):
+            out = chained(list(sets))
+        jax.block_until_ready(out)
+    prof = jax.profiler.ProfileData.from_file(glob.glob(f"{d}/**/*.xplane.pb", recursive=True)[0])
+    per, lo, hi = collections.defaultdict(float), float("inf"), 0.0
+    for plane in prof.planes:
+        if not plane.name.startswith("/device:GPU"):
+            continue
+        for line in plane.lines:
+            if "Stream" not in line.name:  # the other lines (XLA Ops, Modules) repeat the kernels
+                continue
+            for ev in line.events:
+                per[ev.name[:60]] += ev.duration_ns
+                lo, hi = min(lo, ev.start_ns), max(hi, ev.end_ns)
+    if not per:
+        raise RuntimeError(f"no GPU kernels in the trace: planes {[p.name for p in prof.planes]}")
+    n = iters * len(sets)
+    res = {k: round(v / n / 1e3, 2) for k, v in sorted(per.items(), key=lambda kv: -kv[1])}
+    return {"kernels_us": res, "sum_us": round(sum(per.values()) / n / 1e3, 2),
+            "span_us": round((hi - lo) / n / 1e3, 2)}
+
+
+def bench_kernels(cases: list[tuple[int, int]]) -> list[dict]:
+    """Per-kernel GPU time of the default dispatch and of cuDNN on each extend case."""
+    rows = []
+    full = jax.jit(functools.partial(ragged_paged_attention_pallas, sm_scale=SCALE))
+    for prefix, new in cases:
+        ctx = prefix + new
+        sets = paged_inputs(prefix, new, jnp.bfloat16, 16)
+        dense = jax.jit(functools.partial(jax.nn.dot_product_attention, is_causal=prefix == 0,
+                                          scale=SCALE, implementation="cudnn"))
+        dsets = [(s[0][None], jax.random.normal(jax.random.key(10 + i), (1, ctx, KVH, D), jnp.bfloat16),
+                  jax.random.normal(jax.random.key(20 + i), (1, ctx, KVH, D), jnp.bfloat16))
+                 for i, s in enumerate(sets)]
+        for name, fn, args in (("dispatch", full, sets), ("cudnn", dense, dsets)):
+            row = {"prefix": prefix, "new": new, "variant": name, **device_kernels(fn, args)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--time", action="store_true")
     ap.add_argument("--compile-only", action="store_true")
     ap.add_argument("--profile", metavar="DIR")
+    ap.add_argument("--kernels", nargs="*", metavar="PREFIX,NEW",
+                    help="per-kernel GPU time (profiler) of the dispatch and cuDNN on these extends")
     ap.add_argument("--out", help="write results as JSON here")
     a = ap.parse_args()
     res = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__}
@@ -163,6 +216,8 @@ def main() -> None:
         compile_only()
     if a.time:
         res["time"] = bench_time()
+    if a.kernels:
+        res["kernels"] = bench_kernels([tuple(int(x) for x in c.split(",")) for c in a.kernels])
     if a.profile:
         res["profile"] = profile(a.profile)
     if a.out:
