@@ -178,19 +178,21 @@ class Engine:
         self.shutdown()
 
     def warmup(self) -> int:
-        """Compile the greedy step for every bucket shape by running all-padding steps (no KV is
-        written). Call before serving (the constructor does with warmup=True). Returns the count."""
-        shapes = self.builder.shapes()
+        """Compile the greedy step for every bucket shape, and its decode-only variant for the
+        shapes a decode batch takes, by running all-padding steps (no KV is written). Call before
+        serving (the constructor does with warmup=True). Returns the number compiled."""
+        shapes = [(shape, False) for shape in self.builder.shapes()]
+        shapes += [(shape, True) for shape in self.builder.decode_shapes()]
         t0 = time.perf_counter()
-        for T, S, P in shapes:
+        for (T, S, P), decode in shapes:
             step = StepInput(np.zeros(T, np.int32), np.zeros(T, np.int32), np.zeros(S + 1, np.int32),
                              np.zeros(S, np.int32), np.full((S, P), PAD_PAGE, np.int32),
                              np.full(T, PAD_SLOT, np.int32), np.zeros(S, np.int32))
             if self._overlap is None:
-                self.runner.run(step, greedy_sampling_input(S, T), SamplingFlags())
+                self.runner.run(step, greedy_sampling_input(S, T), SamplingFlags(), decode=decode)
             else:  # the overlap path compiles its own step function
                 self.runner.collect(self.runner.run_async(step, greedy_sampling_input(S, T), SamplingFlags(), None,
-                                                          np.full(T, -1, np.int32)))
+                                                          np.full(T, -1, np.int32), decode=decode))
         log.info("warm-up: compiled %d step shapes in %.1fs", len(shapes), time.perf_counter() - t0)
         return len(shapes)
 

@@ -210,6 +210,17 @@ def _plan(query_start: jax.Array, kv_lens: jax.Array, num_tokens: int, tile_toke
     return jnp.stack([seq, jnp.where(live, row0, 0), nrows, pos0], axis=1).astype(jnp.int32)
 
 
+def _num_tiles(num_tokens: int, num_seqs: int, tile_tokens: int, q_min: int, q_max: int) -> int:
+    """Static bound on the tiles of the sequences with q_min <= q_len <= q_max (the padding
+    pseudo-sequence included): the class's launch grid."""
+    if q_max <= tile_tokens:
+        return num_seqs + 1  # one tile per sequence
+    seqs = min(num_seqs + 1, num_tokens // q_min)
+    # at most one partial tile per sequence beyond T // tile, and at most cdiv(q_max, tile)
+    # per sequence (the tighter bound when the Mosaic class takes the long sequences)
+    return max(1, min(seqs + num_tokens // tile_tokens, seqs * _cdiv(min(q_max, num_tokens), tile_tokens)))
+
+
 def _launch(plan, q, k_flat, v_flat, page_table, prev_out, cfg: BlockConfig, *, page_size: int,
             sm_scale: float, soft_cap: float | None, window: int | None, interpret: bool):
     """One pallas_call over the plan's tiles. Returns o (splits == 1) or (o_parts, lse)."""
@@ -326,7 +337,8 @@ def ragged_paged_attention_pallas(
     out_init [T, H, D] (donated) is the buffer the kernels write into, e.g. NaN-filled by
     tests to prove every row is written; by default a fresh uninitialised one.
     max_q_len: a promise that no sequence has more new tokens (1 for a decode step); classes
-    that only longer sequences could fill are not launched, so their rows would go unwritten.
+    that only longer sequences could fill are not launched, so rows of padding tokens (past
+    query_start[-1]) may be left unwritten.
     """
     T, H, D = q.shape
     if k_pages.ndim != 4 or k_pages.shape != v_pages.shape:
@@ -369,7 +381,7 @@ def ragged_paged_attention_pallas(
         # the Mosaic class first (it writes a fresh buffer), the others take q_len < lo
         classes = [(mosaic, lo, 2**31 - 1)] + [(c, a, min(b, lo - 1)) for c, a, b in classes if a < lo]
     if max_q_len is not None:  # drop the classes no sequence can fall into
-        classes = [(c, a, min(b, max_q_len)) for c, a, b in classes if a <= max(max_q_len, 1)]
+        classes = [(c, a, b) for c, a, b in classes if a <= max(max_q_len, 1)]
     query_start, kv_lens = query_start.astype(jnp.int32), kv_lens.astype(jnp.int32)
     page_table = page_table.astype(jnp.int32)
     k_flat, v_flat = k_pages.reshape(N * page_size, KVH, D), v_pages.reshape(N * page_size, KVH, D)
@@ -386,8 +398,7 @@ def ragged_paged_attention_pallas(
                 _token_in_class(query_start, T, q_min, q_max)[:, None, None], res, out)
             continue
         tile = cfg.rows // group
-        num_tiles = S + 1 if q_max <= tile else min(S + 1, T // q_min) + T // tile
-        plan = _plan(query_start, kv_lens, T, tile, q_min, q_max, max(num_tiles, 1))
+        plan = _plan(query_start, kv_lens, T, tile, q_min, q_max, _num_tiles(T, S, tile, q_min, q_max))
         res = _launch(plan, q, k_flat, v_flat, page_table, out, cfg, page_size=page_size,
                       sm_scale=sm_scale, soft_cap=soft_cap, window=sliding_window, interpret=interpret)
         out = res if cfg.num_splits == 1 else _combine(*res, plan, out, T, group, q.dtype)

@@ -174,3 +174,10 @@ class StepInputBuilder:
                 if self._fit(self.seq_buckets, min(s, t), "sequences") == s:
                     out.extend((t, s, p) for p in self.page_buckets)
         return out
+
+    def decode_shapes(self) -> list[tuple[int, int, int]]:
+        """The (T, S, P) of shapes() a pure decode batch (one new token per sequence) pads to."""
+        most = min(self.token_buckets[-1], self.seq_buckets[-1])
+        ts = {(self._fit(self.token_buckets, n, "tokens"), self._fit(self.seq_buckets, n, "sequences"))
+              for n in range(1, most + 1)}
+        return [(t, s, p) for t, s in sorted(ts) for p in self.page_buckets]

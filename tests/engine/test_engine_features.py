@@ -135,8 +135,11 @@ def test_warmup_compiles_every_bucket_without_touching_the_cache(tiny_model_dir)
                 max_prefill_tokens=32, context_length=256, warmup=True, debug_check_integrity=True) as eng:
         assert len(eng.builder.shapes()) > 1
         assert all(not np.any(np.asarray(k)) for k in eng.runner.kv.k)  # padding steps write no KV
+        compiled = {k: f._cache_size() for k, f in {**eng.runner._fns, **eng.runner._overlap_fns}.items()}
         out = eng.generate(PROMPT, {"max_new_tokens": 4, "temperature": 0, "ignore_eos": True})
         assert out["output_ids"] == greedy(eng, n=4)["output_ids"]
+        # prefill and decode steps (a decode-only variant) were all compiled by the warm-up
+        assert compiled == {k: f._cache_size() for k, f in {**eng.runner._fns, **eng.runner._overlap_fns}.items()}
 
 
 def test_a_failing_step_fails_its_requests_and_the_engine_recovers(tiny_engine, monkeypatch):

@@ -181,3 +181,26 @@ def test_write_kv_drops_padding():
     np.testing.assert_array_equal(flat[untouched], np.asarray(kp, np.float32).reshape(64, 2, 64)[untouched])
     k3, _ = write_kv_ref(kp, vp, k, k, slots)
     np.testing.assert_array_equal(np.asarray(k2), np.asarray(k3))
+
+
+def test_class_plans_cover_every_token_of_their_class():
+    """The static tile bound (_num_tiles) leaves no token of a class without a tile, for
+    classes bounded above (as when the Mosaic class takes the long sequences) and not."""
+    from jaxsgl.kernels.ragged_paged_attention import _num_tiles, _plan
+    rng = np.random.default_rng([SEED, 100 + 6])
+    for _ in range(15):
+        T, S = int(rng.integers(16, 300)), int(rng.integers(1, 12))
+        tile = int(rng.choice([4, 8, 16]))
+        q_min = int(rng.integers(tile + 1, 3 * tile))
+        q_max = int(rng.choice([q_min + int(rng.integers(0, 4 * tile)), 2**31 - 1]))
+        cut = np.sort(rng.integers(0, T + 1, S))  # S sequences, the rest of T is padding
+        qs = np.concatenate([[0], cut]).astype(np.int32)
+        q_len = np.diff(np.concatenate([qs, [T]]))
+        plan = np.asarray(_plan(jnp.asarray(qs), jnp.asarray(np.maximum(q_len[:-1], 0) + 3, jnp.int32),
+                                T, tile, q_min, q_max, _num_tiles(T, S, tile, q_min, q_max)))
+        covered = np.zeros(T, bool)
+        for _, row0, nrows, _ in plan:
+            assert not covered[row0:row0 + nrows].any(), "a token in two tiles"
+            covered[row0:row0 + nrows] = True
+        want = np.repeat((q_len >= q_min) & (q_len <= q_max), q_len)
+        np.testing.assert_array_equal(covered, want, err_msg=f"T={T} S={S} tile={tile} {q_min}..{q_max}")

@@ -54,6 +54,9 @@ def test_vectorized_build_matches_make_step_input_and_limits(page_size):
         batch = sched.schedule()
         fast, ref = builder.build(batch), builder.build_reference(batch)
         fast.check()
+        assert builder.padded_shape(batch) in builder.shapes()
+        if all(s.num_new == 1 for s in batch.seqs):
+            assert builder.padded_shape(batch) in builder.decode_shapes()
         for name in ("token_ids", "positions", "query_start", "kv_lens", "page_table", "slots", "logits_indices"):
             np.testing.assert_array_equal(getattr(fast, name), getattr(ref, name), err_msg=name)
             assert getattr(fast, name).dtype == np.int32
