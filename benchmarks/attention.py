@@ -266,40 +266,6 @@ def bench_final(rng, ceil) -> dict:
     return res
 
 
-def bench_mosaic_probe(rng, with_pages: bool = True) -> dict:
-    """Where the Mosaic extend kernel's time goes: page size 16 / 64 / 128 (TMA copies per KV
-    block) on two large extends, and JAX's own FA3-style Mosaic kernel (attention_mgpu:
-    contiguous KV, no paging) on the same tokens."""
-    from jax.experimental.pallas.ops.gpu import attention_mgpu as fa3
-    out = {"page_size": [], "attention_mgpu": []}
-    for prefix, new in ((0, 4096), (8192, 4096)):
-        flops = 4 * H * D * (new * prefix + new * (new + 1) / 2)
-        for ps, cfg in [(16, MosaicConfig()), (64, MosaicConfig()), (128, MosaicConfig()),
-                        (16, MosaicConfig(reverse=False))] if with_pages else ():
-            f = jax.jit(functools.partial(ragged_paged_attention_pallas, sm_scale=SCALE, long_config=cfg))
-            k, v, sets = paged_sets(rng, 1, prefix + new, new, 4, ps=ps)
-            t = timeit(f, sets)
-            row = {"prefix": prefix, "new": new, "page_size": ps, "config": str(cfg), "us": t * 1e6,
-                   "TFLOPs": flops / t / 1e12}
-            print(json.dumps(row), flush=True)
-            out["page_size"].append(row)
-            del k, v, sets
-        ctx = prefix + new
-        q, k, v = (jax.random.normal(jax.random.key(i), (1, n, h, D), jnp.float16)  # it takes f16 only
-                   for i, (n, h) in enumerate(((new, H), (ctx, KVH), (ctx, KVH))))
-        for bkv in (64, 128):
-            cfg = fa3.TuningConfig(block_q=64, block_kv=bkv, max_concurrent_steps=2, causal=prefix == 0)
-            try:
-                t = timeit(jax.jit(lambda a, b, c, cfg=cfg: fa3.attention(a, b, c, cfg)), [(q, k, v)])
-                fl = flops if prefix == 0 else 4 * H * D * new * ctx
-                row = {"prefix": prefix, "new": new, "block_kv": bkv, "us": t * 1e6, "TFLOPs": fl / t / 1e12}
-            except Exception as e:  # noqa: BLE001
-                row = {"prefix": prefix, "new": new, "block_kv": bkv, "error": repr(e)[:300]}
-            print(json.dumps(row), flush=True)
-            out["attention_mgpu"].append(row)
-    return out
-
-
 def ncu_once(prefix: int, new: int, cfg: BlockConfig) -> None:
     """Run one extend call (for `ncu --launch-skip 2 --launch-count 1`)."""
     k, v, sets = paged_sets(np.random.default_rng(0), 1, prefix + new, new, 1)
@@ -371,8 +337,6 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="time alternative configs and page size 1")
     ap.add_argument("--final", action="store_true", help="defaults on target cases, page 1, bundled mha")
     ap.add_argument("--mosaic", action="store_true", help="extend: Mosaic GPU configs vs Triton vs cuDNN")
-    ap.add_argument("--mosaic-probe", action="store_true", help="Mosaic extend: page sizes, JAX's FA3")
-    ap.add_argument("--no-pages", action="store_true", help="with --mosaic-probe: only JAX's FA3")
     ap.add_argument("--ncu", default="", help="PREFIX,NEW,rows,block_k,splits,warps,stages,reverse: one call")
     a = ap.parse_args()
     BUDGET = a.budget
@@ -385,12 +349,6 @@ def main() -> None:
                "ceilings": ceilings()}
         print(json.dumps(res), flush=True)
         res.update(bench_final(rng, res["ceilings"]))
-        with open(a.out, "w") as f:
-            json.dump(res, f, indent=1)
-        return
-    if a.mosaic_probe:
-        res = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "argv": sys.argv}
-        res.update(bench_mosaic_probe(rng, with_pages="--no-pages" not in sys.argv))
         with open(a.out, "w") as f:
             json.dump(res, f, indent=1)
         return
