@@ -31,22 +31,11 @@ from jaxsgl.kernels.paged_extend_mosaic import (MOSAIC_MIN_Q, TILE_TOKENS, Mosai
                                                 paged_extend_mosaic, plan_tiles)
 from jaxsgl.kernels.ragged_paged_attention import ragged_paged_attention_pallas
 
+from attention import timeit  # benchmarks/attention.py (this script's directory is on sys.path)
+
 H, KVH, D = 32, 8, 128
 SCALE = D ** -0.5
 CASES = ((0, 4096), (8192, 4096))
-
-
-def timeit(fn, arg_sets, iters: int = 20, rounds: int = 3) -> float:
-    """Median over rounds of (wall time of `iters` back-to-back async calls) / iters, seconds."""
-    import time
-    jax.block_until_ready(fn(*arg_sets[0]))
-    times = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        out = [fn(*arg_sets[i % len(arg_sets)]) for i in range(iters)]
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - t) / iters)
-    return float(np.median(times))
 
 
 def paged_inputs(prefix: int, new: int, dtype, ps: int, rotations: int = 4):
@@ -98,7 +87,7 @@ def bench_time() -> list[dict]:
         fa3_flops = flops if prefix == 0 else 4 * H * D * new * (prefix + new)
         variants.append(("attention_mgpu f16", fa3_flops, *fa3(prefix, new)))
         for name, fl, fn, sets in variants:
-            t = timeit(fn, sets)
+            t = timeit(fn, sets, per_call=True)
             row = {"prefix": prefix, "new": new, "variant": name, "us": t * 1e6, "TFLOPs": fl / t / 1e12}
             print(json.dumps(row), flush=True)
             rows.append(row)
