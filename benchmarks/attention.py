@@ -1,6 +1,7 @@
 """Time ragged paged attention on the GPU: decode and extend, against baselines and the roofline.
 
-    python benchmarks/attention.py [--out results.json] [--tune] [--quick] [--budget SECONDS]
+    python benchmarks/attention.py [--out results.json] [--tune] [--quick] [--only decode|extend]
+                                   [--budget SECONDS]
     python benchmarks/attention.py --mosaic   # extend: Mosaic GPU kernel configs vs Triton vs cuDNN
 
 Shapes are Llama-3-8B's attention (32 q heads, 8 KV heads, head_dim 128, bf16, page 16).
@@ -25,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsgl.kernels import BlockConfig, write_kv
+from jaxsgl.kernels import PREFILL_HINT, BlockConfig, write_kv
 from jaxsgl.kernels.paged_extend_mosaic import MosaicConfig
 from jaxsgl.kernels.ragged_paged_attention import default_configs, ragged_paged_attention_pallas
 from jaxsgl.kernels.reference import ragged_paged_attention_ref
@@ -130,6 +131,9 @@ def bench_decode(rng, ceil, cases, tune: bool) -> list[dict]:
 def bench_extend(rng, ceil, cases, tune: bool) -> list[dict]:
     rows = []
     kernel = jax.jit(functools.partial(ragged_paged_attention_pallas, sm_scale=SCALE))
+    # the engine's variant for steps whose every sequence has >= 64 new tokens (kernels.step_hint)
+    hinted = jax.jit(functools.partial(ragged_paged_attention_pallas, sm_scale=SCALE,
+                                       min_q_len=PREFILL_HINT.min_q_len))
     ref = jax.jit(functools.partial(ragged_paged_attention_ref, sm_scale=SCALE))
     for prefix, new in cases:
         if time.time() - T0 > BUDGET:
@@ -142,6 +146,9 @@ def bench_extend(rng, ceil, cases, tune: bool) -> list[dict]:
         row = {"prefix": prefix, "new": new, "flops": flops, "floor_s": flops / ceil["matmul_flops"]}
         row["pallas_s"] = timeit(kernel, sets)
         row["pallas_call_s"] = timeit(kernel, sets, per_call=True)
+        row["pallas_prefill_hint_s"] = timeit(hinted, sets)
+        row["prefill_hint_max_diff"] = float(np.abs(np.asarray(hinted(*sets[0]), np.float32)
+                                                    - np.asarray(kernel(*sets[0]), np.float32)).max())
         row["config"] = str(default_configs(new, 1, -(-ctx // PS), PS, H, KVH, D, DT)[1])
         out = np.asarray(kernel(*sets[0]), np.float32)
         if new <= 1024:
@@ -162,6 +169,7 @@ def bench_extend(rng, ceil, cases, tune: bool) -> list[dict]:
             row["cudnn_flops"] = flops if causal else 4 * H * D * new * ctx
             row["cudnn_TFLOPs"] = row["cudnn_flops"] / row["cudnn_s"] / 1e12
             row["pallas_over_cudnn_time"] = row["pallas_s"] / row["cudnn_s"]
+            row["hinted_over_cudnn_time"] = row["pallas_prefill_hint_s"] / row["cudnn_s"]
             row["pallas_over_cudnn_flop_normalized"] = (row["pallas_s"] / flops) / (row["cudnn_s"] / row["cudnn_flops"])
         except Exception as e:  # noqa: BLE001
             row["cudnn_error"] = f"{type(e).__name__}: {str(e)[:200]}"
@@ -311,16 +319,19 @@ def table(res: dict) -> str:
                      f"{r.get('pallas_max_q_len_1_s', nan) * 1e6:11.1f} | "
                      f"{r.get('bundled_s', nan) * 1e6:10.1f} | "
                      f"{r.get('ref_s', nan) * 1e6:6.0f} | {r['floor_s'] * 1e6:8.1f}")
-    lines += ["", "extend prefix  new | pallas us TFLOP/s | (call) | cudnn us TFLOP/s | (call) | "
-              "ratio time | ratio flop-norm | floor us",
-              "-------------------+-------------------+--------+------------------+--------+"
-              "------------+-----------------+---------"]
+    lines += ["", "extend: 'hinted' is the engine's variant for steps of >= 64 new tokens per sequence",
+              "extend prefix  new | pallas us TFLOP/s | (call) | hinted us | cudnn us TFLOP/s | (call) | "
+              "ratio time | hinted | ratio flop-norm | floor us",
+              "-------------------+-------------------+--------+-----------+------------------+--------+"
+              "------------+--------+-----------------+---------"]
     for r in res["extend"]:
         lines.append(f"       {r['prefix']:6d} {r['new']:4d} | {r['pallas_s'] * 1e6:9.1f} {r['pallas_TFLOPs']:7.0f} | "
                      f"{r.get('pallas_call_s', nan) * 1e6:6.1f} | "
+                     f"{r.get('pallas_prefill_hint_s', nan) * 1e6:9.1f} | "
                      f"{r.get('cudnn_s', nan) * 1e6:8.1f} {r.get('cudnn_TFLOPs', nan):7.0f} | "
                      f"{r.get('cudnn_call_s', nan) * 1e6:6.1f} | "
                      f"{r.get('pallas_over_cudnn_time', nan):10.2f} | "
+                     f"{r.get('hinted_over_cudnn_time', nan):6.2f} | "
                      f"{r.get('pallas_over_cudnn_flop_normalized', nan):15.2f} | {r['floor_s'] * 1e6:8.1f}")
     for r in res.get("write_kv", []):
         lines.append(f"write_kv {r['tokens']} tokens: {r['write_kv_s'] * 1e6:.1f} us")
@@ -333,6 +344,7 @@ def main() -> None:
     ap.add_argument("--out", default="attention_results.json")
     ap.add_argument("--tune", action="store_true", help="also time alternative block configs")
     ap.add_argument("--quick", action="store_true", help="a few cases only")
+    ap.add_argument("--only", choices=("decode", "extend"), help="time only this half")
     ap.add_argument("--budget", type=float, default=420.0, help="stop starting new cases after this many s")
     ap.add_argument("--sweep", action="store_true", help="time alternative configs and page size 1")
     ap.add_argument("--final", action="store_true", help="defaults on target cases, page 1, bundled mha")
@@ -389,7 +401,8 @@ def main() -> None:
         ext = [(p, n) for p in (0, 512, 2048, 8192) for n in (128, 512, 1024, 4096)]
     tune_dec = {(32, 2048), (128, 8192), (1, 32768)} if a.tune else set()
     tune_ext = {(0, 4096), (8192, 1024)} if a.tune else set()
-    res["write_kv"] = bench_write_kv()
+    dec, ext = ([] if a.only == "extend" else dec), ([] if a.only == "decode" else ext)
+    res["write_kv"] = bench_write_kv() if a.only is None else []
     res["decode"] = [r for c in dec for r in bench_decode(rng, res["ceilings"], [c], c in tune_dec)]
     res["extend"] = [r for c in ext for r in bench_extend(rng, res["ceilings"], [c], c in tune_ext)]
     with open(a.out, "w") as f:

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsgl.kernels import PREFILL_HINT
 from jaxsgl.kernels.paged_extend_mosaic import (MOSAIC_MIN_Q, TILE_TOKENS, MosaicConfig,
                                                 paged_extend_mosaic, plan_tiles)
 from jaxsgl.kernels.ragged_paged_attention import ragged_paged_attention_pallas
@@ -173,9 +174,12 @@ def device_kernels(fn, sets, iters: int = 5) -> dict:
 
 
 def bench_kernels(cases: list[tuple[int, int]]) -> list[dict]:
-    """Per-kernel GPU time of the default dispatch and of cuDNN on each extend case."""
+    """Per-kernel GPU time of the default dispatch, of its variant for steps of >= 64 new tokens
+    per sequence (kernels.PREFILL_HINT, the engine's prefill steps) and of cuDNN on each extend."""
     rows = []
     full = jax.jit(functools.partial(ragged_paged_attention_pallas, sm_scale=SCALE))
+    hinted = jax.jit(functools.partial(ragged_paged_attention_pallas, sm_scale=SCALE,
+                                       min_q_len=PREFILL_HINT.min_q_len))
     for prefix, new in cases:
         ctx = prefix + new
         sets = paged_inputs(prefix, new, jnp.bfloat16, 16)
@@ -184,7 +188,7 @@ def bench_kernels(cases: list[tuple[int, int]]) -> list[dict]:
         dsets = [(s[0][None], jax.random.normal(jax.random.key(10 + i), (1, ctx, KVH, D), jnp.bfloat16),
                   jax.random.normal(jax.random.key(20 + i), (1, ctx, KVH, D), jnp.bfloat16))
                  for i, s in enumerate(sets)]
-        for name, fn, args in (("dispatch", full, sets), ("cudnn", dense, dsets)):
+        for name, fn, args in (("dispatch", full, sets), ("prefill_hint", hinted, sets), ("cudnn", dense, dsets)):
             row = {"prefix": prefix, "new": new, "variant": name, **device_kernels(fn, args)}
             print(json.dumps(row), flush=True)
             rows.append(row)

@@ -1,9 +1,12 @@
 """Time one fresh prefill step (one sequence, no cached prefix) with each attention implementation.
 
     python benchmarks/prefill_step.py --model benchmarks/configs/llama-3.1-8b --load-format dummy \\
-        --lengths 1024 4096 --impls pallas pallas_cudnn
+        --lengths 1024 4096 --impls pallas pallas_cudnn reference --fp32-ref
 
-Also checks that every implementation's last-token logits agree with the first one's.
+Each step compiles as the engine's would (the attention hint kernels.step_hint picks for it).
+Also checks every implementation's last-token logits against the first one's and, with
+--fp32-ref, against an fp32 run (the same weights upcast, reference attention, matmuls at
+"highest" precision): the bf16 `reference` row is the yardstick for the kernels' error.
 Prints a table and writes JSON.
 """
 from __future__ import annotations
@@ -15,13 +18,40 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jaxsgl import kernels  # noqa: E402
 from jaxsgl.model.forward import forward, init_kv_cache, step_to_device  # noqa: E402
 from jaxsgl.model.loader import load_model  # noqa: E402
 from jaxsgl.model.step_input import make_step_input  # noqa: E402
+
+PS = 16
+
+
+def prefill_step(cfg, T: int):
+    """A one-sequence fresh prefill of T random tokens in pages 1.., and its page count."""
+    n_pages = T // PS + 1
+    ids = np.random.default_rng(T).integers(10, cfg.vocab_size, T).tolist()
+    return make_step_input([(ids, 0, list(range(1, n_pages + 1)))], PS, num_tokens=T), n_pages
+
+
+def fp32_logits(cfg, weights, lengths: list[int]) -> dict[int, np.ndarray]:
+    """Last-token logits of an fp32 run per length (weights upcast, reference attention)."""
+    w32 = jax.tree.map(lambda a: a.astype(jnp.float32), weights)
+    out = {}
+    with jax.default_matmul_precision("highest"):
+        for T in lengths:
+            step, n_pages = prefill_step(cfg, T)
+            kv = init_kv_cache(cfg, n_pages + 1, PS, jnp.float32)
+            logits, _ = jax.jit(lambda w, kv, s: forward(w, kv, s, cfg=cfg, attn_impl="reference"))(
+                w32, kv, step_to_device(step))
+            out[T] = np.asarray(logits[0])
+            del kv
+    del w32
+    return out
 
 
 def main() -> None:
@@ -30,20 +60,22 @@ def main() -> None:
     ap.add_argument("--load-format", default="auto")
     ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
     ap.add_argument("--impls", nargs="+", default=["pallas", "pallas_cudnn"])
+    ap.add_argument("--fp32-ref", action="store_true", help="compare logits with an fp32 run")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--out", default="prefill_step.json")
     args = ap.parse_args()
     cfg, weights, _ = load_model(args.model, load_format=args.load_format)
-    ps = 16
+    fp32 = fp32_logits(cfg, weights, args.lengths) if args.fp32_ref else {}
     rows = []
     for T in args.lengths:
-        n_pages = T // ps + 1
-        ids = np.random.default_rng(T).integers(10, cfg.vocab_size, T).tolist()
-        step = step_to_device(make_step_input([(ids, 0, list(range(1, n_pages + 1)))], ps, num_tokens=T))
+        step_host, n_pages = prefill_step(cfg, T)
+        step = step_to_device(step_host)
         ref_logits = None
         for impl in args.impls:
-            kv = init_kv_cache(cfg, n_pages + 1, ps, weights.embed.dtype)
-            fn = jax.jit(lambda w, kv, s, impl=impl: forward(w, kv, s, cfg=cfg, attn_impl=impl), donate_argnums=(1,))
+            hint = kernels.step_hint(np.diff(step_host.query_start), impl)
+            kv = init_kv_cache(cfg, n_pages + 1, PS, weights.embed.dtype)
+            fn = jax.jit(lambda w, kv, s, impl=impl, hint=hint: forward(w, kv, s, cfg=cfg, attn_impl=impl, hint=hint),
+                         donate_argnums=(1,))
             logits, kv = fn(weights, kv, step)
             logits = np.asarray(logits[0])
             jax.block_until_ready(kv)
@@ -53,18 +85,25 @@ def main() -> None:
             jax.block_until_ready(out)
             ms = (time.perf_counter() - t0) / args.iters * 1e3
             if ref_logits is None:
-                ref_logits, diff = logits, 0.0
-            else:
-                diff = float(np.abs(logits - ref_logits).max())
-            row = {"tokens": T, "impl": impl, "ms": ms, "tok_per_s": T / ms * 1e3,
-                   "max_abs_logit_diff_vs_first": diff, "argmax_same": int(logits.argmax()) == int(ref_logits.argmax())}
+                ref_logits = logits
+            row = {"tokens": T, "impl": impl, "hint": hint._asdict(), "ms": ms, "tok_per_s": T / ms * 1e3,
+                   "max_abs_logit_diff_vs_first": float(np.abs(logits - ref_logits).max()),
+                   "argmax_same": int(logits.argmax()) == int(ref_logits.argmax())}
+            if T in fp32:
+                row["max_abs_logit_diff_vs_fp32"] = float(np.abs(logits - fp32[T]).max())
+                row["rms_logit_diff_vs_fp32"] = float(np.sqrt(np.mean((logits - fp32[T]) ** 2)))
+                row["argmax_same_as_fp32"] = int(logits.argmax()) == int(fp32[T].argmax())
             rows.append(row)
             print(json.dumps(row), flush=True)
-    Path(args.out).write_text(json.dumps({"model": args.model, "rows": rows}, indent=2))
-    print(f"{'tokens':>7}{'impl':>14}{'ms':>9}{'tok/s':>10}{'max dlogit':>12}")
+            del kv, out
+    Path(args.out).write_text(json.dumps({"model": args.model, "device": jax.devices()[0].device_kind,
+                                          "argv": sys.argv, "rows": rows}, indent=2))
+    nan = float("nan")
+    print(f"{'tokens':>7}{'impl':>14}{'ms':>9}{'tok/s':>10}{'dlogit vs 1st':>15}{'vs fp32 max':>13}{'rms':>8}")
     for r in rows:
         print(f"{r['tokens']:>7}{r['impl']:>14}{r['ms']:>9.2f}{r['tok_per_s']:>10.0f}"
-              f"{r['max_abs_logit_diff_vs_first']:>12.4f}")
+              f"{r['max_abs_logit_diff_vs_first']:>15.4f}{r.get('max_abs_logit_diff_vs_fp32', nan):>13.4f}"
+              f"{r.get('rms_logit_diff_vs_fp32', nan):>8.4f}")
 
 
 if __name__ == "__main__":

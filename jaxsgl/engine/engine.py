@@ -26,7 +26,7 @@ from jaxsgl.engine.request_state import RequestState
 from jaxsgl.engine.sampling_params import SamplingParams
 from jaxsgl.engine.sampling import SamplingFlags
 from jaxsgl.engine.step_sampling import build_sampling_input, greedy_sampling_input, record_logprobs
-from jaxsgl.kernels import resolve_impl
+from jaxsgl.kernels import QLenHint, resolve_impl
 from jaxsgl.model.compile_cache import enable_compilation_cache
 from jaxsgl.model.loader import load_model, resolve_dtype
 from jaxsgl.model.step_input import PAD_PAGE, PAD_SLOT, StepInput
@@ -178,23 +178,28 @@ class Engine:
         self.shutdown()
 
     def warmup(self) -> int:
-        """Compile the greedy step for every bucket shape, and its decode-only variant for the
-        shapes a decode batch takes, by running all-padding steps (no KV is written). Call before
-        serving (the constructor does with warmup=True). Returns the number compiled."""
-        shapes = [(shape, False) for shape in self.builder.shapes()]
-        shapes += [(shape, True) for shape in self.builder.decode_shapes()]
+        """Compile the greedy step for every bucket shape under each attention hint the runner
+        uses (kernels.step_hints: generic, decode-only, long extends only) for the shapes such a
+        batch pads to, by running all-padding steps (no KV is written). Call before serving (the
+        constructor does with warmup=True). Returns the number compiled."""
+        variants = []
+        for hint in self.runner.hints():
+            shapes = self.builder.shapes_for(hint.min_q_len or 1, hint.max_q_len)
+            if hint == QLenHint():
+                shapes = self.builder.shapes()
+            variants += [(shape, hint) for shape in shapes]
         t0 = time.perf_counter()
-        for (T, S, P), decode in shapes:
+        for (T, S, P), hint in variants:
             step = StepInput(np.zeros(T, np.int32), np.zeros(T, np.int32), np.zeros(S + 1, np.int32),
                              np.zeros(S, np.int32), np.full((S, P), PAD_PAGE, np.int32),
                              np.full(T, PAD_SLOT, np.int32), np.zeros(S, np.int32))
             if self._overlap is None:
-                self.runner.run(step, greedy_sampling_input(S, T), SamplingFlags(), decode=decode)
+                self.runner.run(step, greedy_sampling_input(S, T), SamplingFlags(), hint=hint)
             else:  # the overlap path compiles its own step function
                 self.runner.collect(self.runner.run_async(step, greedy_sampling_input(S, T), SamplingFlags(), None,
-                                                          np.full(T, -1, np.int32), decode=decode))
-        log.info("warm-up: compiled %d step shapes in %.1fs", len(shapes), time.perf_counter() - t0)
-        return len(shapes)
+                                                          np.full(T, -1, np.int32), hint=hint))
+        log.info("warm-up: compiled %d step variants in %.1fs", len(variants), time.perf_counter() - t0)
+        return len(variants)
 
     # ------------------------------------------------------------------ requests
     def _make_state(self, ids: list[int], params: SamplingParams, index: int, want_lp: bool, start: int | None,

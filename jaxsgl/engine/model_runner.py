@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsgl import kernels
 from jaxsgl.engine.sampling import SampleOutput, SamplingFlags, SamplingInput, output_layout, sample
 from jaxsgl.engine.packing import Layout, pack, pack_device, unpack, unpack_host
 from jaxsgl.model.config import ModelConfig
@@ -57,36 +58,36 @@ class StepHandle:
     layout: tuple        # output_layout of `out`
 
 
-def _step(weights: Weights, kv: KVCache, flat: jax.Array, *, layout: Layout, decode: bool, cfg: ModelConfig,
-          attn_impl: str, flags: SamplingFlags) -> tuple[jax.Array, KVCache]:
+def _step(weights: Weights, kv: KVCache, flat: jax.Array, *, layout: Layout, hint: kernels.QLenHint,
+          cfg: ModelConfig, attn_impl: str, flags: SamplingFlags) -> tuple[jax.Array, KVCache]:
     """Unpack the step's inputs, run forward + sampling, pack the outputs into one int32 array.
-    decode (static): every sequence has at most one new token."""
-    out, _, kv = _forward_sample(weights, kv, unpack(flat, layout), decode=decode, cfg=cfg,
+    hint (static): the attention kernels' promised bounds on the sequences' new-token counts."""
+    out, _, kv = _forward_sample(weights, kv, unpack(flat, layout), hint=hint, cfg=cfg,
                                  attn_impl=attn_impl, flags=flags)
     return out, kv
 
 
 def _step_overlap(weights: Weights, kv: KVCache, flat: jax.Array, prev_tokens: jax.Array, *, layout: Layout,
-                  decode: bool, cfg: ModelConfig, attn_impl: str,
+                  hint: kernels.QLenHint, cfg: ModelConfig, attn_impl: str,
                   flags: SamplingFlags) -> tuple[jax.Array, jax.Array, KVCache]:
     """_step whose token_ids[t] come from prev_tokens[src[t]] where src[t] >= 0; also returns the
     sampled ids padded to prev_tokens' size (the next step's prev_tokens)."""
     arrays = unpack(flat, layout)
     src = arrays.pop("src")
     arrays["step.token_ids"] = jnp.where(src >= 0, prev_tokens[jnp.maximum(src, 0)], arrays["step.token_ids"])
-    out, tokens, kv = _forward_sample(weights, kv, arrays, decode=decode, cfg=cfg, attn_impl=attn_impl,
+    out, tokens, kv = _forward_sample(weights, kv, arrays, hint=hint, cfg=cfg, attn_impl=attn_impl,
                                       flags=flags)
     return out, jnp.zeros_like(prev_tokens).at[:tokens.shape[0]].set(tokens), kv
 
 
-def _forward_sample(weights: Weights, kv: KVCache, arrays: dict[str, jax.Array], *, decode: bool,
+def _forward_sample(weights: Weights, kv: KVCache, arrays: dict[str, jax.Array], *, hint: kernels.QLenHint,
                     cfg: ModelConfig, attn_impl: str,
                     flags: SamplingFlags) -> tuple[jax.Array, jax.Array, KVCache]:
     """Forward + sampling on unpacked inputs: (packed outputs, sampled token ids, new KV)."""
     step = StepInput(**{n: arrays["step." + n] for n in step_input_fields()})
     si = SamplingInput(**{f.name: arrays["samp." + f.name] for f in dataclasses.fields(SamplingInput)})
     logits, kv = forward(weights, kv, step, cfg=cfg, attn_impl=attn_impl, all_logits=flags.input_logprobs,
-                         max_q_len=1 if decode else None)
+                         hint=hint)
     all_logits = None
     if flags.input_logprobs:
         all_logits, logits = logits, logits[step.logits_indices]
@@ -121,20 +122,19 @@ class ModelRunner:
     def _fn(self, flags: SamplingFlags):
         if flags not in self._fns:
             fn = functools.partial(_step, cfg=self.cfg, attn_impl=self.attn_impl, flags=flags)
-            self._fns[flags] = jax.jit(fn, donate_argnums=(1,), static_argnames=("layout", "decode"))
+            self._fns[flags] = jax.jit(fn, donate_argnums=(1,), static_argnames=("layout", "hint"))
         return self._fns[flags]
 
     def run(self, step: StepInput, si: SamplingInput, flags: SamplingFlags,
-            decode: bool | None = None) -> StepOutputHost:
-        """Run one step; mutates self.kv (the new tokens' K/V are written). decode: compile
-        the step as a pure decode step (at most one new token per sequence); None: infer it."""
+            hint: kernels.QLenHint | None = None) -> StepOutputHost:
+        """Run one step; mutates self.kv (the new tokens' K/V are written). hint: the compiled
+        variant (one of self.hints(); warm-up picks each); None: the one the step needs."""
         flat, layout = pack(_inputs(step, si))
-        decode = _is_decode(step) if decode is None else decode
-        out, self.kv = self._fn(flags)(self.weights, self.kv, flat, layout=layout, decode=decode)
+        out, self.kv = self._fn(flags)(self.weights, self.kv, flat, layout=layout, hint=self._hint(step, hint))
         return _unpack_output(np.asarray(out), output_layout(step.num_seqs, step.num_tokens, flags))
 
     def run_async(self, step: StepInput, si: SamplingInput, flags: SamplingFlags, prev: StepHandle | None,
-                  src: np.ndarray, decode: bool | None = None) -> StepHandle:
+                  src: np.ndarray, hint: kernels.QLenHint | None = None) -> StepHandle:
         """Dispatch one step without waiting for it; mutates self.kv (a future). src int32[T]:
         token_ids[t] = prev.tokens[src[t]] where src[t] >= 0 (prev's sampled row src[t])."""
         if not 0 < step.num_seqs <= self.max_seqs:
@@ -147,20 +147,28 @@ class ModelRunner:
         flat, layout = pack({**_inputs(step, si), "src": np.asarray(src, np.int32)})
         if flags not in self._overlap_fns:
             fn = functools.partial(_step_overlap, cfg=self.cfg, attn_impl=self.attn_impl, flags=flags)
-            self._overlap_fns[flags] = jax.jit(fn, donate_argnums=(1,), static_argnames=("layout", "decode"))
+            self._overlap_fns[flags] = jax.jit(fn, donate_argnums=(1,), static_argnames=("layout", "hint"))
         out, tokens, self.kv = self._overlap_fns[flags](self.weights, self.kv, flat,
                                                         self._no_prev if prev is None else prev.tokens, layout=layout,
-                                                        decode=_is_decode(step) if decode is None else decode)
+                                                        hint=self._hint(step, hint))
         return StepHandle(out, tokens, output_layout(step.num_seqs, step.num_tokens, flags))
+
+    def hints(self) -> tuple[kernels.QLenHint, ...]:
+        """The attention hints a step can compile under (kernels.step_hints)."""
+        return kernels.step_hints(self.attn_impl)
+
+    def _hint(self, step: StepInput, hint: kernels.QLenHint | None) -> kernels.QLenHint:
+        if hint is None:
+            return kernels.step_hint(np.diff(step.query_start), self.attn_impl)
+        if hint not in self.hints():
+            raise ValueError(f"hint {hint} is not one of {self.hints()}")
+        return hint
 
     def collect(self, handle: StepHandle) -> StepOutputHost:
         """Wait for a dispatched step and bring its outputs to the host (one transfer)."""
         return _unpack_output(np.asarray(handle.out), handle.layout)
 
 
-def _is_decode(step: StepInput) -> bool:
-    """Whether every sequence of the step has at most one new token (attention's max_q_len=1)."""
-    return bool(np.diff(step.query_start).max(initial=0) <= 1)
 
 
 def _inputs(step: StepInput, si: SamplingInput) -> dict[str, np.ndarray]:

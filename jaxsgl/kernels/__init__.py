@@ -15,17 +15,51 @@ A requested impl that cannot run raises; nothing falls back silently.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
+import numpy as np
 
 from jaxsgl.kernels.dense_prefill import DENSE_PREFILL_MIN_TOKENS, with_dense_prefill
+from jaxsgl.kernels.paged_extend_mosaic import MOSAIC_MIN_Q
 from jaxsgl.kernels.ragged_paged_attention import BlockConfig, ragged_paged_attention_pallas
 from jaxsgl.kernels.reference import ragged_paged_attention_ref, write_kv_ref
 
 ATTENTION_IMPLS = ("reference", "pallas", "pallas_cudnn", "pallas_interpret", "auto")
 
-__all__ = ["ATTENTION_IMPLS", "BlockConfig", "on_nvidia_gpu", "ragged_paged_attention",
-           "resolve_impl", "write_kv"]
+__all__ = ["ATTENTION_IMPLS", "BlockConfig", "DECODE_HINT", "PREFILL_HINT", "QLenHint", "on_nvidia_gpu",
+           "ragged_paged_attention", "resolve_impl", "step_hint", "step_hints", "write_kv"]
+
+
+class QLenHint(NamedTuple):
+    """Static promises about a step's new-token counts, over the sequences that have any
+    (padding excluded): every q_len >= min_q_len and <= max_q_len. The Pallas kernels skip
+    the launches no such sequence needs (~2-5 us each); the reference ignores the hint."""
+    min_q_len: int | None = None
+    max_q_len: int | None = None
+
+
+DECODE_HINT = QLenHint(max_q_len=1)  # one new token per sequence: the decode class only
+PREFILL_HINT = QLenHint(min_q_len=MOSAIC_MIN_Q)  # prefills/long extends: the extend kernel only
+
+
+def step_hints(impl: str) -> tuple[QLenHint, ...]:
+    """The hints `step_hint` can return for impl: each is a compiled variant of a step shape."""
+    if resolve_impl(impl) == "reference":
+        return (QLenHint(),)
+    return (QLenHint(), DECODE_HINT, PREFILL_HINT)
+
+
+def step_hint(q_lens: np.ndarray, impl: str) -> QLenHint:
+    """The hint a step with these per-sequence new-token counts compiles under: the first of
+    step_hints(impl)[1:] whose bounds hold, else the generic QLenHint() (so a bucket shape has
+    at most len(step_hints(impl)) variants)."""
+    q = np.asarray(q_lens)
+    q = q[q > 0]
+    for hint in step_hints(impl)[1:]:
+        if q.size and q.min() >= (hint.min_q_len or 1) and (hint.max_q_len is None or q.max() <= hint.max_q_len):
+            return hint
+    return QLenHint()
 
 
 def on_nvidia_gpu() -> bool:
@@ -50,19 +84,19 @@ def resolve_impl(impl: str) -> str:
 
 def ragged_paged_attention(q, k_pages, v_pages, query_start, kv_lens, page_table, *, sm_scale: float,
                            soft_cap: float | None = None, sliding_window: int | None = None,
-                           impl: str = "reference", max_q_len: int | None = None):
+                           impl: str = "reference", hint: QLenHint = QLenHint()):
     """Dispatch to the named implementation (see jaxsgl.kernels.reference for the contract).
 
-    max_q_len (static): a promise that no sequence has more new tokens (1 in a decode step);
-    the kernels skip launches only longer sequences need. The reference ignores it.
+    hint (static): promised bounds on the sequences' new-token counts (QLenHint); the kernels
+    skip launches only other sequences would need. Rows of padding tokens may then be garbage.
     """
     impl = resolve_impl(impl)
     kw = dict(sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window)
     if impl == "reference":
         return ragged_paged_attention_ref(q, k_pages, v_pages, query_start, kv_lens, page_table, **kw)
     paged = functools.partial(ragged_paged_attention_pallas, interpret=impl == "pallas_interpret",
-                              max_q_len=max_q_len)
-    if impl == "pallas_cudnn" and (max_q_len is None or max_q_len >= DENSE_PREFILL_MIN_TOKENS):
+                              min_q_len=hint.min_q_len, max_q_len=hint.max_q_len)
+    if impl == "pallas_cudnn" and (hint.max_q_len is None or hint.max_q_len >= DENSE_PREFILL_MIN_TOKENS):
         paged = with_dense_prefill(paged, "cudnn")
     return paged(q, k_pages, v_pages, query_start, kv_lens, page_table, **kw)
 

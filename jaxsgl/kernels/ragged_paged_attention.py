@@ -316,7 +316,7 @@ def default_configs(num_tokens: int, num_seqs: int, pages_per_seq: int, page_siz
 
 
 _STATIC = ("sm_scale", "soft_cap", "sliding_window", "short_config", "long_config", "interpret",
-           "max_q_len")
+           "min_q_len", "max_q_len")
 _DONATE = ("out_init",)
 
 
@@ -326,7 +326,7 @@ def ragged_paged_attention_pallas(
     kv_lens: jax.Array, page_table: jax.Array, *, sm_scale: float, soft_cap: float | None = None,
     sliding_window: int | None = None, short_config: BlockConfig | None = None,
     long_config: BlockConfig | MosaicConfig | None = None, interpret: bool = False,
-    out_init: jax.Array | None = None, max_q_len: int | None = None,
+    out_init: jax.Array | None = None, min_q_len: int | None = None, max_q_len: int | None = None,
 ) -> jax.Array:
     """Pallas version of jaxsgl.kernels.reference.ragged_paged_attention_ref (same contract).
 
@@ -336,9 +336,9 @@ def ragged_paged_attention_pallas(
     applies); interpret=True runs on CPU (for tests), Mosaic configs in GPU interpret mode.
     out_init [T, H, D] (donated) is the buffer the kernels write into, e.g. NaN-filled by
     tests to prove every row is written; by default a fresh uninitialised one.
-    max_q_len: a promise that no sequence has more new tokens (1 for a decode step); classes
-    that only longer sequences could fill are not launched, so rows of padding tokens (past
-    query_start[-1]) may be left unwritten.
+    min_q_len / max_q_len: promises that every sequence with new tokens has at least / at most
+    this many (max 1: a decode step; min 64: a prefill batch). Classes no such sequence falls
+    into are not launched, so rows of padding tokens (past query_start[-1]) may be left unwritten.
     """
     T, H, D = q.shape
     if k_pages.ndim != 4 or k_pages.shape != v_pages.shape:
@@ -380,8 +380,8 @@ def ragged_paged_attention_pallas(
         lo = max(mosaic_min, tile_s + 1)
         # the Mosaic class first (it writes a fresh buffer), the others take q_len < lo
         classes = [(mosaic, lo, 2**31 - 1)] + [(c, a, min(b, lo - 1)) for c, a, b in classes if a < lo]
-    if max_q_len is not None:  # drop the classes no sequence can fall into
-        classes = [(c, a, b) for c, a, b in classes if a <= max(max_q_len, 1)]
+    lo_q, hi_q = max(min_q_len or 1, 1), max(max_q_len or 2**31 - 1, 1)
+    classes = [(c, a, b) for c, a, b in classes if a <= hi_q and b >= lo_q]  # drop the empty ones
     query_start, kv_lens = query_start.astype(jnp.int32), kv_lens.astype(jnp.int32)
     page_table = page_table.astype(jnp.int32)
     k_flat, v_flat = k_pages.reshape(N * page_size, KVH, D), v_pages.reshape(N * page_size, KVH, D)
@@ -402,7 +402,7 @@ def ragged_paged_attention_pallas(
         res = _launch(plan, q, k_flat, v_flat, page_table, out, cfg, page_size=page_size,
                       sm_scale=sm_scale, soft_cap=soft_cap, window=sliding_window, interpret=interpret)
         out = res if cfg.num_splits == 1 else _combine(*res, plan, out, T, group, q.dtype)
-    return out
+    return jnp.zeros_like(q) if out is None else out  # None: the hints rule out every sequence
 
 
 def _mosaic_applies(dtype, head_dim: int, page_size: int, soft_cap, sliding_window) -> bool:

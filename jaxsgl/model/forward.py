@@ -95,7 +95,7 @@ def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
 
 
 def _layer(lw: LayerWeights, x: jax.Array, k_pages: jax.Array, v_pages: jax.Array, step: StepInput,
-           inv_freq: jax.Array, cfg: ModelConfig, attn_impl: str, max_q_len: int | None = None):
+           inv_freq: jax.Array, cfg: ModelConfig, attn_impl: str, hint: kernels.QLenHint):
     T = x.shape[0]
     H, KVH, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     h = rms_norm(x, lw.attn_norm, cfg.rms_norm_eps)
@@ -113,7 +113,7 @@ def _layer(lw: LayerWeights, x: jax.Array, k_pages: jax.Array, v_pages: jax.Arra
     k_pages, v_pages = kernels.write_kv(k_pages, v_pages, k, v, step.slots, impl=attn_impl)
     attn = kernels.ragged_paged_attention(
         q, k_pages, v_pages, step.query_start, step.kv_lens, step.page_table,
-        sm_scale=D ** -0.5, sliding_window=cfg.sliding_window, impl=attn_impl, max_q_len=max_q_len)
+        sm_scale=D ** -0.5, sliding_window=cfg.sliding_window, impl=attn_impl, hint=hint)
     out = _matmul(attn.reshape(T, H * D), lw.wo)
     if lw.bo is not None:
         out = out + lw.bo
@@ -126,19 +126,19 @@ def _layer(lw: LayerWeights, x: jax.Array, k_pages: jax.Array, v_pages: jax.Arra
 
 def forward(weights: Weights, kv: KVCache, step: StepInput, *, cfg: ModelConfig,
             attn_impl: str = "reference", all_logits: bool = False,
-            max_q_len: int | None = None) -> tuple[jax.Array, KVCache]:
+            hint: kernels.QLenHint = kernels.QLenHint()) -> tuple[jax.Array, KVCache]:
     """Run all layers on the step's tokens; write their K/V into `kv`.
 
     Returns fp32 logits [S, V] at step.logits_indices (or [T, V] for every token when
-    all_logits) and the updated KV cache. max_q_len (static): a promise that no sequence has
-    more new tokens (1 in a decode step), which lets attention skip the extend kernels.
+    all_logits) and the updated KV cache. hint (static): promised bounds on the sequences'
+    new-token counts (kernels.QLenHint, e.g. a decode step's), which let attention skip kernels.
     """
     x = weights.embed[step.token_ids]
     inv_freq = rope_inv_freq(cfg)
     new_k, new_v = [], []
     for i, lw in enumerate(weights.layers):
         with jax.named_scope(f"layer{i}"):
-            x, k_i, v_i = _layer(lw, x, kv.k[i], kv.v[i], step, inv_freq, cfg, attn_impl, max_q_len)
+            x, k_i, v_i = _layer(lw, x, kv.k[i], kv.v[i], step, inv_freq, cfg, attn_impl, hint)
         new_k.append(k_i)
         new_v.append(v_i)
     if not all_logits:

@@ -175,9 +175,13 @@ class StepInputBuilder:
                     out.extend((t, s, p) for p in self.page_buckets)
         return out
 
-    def decode_shapes(self) -> list[tuple[int, int, int]]:
-        """The (T, S, P) of shapes() a pure decode batch (one new token per sequence) pads to."""
-        most = min(self.token_buckets[-1], self.seq_buckets[-1])
-        ts = {(self._fit(self.token_buckets, n, "tokens"), self._fit(self.seq_buckets, n, "sequences"))
-              for n in range(1, most + 1)}
+    def shapes_for(self, min_q: int, max_q: int | None = None) -> list[tuple[int, int, int]]:
+        """The (T, S, P) of shapes() a batch pads to when each of its sequences has min_q to
+        max_q (None: any number of) new tokens; (1, 1) is a pure decode batch."""
+        tb, most_t = self.token_buckets, self.token_buckets[-1]
+        ts = set()
+        for n in range(1, min(self.seq_buckets[-1], most_t // min_q) + 1):
+            lo, hi = n * min_q, most_t if max_q is None else min(n * max_q, most_t)
+            s = self._fit(self.seq_buckets, n, "sequences")
+            ts.update((t, s) for i, t in enumerate(tb) if t >= lo and (tb[i - 1] if i else 0) < hi)
         return [(t, s, p) for t, s in sorted(ts) for p in self.page_buckets]

@@ -128,9 +128,15 @@ def test_concurrent_callers_are_batched_and_get_their_own_results(tiny_engine):
     assert max(r["num_seqs"] for r in tiny_engine.trace()) > 1
 
 
-def test_warmup_compiles_every_bucket_without_touching_the_cache(tiny_model_dir):
+def test_warmup_compiles_every_bucket_without_touching_the_cache(tiny_model_dir, monkeypatch):
+    from jaxsgl import kernels
     from jaxsgl.engine.engine import Engine
 
+    # the Pallas impls' three step variants (generic, decode-only, long-extend-only), with a
+    # long-extend bound this engine's 32-token prefill chunks reach; the reference compiles
+    # all three as it would the kernels' (it ignores the hint)
+    hints = (kernels.QLenHint(), kernels.DECODE_HINT, kernels.QLenHint(min_q_len=8))
+    monkeypatch.setattr(kernels, "step_hints", lambda impl: hints)
     with Engine(str(tiny_model_dir), dtype="float32", max_running_requests=4, chunked_prefill_size=32,
                 max_prefill_tokens=32, context_length=256, warmup=True, debug_check_integrity=True) as eng:
         assert len(eng.builder.shapes()) > 1
@@ -138,8 +144,11 @@ def test_warmup_compiles_every_bucket_without_touching_the_cache(tiny_model_dir)
         compiled = {k: f._cache_size() for k, f in {**eng.runner._fns, **eng.runner._overlap_fns}.items()}
         out = eng.generate(PROMPT, {"max_new_tokens": 4, "temperature": 0, "ignore_eos": True})
         assert out["output_ids"] == greedy(eng, n=4)["output_ids"]
-        # prefill and decode steps (a decode-only variant) were all compiled by the warm-up
+        # prefill and decode steps (each hint its own variant) were all compiled by the warm-up
         assert compiled == {k: f._cache_size() for k, f in {**eng.runner._fns, **eng.runner._overlap_fns}.items()}
+        assert len(eng.builder.shapes()) < sum(compiled.values()) == eng.warmup()
+        assert kernels.step_hint([1, 1, 0], "auto") == hints[1] and kernels.step_hint([9, 30], "auto") == hints[2]
+        assert kernels.step_hint([1, 30], "auto") == hints[0]
 
 
 def test_a_failing_step_fails_its_requests_and_the_engine_recovers(tiny_engine, monkeypatch):

@@ -113,6 +113,23 @@ def test_decode_hint_launches_only_the_decode_class():
     assert launches() == 2 and launches(max_q_len=1) == 1
 
 
+def test_extend_hint_skips_the_decode_class():
+    """min_q_len (every sequence is an extend of at least that many tokens) drops the decode
+    class's launch; outputs, padding rows included here (11 padding tokens), are unchanged."""
+    rng = np.random.default_rng([SEED, 100 + 6])
+    seqs = [(20, 100), (9, 9), (40, 300), (0, 0)]
+    batch = make_batch(rng, seqs, num_tokens=80, num_heads=4, num_kv_heads=2, head_dim=64,
+                       page_size=16, pages_per_seq=20)
+    _run(batch, jnp.bfloat16, 0.125, min_q_len=9)
+    args = batch.args(jnp.bfloat16)
+
+    def launches(**kw) -> int:
+        f = functools.partial(ragged_paged_attention_pallas, sm_scale=0.125, interpret=True, **kw)
+        return str(jax.make_jaxpr(f)(*args)).count("pallas_call[")
+    assert launches() == 2 and launches(min_q_len=9) == 1 and launches(min_q_len=100) == 1
+    assert launches(min_q_len=2, max_q_len=8) == 1  # a range inside the decode class
+
+
 def test_prefill_and_extend_multi_tile():
     """Sequences spanning several long-class tiles, with and without a cached prefix."""
     rng = np.random.default_rng([SEED, 100 + 2])

@@ -85,6 +85,16 @@ def test_mosaic_random_mixes_on_gpu():
             batch = make_batch(rng, seqs, num_tokens=T, num_heads=2 * group, num_kv_heads=2,
                                head_dim=D, page_size=ps, pages_per_seq=P, num_pages=S * P + 2)
             _run(batch, jnp.bfloat16, D ** -0.5)
+    # a prefill batch (every sequence >= 64 new tokens): the Mosaic kernel alone
+    seqs = [(64, 64), (200, 900), (130, 130), (100, 400)]  # 18 padding tokens are not written
+    batch = make_batch(rng, seqs, num_tokens=512, num_heads=8, num_kv_heads=2, head_dim=128,
+                       page_size=16, pages_per_seq=60)
+    args = batch.args(jnp.bfloat16)
+    out = ragged_paged_attention_pallas(*args, sm_scale=0.1, min_q_len=64)
+    want = ragged_paged_attention_ref(*args, sm_scale=0.1)
+    n = batch.query_start[-1]
+    np.testing.assert_allclose(np.asarray(out[:n], np.float32), np.asarray(want[:n], np.float32),
+                               atol=TOL[jnp.bfloat16][1], rtol=TOL[jnp.bfloat16][1])
 
 
 def test_mosaic_rejects_what_it_cannot_run():
