@@ -61,11 +61,13 @@ def main() -> None:
     ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
     ap.add_argument("--impls", nargs="+", default=["pallas", "pallas_cudnn"])
     ap.add_argument("--fp32-ref", action="store_true", help="compare logits with an fp32 run")
+    ap.add_argument("--fp32-max-len", type=int, default=4096,
+                    help="skip the fp32 run above this length (8B at 8k: ~75 GB)")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--out", default="prefill_step.json")
     args = ap.parse_args()
     cfg, weights, _ = load_model(args.model, load_format=args.load_format)
-    fp32 = fp32_logits(cfg, weights, args.lengths) if args.fp32_ref else {}
+    fp32 = fp32_logits(cfg, weights, [T for T in args.lengths if T <= args.fp32_max_len]) if args.fp32_ref else {}
     rows = []
     for T in args.lengths:
         step_host, n_pages = prefill_step(cfg, T)

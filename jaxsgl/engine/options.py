@@ -23,7 +23,7 @@ class EngineOptions:
     max_prefill_tokens: int = 4096
     max_running_requests: int = 64
     enable_prefix_dedup: bool = True
-    attention_backend: str = "auto"  # auto | reference | pallas (see jaxsgl.kernels)
+    attention_backend: str = "auto"  # one of jaxsgl.kernels.ATTENTION_IMPLS
     random_seed: int = 0
     skip_tokenizer_init: bool = False  # no tokenizer: input_ids in, output_ids out (text is "")
     seq_buckets: list[int] | None = None  # padded batch sizes; default powers of two up to max_running_requests

@@ -9,7 +9,9 @@ implementation:
   "pallas_cudnn"      the kernel, plus cuDNN dense attention for steps that are one fresh
                       prefill of >= 1024 padded tokens (kernels/dense_prefill.py); NVIDIA only
   "pallas_interpret"  the Pallas kernel in interpret mode; any backend, slow (tests)
-  "auto"              "pallas_cudnn" on an NVIDIA GPU, "reference" elsewhere
+  "auto"              "pallas" on Hopper (the Mosaic kernel is within 1.1x of cuDNN, and the
+                      dense path's K/V gather and runtime cond cost more than that: docs/perf.md),
+                      "pallas_cudnn" on other NVIDIA GPUs, "reference" elsewhere
 A requested impl that cannot run raises; nothing falls back silently.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ import jax
 import numpy as np
 
 from jaxsgl.kernels.dense_prefill import DENSE_PREFILL_MIN_TOKENS, with_dense_prefill
-from jaxsgl.kernels.paged_extend_mosaic import MOSAIC_MIN_Q
+from jaxsgl.kernels.paged_extend_mosaic import MOSAIC_MIN_Q, on_hopper
 from jaxsgl.kernels.ragged_paged_attention import BlockConfig, ragged_paged_attention_pallas
 from jaxsgl.kernels.reference import ragged_paged_attention_ref, write_kv_ref
 
@@ -74,7 +76,9 @@ def resolve_impl(impl: str) -> str:
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"unknown attention impl {impl!r}; available: {ATTENTION_IMPLS}")
     if impl == "auto":
-        return "pallas_cudnn" if on_nvidia_gpu() else "reference"
+        if not on_nvidia_gpu():
+            return "reference"
+        return "pallas" if on_hopper() else "pallas_cudnn"
     if impl in ("pallas", "pallas_cudnn") and not on_nvidia_gpu():
         raise ValueError(f"attention impl {impl!r} needs an NVIDIA GPU (Triton lowering), but JAX's "
                          f"default backend is {jax.default_backend()!r}; use 'reference', 'auto', or "

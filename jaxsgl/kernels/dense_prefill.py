@@ -1,9 +1,10 @@
 """Dense attention for a step that is one fresh prefill (no cached prefix): cuDNN's fused kernel.
 
-On the H100 cuDNN ran a long causal prefill 2.2-2.9x faster than our first (Triton) paged kernel;
-the Mosaic GPU kernel is now within 1.1x of it at 0+4096 (docs/perf.md, "Current numbers"), so
-whether this path still pays (it also gathers K/V into a contiguous copy) needs a fresh
-end-to-end measurement. `with_dense_prefill` wraps a paged implementation in a
+On the H100 cuDNN ran a long causal prefill 2.2-2.9x faster than our first (Triton) paged kernel,
+which is why the "pallas_cudnn" impl exists. On Hopper the Mosaic GPU kernel is now within 1.06x
+of cuDNN, and a whole 8B prefill step is as fast or faster without this path (its K/V gather and
+per-layer cond cost more: docs/perf.md, session 4), so "auto" uses it only on other NVIDIA GPUs.
+`with_dense_prefill` wraps a paged implementation in a
 runtime `lax.cond`: when the step's only real sequence has kv_len == q_len (nothing cached),
 its K/V are read back from their pages as one contiguous [T, KVH, D] block and attended to
 densely; every other step takes the paged path. Both branches are compiled.

@@ -45,6 +45,11 @@ class MosaicConfig(NamedTuple):
     reverse: bool = True  # launch tiles last-first (long causal tiles start first)
 
 
+def on_hopper() -> bool:
+    """True when JAX's default device is an sm_90 GPU (H100/H200): where this kernel compiles."""
+    return jax.default_backend() == "gpu" and getattr(jax.devices()[0], "compute_capability", "") == "9.0"
+
+
 def check_supported(q_dtype, head_dim: int, page_size: int, cfg: MosaicConfig,
                     soft_cap: float | None, sliding_window: int | None) -> None:
     """Raise ValueError naming the first property this kernel does not handle."""

@@ -32,7 +32,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from jaxsgl.kernels.paged_extend_mosaic import (MOSAIC_MIN_Q, TILE_TOKENS, MosaicConfig,
-                                                check_supported, paged_extend_mosaic, plan_tiles)
+                                                check_supported, on_hopper, paged_extend_mosaic, plan_tiles)
 
 MASK = -1e30  # finite, so a row that sees no key in a block stays NaN-free
 LOG2E = math.log2(math.e)
@@ -408,7 +408,7 @@ def ragged_paged_attention_pallas(
 def _mosaic_applies(dtype, head_dim: int, page_size: int, soft_cap, sliding_window) -> bool:
     """Whether the default long class is the Mosaic GPU kernel: on Hopper (sm_90), for the
     shapes it supports (paged_extend_mosaic.check_supported)."""
-    if jax.default_backend() != "gpu" or getattr(jax.devices()[0], "compute_capability", "") != "9.0":
+    if not on_hopper():
         return False
     try:
         check_supported(dtype, head_dim, page_size, MosaicConfig(), soft_cap, sliding_window)

@@ -66,3 +66,11 @@ def test_pallas_cudnn_needs_a_gpu():
     with pytest.raises(ValueError, match="NVIDIA GPU"):
         kernels.resolve_impl("pallas_cudnn")
     assert kernels.resolve_impl("auto") == "reference"
+
+
+@pytest.mark.parametrize("hopper, want", [(True, "pallas"), (False, "pallas_cudnn")])
+def test_auto_uses_the_dense_path_only_off_hopper(monkeypatch, hopper, want):
+    """On Hopper the Mosaic extend kernel beats the dense path end to end (docs/perf.md)."""
+    monkeypatch.setattr(kernels, "on_nvidia_gpu", lambda: True)
+    monkeypatch.setattr(kernels, "on_hopper", lambda: hopper)
+    assert kernels.resolve_impl("auto") == want

@@ -14,15 +14,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsgl import kernels
-from jaxsgl.kernels.paged_extend_mosaic import TILE_TOKENS, MosaicConfig, paged_extend_mosaic, plan_tiles
+from jaxsgl.kernels.paged_extend_mosaic import (TILE_TOKENS, MosaicConfig, on_hopper, paged_extend_mosaic,
+                                                plan_tiles)
 from jaxsgl.kernels.ragged_paged_attention import ragged_paged_attention_pallas
 from jaxsgl.kernels.reference import ragged_paged_attention_ref
 from jaxsgl.kernels.testing import make_batch
 
 from test_attention import SEED, TOL, _run  # same directory (pytest prepends it)
 
-ON_HOPPER = kernels.on_nvidia_gpu() and getattr(jax.devices()[0], "compute_capability", "") == "9.0"
+ON_HOPPER = on_hopper()
 Q_MIN = 9  # extends longer than a decode tile (16 rows / group 2)
 
 # name: (T, H, KVH, D, page_size, pages_per_seq, config, (q_len, kv_len) per sequence)
