@@ -98,6 +98,12 @@ def test_decode_long_context():
     _run(batch, jnp.bfloat16, 128 ** -0.5)
 
 
+def _launches(args, **kw) -> int:
+    """How many pallas_calls the dispatch traces for these inputs and hints."""
+    f = functools.partial(ragged_paged_attention_pallas, sm_scale=0.125, interpret=True, **kw)
+    return str(jax.make_jaxpr(f)(*args)).count("pallas_call[")
+
+
 def test_decode_hint_launches_only_the_decode_class():
     """max_q_len=1 (a decode step) drops the extend class's launch; outputs are unchanged."""
     rng = np.random.default_rng([SEED, 100 + 5])
@@ -105,11 +111,7 @@ def test_decode_hint_launches_only_the_decode_class():
     batch = make_batch(rng, seqs, num_tokens=8, num_heads=8, num_kv_heads=2, head_dim=64,
                        page_size=16, pages_per_seq=48)
     _run(batch, jnp.bfloat16, 0.125, max_q_len=1)
-    args = batch.args(jnp.bfloat16)
-
-    def launches(**kw) -> int:
-        f = functools.partial(ragged_paged_attention_pallas, sm_scale=0.125, interpret=True, **kw)
-        return str(jax.make_jaxpr(f)(*args)).count("pallas_call[")
+    launches = functools.partial(_launches, batch.args(jnp.bfloat16))
     assert launches() == 2 and launches(max_q_len=1) == 1
 
 
@@ -121,11 +123,7 @@ def test_extend_hint_skips_the_decode_class():
     batch = make_batch(rng, seqs, num_tokens=80, num_heads=4, num_kv_heads=2, head_dim=64,
                        page_size=16, pages_per_seq=20)
     _run(batch, jnp.bfloat16, 0.125, min_q_len=9)
-    args = batch.args(jnp.bfloat16)
-
-    def launches(**kw) -> int:
-        f = functools.partial(ragged_paged_attention_pallas, sm_scale=0.125, interpret=True, **kw)
-        return str(jax.make_jaxpr(f)(*args)).count("pallas_call[")
+    launches = functools.partial(_launches, batch.args(jnp.bfloat16))
     assert launches() == 2 and launches(min_q_len=9) == 1 and launches(min_q_len=100) == 1
     assert launches(min_q_len=2, max_q_len=8) == 1  # a range inside the decode class
 
