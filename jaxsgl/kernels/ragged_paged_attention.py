@@ -33,6 +33,7 @@ from jax.experimental.pallas import triton as plgpu
 
 from jaxsgl.kernels.paged_extend_mosaic import (MOSAIC_MIN_Q, TILE_TOKENS, MosaicConfig,
                                                 check_supported, on_hopper, paged_extend_mosaic, plan_tiles)
+from jaxsgl.kernels.tile_plans import cdiv, class_plan, combine_splits, tile_bound, token_in_class
 
 MASK = -1e30  # finite, so a row that sees no key in a block stays NaN-free
 LOG2E = math.log2(math.e)
@@ -54,10 +55,6 @@ def _next_pow2(x: int) -> int:
     return 1 << max(0, (x - 1).bit_length())
 
 
-def _cdiv(a, b):
-    return (a + b - 1) // b
-
-
 def _attn_kernel(plan_ref, q_ref, k_ref, v_ref, pt_ref, *refs, sm_scale: float,
                  soft_cap: float | None, window: int | None, group: int, rows: int,
                  block_k: int, num_splits: int, page_size: int, head_dim: int,
@@ -66,7 +63,7 @@ def _attn_kernel(plan_ref, q_ref, k_ref, v_ref, pt_ref, *refs, sm_scale: float,
 
     q_ref [T, H, D]; k_ref/v_ref [num_slots, KVH, D]; pt_ref [S, P]; outputs: o [T, H, D]
     (num_splits == 1) or o [splits, tiles, KVH, rows, D] f32 and lse [splits, tiles, KVH, rows]
-    (log2 domain), merged by `_combine`.
+    (log2 domain), merged by `tile_plans.combine_splits`.
     reverse: take tiles last-first (a sequence's last tiles see the most KV: start them first).
     overlap: issue the next block's q.k^T before this block's softmax (unmasked blocks).
     """
@@ -95,8 +92,8 @@ def _attn_kernel(plan_ref, q_ref, k_ref, v_ref, pt_ref, *refs, sm_scale: float,
 
     hi = jnp.maximum(pos0 + nrows, 0)  # last row's position + 1
     lo = jnp.int32(0) if window is None else jnp.clip(pos0 - window + 1, 0, hi)
-    nblocks = _cdiv(hi - lo, block_k)
-    per_split = _cdiv(nblocks, num_splits)
+    nblocks = cdiv(hi - lo, block_k)
+    per_split = cdiv(nblocks, num_splits)
     b0 = jnp.minimum(split * per_split, nblocks)
     b1 = jnp.minimum(b0 + per_split, nblocks)
     if window is None:  # blocks ending at or before the first row's position need no mask
@@ -183,44 +180,6 @@ def _attn_kernel(plan_ref, q_ref, k_ref, v_ref, pt_ref, *refs, sm_scale: float,
         plgpu.store(lse_ref.at[split, tile, h, r], lse)
 
 
-def _plan(query_start: jax.Array, kv_lens: jax.Array, num_tokens: int, tile_tokens: int,
-          q_min: int, q_max: int, num_tiles: int) -> jax.Array:
-    """int32[num_tiles, 4] rows (seq, first row, num rows, first position) for one class.
-
-    Sequences with q_min <= q_len <= q_max belong to the class. Index S is a pseudo-
-    sequence holding the padding tokens past query_start[-1] (kv_len 0: outputs zeros).
-    Tiles past the class's count are idle (num rows 0).
-    """
-    qs = jnp.concatenate([query_start, jnp.full((1,), num_tokens, jnp.int32)])
-    q_len = qs[1:] - qs[:-1]
-    kvl = jnp.concatenate([kv_lens, jnp.zeros((1,), jnp.int32)])
-    in_cls = (q_len >= q_min) & (q_len <= q_max)
-    if q_max <= tile_tokens and num_tiles == q_len.shape[0]:  # one tile per sequence: no search
-        nrows = jnp.where(in_cls, q_len, 0)
-        return jnp.stack([jnp.arange(num_tiles, dtype=jnp.int32), jnp.where(in_cls, qs[:-1], 0),
-                          nrows, jnp.where(in_cls, kvl - q_len, 0)], axis=1).astype(jnp.int32)
-    n = jnp.where(in_cls, _cdiv(q_len, tile_tokens), 0)
-    end = jnp.cumsum(n)
-    i = jnp.arange(num_tiles, dtype=jnp.int32)
-    live = i < end[-1]
-    seq = jnp.minimum(jnp.searchsorted(end, i, side="right", method="compare_all"), q_len.shape[0] - 1).astype(jnp.int32)
-    row0 = qs[seq] + (i - (end[seq] - n[seq])) * tile_tokens
-    nrows = jnp.where(live, jnp.minimum(tile_tokens, qs[seq + 1] - row0), 0)
-    pos0 = jnp.where(live, kvl[seq] - q_len[seq] + (row0 - qs[seq]), 0)
-    return jnp.stack([seq, jnp.where(live, row0, 0), nrows, pos0], axis=1).astype(jnp.int32)
-
-
-def _num_tiles(num_tokens: int, num_seqs: int, tile_tokens: int, q_min: int, q_max: int) -> int:
-    """Static bound on the tiles of the sequences with q_min <= q_len <= q_max (the padding
-    pseudo-sequence included): the class's launch grid."""
-    if q_max <= tile_tokens:
-        return num_seqs + 1  # one tile per sequence
-    seqs = min(num_seqs + 1, num_tokens // q_min)
-    # at most one partial tile per sequence beyond T // tile, and at most cdiv(q_max, tile)
-    # per sequence (the tighter bound when the Mosaic class takes the long sequences)
-    return max(1, min(seqs + num_tokens // tile_tokens, seqs * _cdiv(min(q_max, num_tokens), tile_tokens)))
-
-
 def _launch(plan, q, k_flat, v_flat, page_table, prev_out, cfg: BlockConfig, *, page_size: int,
             sm_scale: float, soft_cap: float | None, window: int | None, interpret: bool):
     """One pallas_call over the plan's tiles. Returns o (splits == 1) or (o_parts, lse)."""
@@ -256,36 +215,6 @@ def _partial(fn, **kw):
     return bound
 
 
-def _combine(o_parts: jax.Array, lse: jax.Array, plan: jax.Array, out: jax.Array | None,
-             num_tokens: int, group: int, dtype) -> jax.Array:
-    """Merge split partials o_parts [splits, tiles, KVH, rows, D] by their log2-sum-exp
-    lse [splits, tiles, KVH, rows] and scatter each tile's rows to its tokens in `out`
-    [T, H, D] (a fresh zero buffer when None). Returns the updated buffer."""
-    m = jnp.max(lse, axis=0)
-    w = jnp.exp2(lse - jnp.where(jnp.isfinite(m), m, 0.0))
-    w = jnp.where(jnp.isfinite(lse), w, 0.0)
-    den = jnp.sum(w, axis=0)
-    merged = jnp.sum(w[..., None] * o_parts, axis=0) / jnp.where(den == 0.0, 1.0, den)[..., None]
-    tiles, KVH, rows, D = merged.shape
-    tile_tokens = rows // group  # a tile row is (token, head within the group)
-    merged = merged.reshape(tiles, KVH, tile_tokens, group, D).transpose(0, 2, 1, 3, 4)
-    r = jnp.arange(tile_tokens, dtype=jnp.int32)[None, :]
-    spare = num_tokens + jnp.arange(tiles * tile_tokens, dtype=jnp.int32).reshape(tiles, tile_tokens)
-    tok = jnp.where(r < plan[:, 2:3], plan[:, 1:2] + r, spare).reshape(-1)  # idle rows: dropped
-    if out is None:
-        out = jnp.zeros((num_tokens, KVH * group, D), dtype)
-    return out.at[tok].set(merged.reshape(tiles * tile_tokens, KVH * group, D).astype(dtype),
-                           mode="drop", unique_indices=True)
-
-
-def _token_in_class(query_start: jax.Array, num_tokens: int, q_min: int, q_max: int) -> jax.Array:
-    qs = jnp.concatenate([query_start, jnp.full((1,), num_tokens, jnp.int32)])
-    q_len = qs[1:] - qs[:-1]
-    t = jnp.arange(num_tokens, dtype=jnp.int32)
-    seq = jnp.searchsorted(qs, t, side="right", method="compare_all") - 1
-    return (q_len[seq] >= q_min) & (q_len[seq] <= q_max)
-
-
 def default_configs(num_tokens: int, num_seqs: int, pages_per_seq: int, page_size: int,
                     num_heads: int, num_kv_heads: int, head_dim: int,
                     dtype) -> tuple[BlockConfig, BlockConfig | None]:
@@ -300,7 +229,7 @@ def default_configs(num_tokens: int, num_seqs: int, pages_per_seq: int, page_siz
     programs = num_seqs * num_kv_heads
     splits = 1
     if programs < target:  # flash-decoding: split each sequence's KV, >= 512 tokens a split
-        splits = max(1, min(_cdiv(target, programs), max_ctx // 512, 16))
+        splits = max(1, min(cdiv(target, programs), max_ctx // 512, 16))
     if splits == 1 and small:  # enough programs: longer KV blocks (64 x 2k: 216 vs 232 us)
         short = BlockConfig(rows_s, 128, 1, num_warps=4, num_stages=2)
     else:
@@ -311,7 +240,7 @@ def default_configs(num_tokens: int, num_seqs: int, pages_per_seq: int, page_siz
     programs_l = max(1, num_tokens // (rows_l // group)) * num_kv_heads
     splits_l = 1
     if programs_l < target:
-        splits_l = max(1, min(_cdiv(target, programs_l), max_ctx // 1024, 16))
+        splits_l = max(1, min(cdiv(target, programs_l), max_ctx // 1024, 16))
     return short, BlockConfig(rows_l, 32, splits_l, num_warps=4, num_stages=2, reverse=True)
 
 
@@ -395,13 +324,13 @@ def ragged_paged_attention_pallas(
             res = paged_extend_mosaic(plan, q, k_pages, v_pages, page_table, sm_scale=sm_scale,
                                       cfg=cfg, interpret=interpret)
             out = res if out is None else jnp.where(
-                _token_in_class(query_start, T, q_min, q_max)[:, None, None], res, out)
+                token_in_class(query_start, T, q_min, q_max)[:, None, None], res, out)
             continue
         tile = cfg.rows // group
-        plan = _plan(query_start, kv_lens, T, tile, q_min, q_max, _num_tiles(T, S, tile, q_min, q_max))
+        plan = class_plan(query_start, kv_lens, T, tile, q_min, q_max, tile_bound(T, S, tile, q_min, q_max))
         res = _launch(plan, q, k_flat, v_flat, page_table, out, cfg, page_size=page_size,
                       sm_scale=sm_scale, soft_cap=soft_cap, window=sliding_window, interpret=interpret)
-        out = res if cfg.num_splits == 1 else _combine(*res, plan, out, T, group, q.dtype)
+        out = res if cfg.num_splits == 1 else combine_splits(*res, plan, out, T, group, q.dtype)
     return jnp.zeros_like(q) if out is None else out  # None: the hints rule out every sequence
 
 

@@ -199,9 +199,9 @@ def test_write_kv_drops_padding():
 
 
 def test_class_plans_cover_every_token_of_their_class():
-    """The static tile bound (_num_tiles) leaves no token of a class without a tile, for
+    """The static tile bound (tile_bound) leaves no token of a class without a tile, for
     classes bounded above (as when the Mosaic class takes the long sequences) and not."""
-    from jaxsgl.kernels.ragged_paged_attention import _num_tiles, _plan
+    from jaxsgl.kernels.tile_plans import class_plan, tile_bound
     rng = np.random.default_rng([SEED, 100 + 6])
     for _ in range(15):
         T, S = int(rng.integers(16, 300)), int(rng.integers(1, 12))
@@ -211,8 +211,8 @@ def test_class_plans_cover_every_token_of_their_class():
         cut = np.sort(rng.integers(0, T + 1, S))  # S sequences, the rest of T is padding
         qs = np.concatenate([[0], cut]).astype(np.int32)
         q_len = np.diff(np.concatenate([qs, [T]]))
-        plan = np.asarray(_plan(jnp.asarray(qs), jnp.asarray(np.maximum(q_len[:-1], 0) + 3, jnp.int32),
-                                T, tile, q_min, q_max, _num_tiles(T, S, tile, q_min, q_max)))
+        plan = np.asarray(class_plan(jnp.asarray(qs), jnp.asarray(np.maximum(q_len[:-1], 0) + 3, jnp.int32),
+                                T, tile, q_min, q_max, tile_bound(T, S, tile, q_min, q_max)))
         covered = np.zeros(T, bool)
         for _, row0, nrows, _ in plan:
             assert not covered[row0:row0 + nrows].any(), "a token in two tiles"
