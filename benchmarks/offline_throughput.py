@@ -40,15 +40,9 @@ def shared_prefix_dataset(rng, groups: int, per_group: int, system_len: int, out
     return [work[i] for i in order]
 
 
-def compiled_steps(eng: Engine) -> int:
-    """How many step executables the engine's runner has compiled so far."""
-    fns = {**eng.runner._fns, **eng.runner._overlap_fns}
-    return sum(f._cache_size() for f in fns.values())
-
-
 def run_workload(eng: Engine, work) -> dict:
     eng.flush_cache()
-    compiled = compiled_steps(eng)
+    compiled = eng.runner.num_compiled()
     before = dict(eng.cache_stats())
     n_steps = len(eng.trace())
     t0 = time.perf_counter()
@@ -63,7 +57,7 @@ def run_workload(eng: Engine, work) -> dict:
     return {"requests": len(work), "wall_s": wall, "req_per_s": len(work) / wall, "output_tok_per_s": out_tok / wall,
             "total_tok_per_s": (prompt + out_tok) / wall, "prompt_tokens": prompt, "output_tokens": out_tok,
             "hit_rate": cached / max(prompt, 1), "prefill_tokens_computed": sum(s["prefill_tokens"] for s in steps),
-            "steps": len(steps), "compiled_during_run": compiled_steps(eng) - compiled}
+            "steps": len(steps), "compiled_during_run": eng.runner.num_compiled() - compiled}
 
 
 def batch1_decode(eng: Engine, in_len: int, out_len: int, vocab: int) -> dict:

@@ -168,7 +168,9 @@ class ModelRunner:
         """Wait for a dispatched step and bring its outputs to the host (one transfer)."""
         return _unpack_output(np.asarray(handle.out), handle.layout)
 
-
+    def num_compiled(self) -> int:
+        """How many step executables (shape x flags x hint variants) have been compiled so far."""
+        return sum(f._cache_size() for f in (*self._fns.values(), *self._overlap_fns.values()))
 
 
 def _inputs(step: StepInput, si: SamplingInput) -> dict[str, np.ndarray]:
