@@ -9,12 +9,13 @@ text since the previous chunk (concatenated, the chunks equal the non-streamed t
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 import logging
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 import numpy as np
 
@@ -97,13 +98,53 @@ class Engine:
     def generate(self, prompt: str | list[str] | None = None, sampling_params: dict | list[dict] | None = None,
                  input_ids: list[int] | list[list[int]] | None = None, return_logprob: bool | list[bool] = False,
                  logprob_start_len: int | list[int] | None = None, top_logprobs_num: int = 0,
-                 stream: bool = False, priority: int | list[int] | None = None) -> dict | list[dict] | Iterator[dict]:
+                 stream: bool = False, priority: int | list[int] | None = None,
+                 rid: str | list[str] | None = None) -> dict | list[dict] | Iterator[dict]:
         """Generate for one prompt (dict result) or a list (list of results, n per prompt).
 
         Every request is validated before any is queued: bad input raises ValueError and
         queues nothing. stream=True (single prompt, n=1) returns an iterator of increments.
         priority (larger = more important) feeds the "priority" schedule and eviction policies.
+        rid names the request(s) for abort() (default: generated; with n > 1, "{rid}-{i}").
         """
+        single, states = self._prepare(prompt, sampling_params, input_ids, return_logprob, logprob_start_len,
+                                       top_logprobs_num, stream, priority, rid)
+        self._submit(states)
+        if stream:
+            return self._stream(states[0])
+        results = [s.wait() for s in states]
+        return results[0] if single and len(results) == 1 else results
+
+    async def async_generate(self, prompt: str | list[str] | None = None,
+                             sampling_params: dict | list[dict] | None = None,
+                             input_ids: list[int] | list[list[int]] | None = None,
+                             return_logprob: bool | list[bool] = False,
+                             logprob_start_len: int | list[int] | None = None, top_logprobs_num: int = 0,
+                             stream: bool = False, priority: int | list[int] | None = None,
+                             rid: str | list[str] | None = None) -> dict | list[dict] | AsyncIterator[dict]:
+        """asyncio twin of generate() (SGLang's Engine.async_generate): returns the result(s), or with
+        stream=True an async iterator of increments. The engine's loop thread wakes the caller's event
+        loop directly (no thread per request). Cancelling the awaiting task, or closing the iterator
+        early, aborts the request(s)."""
+        single, states = self._prepare(prompt, sampling_params, input_ids, return_logprob, logprob_start_len,
+                                       top_logprobs_num, stream, priority, rid)
+        loop = asyncio.get_running_loop()
+        for st in states:
+            st.attach_loop(loop)
+        self._submit(states)
+        if stream:
+            return self._astream(states[0])
+        try:
+            results = [await s.async_wait() for s in states]
+        finally:
+            for s in states:
+                if not s.done:
+                    self.abort(s.req.rid)
+        return results[0] if single and len(results) == 1 else results
+
+    def _prepare(self, prompt, sampling_params, input_ids, return_logprob, logprob_start_len, top_logprobs_num,
+                 stream, priority, rid) -> tuple[bool, list[RequestState]]:
+        """Validate and build the RequestStates of one generate call (raises ValueError, queues nothing)."""
         single = (input_ids is not None and (not input_ids or isinstance(input_ids[0], int))) or isinstance(prompt, str)
         if input_ids is not None:
             batch_ids = [list(input_ids)] if single else [list(x) for x in input_ids]
@@ -117,20 +158,30 @@ class Engine:
         per = lambda x, default: (x if isinstance(x, list) else [x] * k) if x is not None else [default] * k
         params_l, lp_l, start_l = per(sampling_params, None), per(return_logprob, False), per(logprob_start_len, None)
         prio_l = per(priority, 0)
-        if not len(params_l) == len(lp_l) == len(start_l) == len(prio_l) == k:
+        rid_l = per(rid, None)
+        if not len(params_l) == len(lp_l) == len(start_l) == len(prio_l) == len(rid_l) == k:
             raise ValueError(f"per-request argument lists must have {k} entries")
         states = []
-        for ids, sp, want_lp, start, prio in zip(batch_ids, params_l, lp_l, start_l, prio_l):
+        for ids, sp, want_lp, start, prio, user_rid in zip(batch_ids, params_l, lp_l, start_l, prio_l, rid_l):
             params = SamplingParams.from_dict(sp)
-            states += [self._make_state(ids, params, i, bool(want_lp), start, top_logprobs_num, stream, int(prio))
-                       for i in range(params.n)]
+            for i in range(params.n):
+                name = None if user_rid is None else (str(user_rid) if params.n == 1 else f"{user_rid}-{i}")
+                states.append(self._make_state(ids, params, i, bool(want_lp), start, top_logprobs_num, stream,
+                                               int(prio), name))
+        names = [s.req.rid for s in states]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate request ids in one call: {names}")
         if stream and len(states) != 1:
             raise ValueError("stream=True takes a single prompt with n=1")
-        self._submit(states)
-        if stream:
-            return self._stream(states[0])
-        results = [s.wait() for s in states]
-        return results[0] if single and len(results) == 1 else results
+        return single, states
+
+    async def _astream(self, st: RequestState) -> AsyncIterator[dict]:
+        try:
+            async for ev in st.aiter_events():
+                yield ev
+        finally:
+            if not st.done:
+                self.abort(st.req.rid)
 
     def _stream(self, st: RequestState) -> Iterator[dict]:
         """Increments of one request; closing the iterator early (a client that went away) aborts it."""
@@ -150,6 +201,15 @@ class Engine:
         s = self.scheduler.stats
         return {"hit_rate": s.hit_rate, **{k: v for k, v in vars(s).items() if not k.startswith("_")},
                 "evicted_pages": self.scheduler.cache.stats.evicted_pages}
+
+    def get_load(self) -> dict[str, Any]:
+        """A snapshot for metrics and load balancing (read from any thread; values may be one step old)."""
+        sched, pool = self.scheduler, self.scheduler.pool
+        used = pool.capacity - pool.num_free - self.scheduler.cache.evictable_pages
+        return {"num_running_reqs": len(sched.running), "num_queue_reqs": len(sched.waiting),
+                "num_used_tokens": used * pool.page_size, "max_total_num_tokens": pool.capacity * pool.page_size,
+                "token_usage": used / pool.capacity if pool.capacity else 0.0,
+                "cache_hit_rate": sched.stats.hit_rate}
 
     def get_server_info(self) -> dict[str, Any]:
         return {"model_path": str(self.model_dir), "options": vars(self.options), "attention_backend": self.attn_impl,
@@ -203,7 +263,7 @@ class Engine:
 
     # ------------------------------------------------------------------ requests
     def _make_state(self, ids: list[int], params: SamplingParams, index: int, want_lp: bool, start: int | None,
-                    top_n: int, stream: bool, priority: int = 0) -> RequestState:
+                    top_n: int, stream: bool, priority: int = 0, rid: str | None = None) -> RequestState:
         if not ids:
             raise ValueError("empty prompt")
         if any(not 0 <= t < self.cfg.vocab_size for t in ids):
@@ -217,7 +277,7 @@ class Engine:
             raise ValueError(f"logprob_start_len {start} is outside the prompt of {len(ids)} tokens")
         seed = params.seed if params.seed is not None else self.options.random_seed * 1_000_003 + next(self._rid)
         params = dataclasses.replace(params, seed=seed + index)  # each of n samples draws its own stream
-        rid = f"r{next(self._rid)}"
+        rid = rid if rid is not None else f"r{next(self._rid)}"
         req = Req(rid, list(ids), max_new_tokens=params.max_new_tokens, priority=priority,
                   logprob_start_len=max(start - 1, 0) if start >= 0 else None)
         if self.tokenizer is None and params.stop:
@@ -230,6 +290,9 @@ class Engine:
         with self._cv:
             if self._stopping:
                 raise RuntimeError("engine is shut down")
+            live = [s.req.rid for s in states if s.req.rid in self.states]
+            if live:
+                raise ValueError(f"request id(s) already in use: {live}")
             for s in states:
                 self.states[s.req.rid] = s
             self._inbox.extend(states)
@@ -323,6 +386,8 @@ class Engine:
         p = st.params
         if tok < 0:
             return self._finish(st, {"type": "length", "length": 0})
+        if st.first_token_time is None:
+            st.first_token_time = time.perf_counter()
         if st.return_logprob:
             st.output_logprobs.append((float(out.logprobs[row]), tok, None))
             if st.top_logprobs_num:

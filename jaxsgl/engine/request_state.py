@@ -1,8 +1,10 @@
 """RequestState: what the engine tracks per request beyond the scheduler's Req, and its result dict."""
 from __future__ import annotations
 
+import asyncio
 import queue
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +35,8 @@ class RequestState:
     error: BaseException | None = None
     sent_text_len: int = 0
     events: "queue.Queue[Any]" = field(default_factory=queue.Queue)
+    sink: Callable[[Any], None] | None = None  # set by attach_loop: events go to an asyncio queue instead
+    first_token_time: float | None = None  # perf_counter when the first output token was delivered
 
     @property
     def done(self) -> bool:
@@ -66,14 +70,42 @@ class RequestState:
         """Stream the newly visible text (never a partial stop string)."""
         visible = self.text.visible()
         if len(visible) > self.sent_text_len or self.done:
-            self.events.put(self.result(visible[self.sent_text_len:]))
+            self._emit(self.result(visible[self.sent_text_len:]))
             self.sent_text_len = len(visible)
 
     def close(self) -> None:
         """Wake the waiting caller: final increment when streaming, then the end marker."""
         if self.stream and self.error is None:
             self.push_increment()
-        self.events.put(_DONE)
+        self._emit(_DONE)
+
+    def _emit(self, ev: Any) -> None:
+        (self.sink or self.events.put)(ev)
+
+    def attach_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Deliver events to an asyncio queue on `loop` (call before submitting; the loop thread
+        then wakes the event loop with call_soon_threadsafe: no thread per request, no polling)."""
+        aq: asyncio.Queue[Any] = asyncio.Queue()
+        self.events = aq  # type: ignore[assignment]
+        self.sink = lambda ev: loop.call_soon_threadsafe(aq.put_nowait, ev)
+
+    async def async_wait(self) -> dict[str, Any]:
+        """asyncio twin of wait() (after attach_loop)."""
+        while await self.events.get() is not _DONE:  # type: ignore[misc]
+            pass
+        if self.error is not None:
+            raise RuntimeError(f"request {self.req.rid} failed: {self.error}") from self.error
+        return self.result()
+
+    async def aiter_events(self) -> AsyncIterator[dict[str, Any]]:
+        """asyncio twin of iter_events() (after attach_loop)."""
+        while True:
+            ev = await self.events.get()  # type: ignore[misc]
+            if ev is _DONE:
+                if self.error is not None:
+                    raise RuntimeError(f"request {self.req.rid} failed: {self.error}") from self.error
+                return
+            yield ev
 
     def wait(self) -> dict[str, Any]:
         """Block until done; raise the request's error if it failed."""
