@@ -22,17 +22,17 @@ import numpy as np
 from jaxsgl.engine.detokenize import OutputText
 from jaxsgl.engine.model_runner import ModelRunner, kv_pages_for_memory, weights_nbytes
 from jaxsgl.engine.options import EngineOptions
-from jaxsgl.engine.overlap import OverlapLoop
+from jaxsgl.engine.outputs import RequestTracker
 from jaxsgl.engine.request_state import RequestState
+from jaxsgl.engine.step_loop import StepLoop
 from jaxsgl.engine.sampling_params import SamplingParams
 from jaxsgl.engine.sampling import SamplingFlags
-from jaxsgl.engine.step_sampling import build_sampling_input, greedy_sampling_input, record_logprobs
+from jaxsgl.engine.step_sampling import greedy_sampling_input
 from jaxsgl.kernels import QLenHint, resolve_impl
 from jaxsgl.model.compile_cache import enable_compilation_cache
 from jaxsgl.model.loader import load_model, resolve_dtype
 from jaxsgl.model.step_input import PAD_PAGE, PAD_SLOT, StepInput
 from jaxsgl.scheduler import Req, Scheduler, StepInputBuilder
-from jaxsgl.scheduler.batch import pow2_buckets
 from jaxsgl.tokenizer import eos_token_ids, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -67,22 +67,22 @@ class Engine:
             max_prefill_tokens=opts.max_prefill_tokens, chunked_prefill_size=opts.chunked_prefill_size,
             max_context_len=self.context_len, max_wait_steps=opts.max_wait_steps,
             enable_prefix_dedup=opts.enable_prefix_dedup, random_seed=opts.random_seed)
-        max_pages = -(-self.context_len // ps)
         # The reference attention costs O(page-table width): give it several widths. Kernels stop at kv_len.
-        page_buckets = pow2_buckets(max_pages, min(max_pages, max(1, 256 // ps))) \
-            if self.attn_impl == "reference" else [max_pages]
         self.builder = StepInputBuilder.for_limits(
             ps, max_tokens=self.scheduler.config.prefill_budget + opts.max_running_requests,
-            max_seqs=opts.max_running_requests, max_context_len=self.context_len, page_buckets=page_buckets)
+            max_seqs=opts.max_running_requests, max_context_len=self.context_len,
+            min_page_tokens=256 if self.attn_impl == "reference" else None)
         if opts.seq_buckets:
             self.builder.seq_buckets = sorted(set(opts.seq_buckets) | {opts.max_running_requests})
         self.runner = ModelRunner(self.cfg, weights, num_pages=num_pages, page_size=ps, kv_dtype=kv_dtype,
                                   attn_impl=self.attn_impl, max_seqs=self.builder.seq_buckets[-1])
-        self._overlap = None if opts.disable_overlap_schedule else OverlapLoop(self)
+        self.tracker = RequestTracker(self.scheduler, self.eos_ids)
+        self.states = self.tracker.states  # live requests by rid
+        self.loop = StepLoop(self.scheduler, self.builder, self.runner, self.tracker,
+                             overlap=not opts.disable_overlap_schedule, check_integrity=opts.debug_check_integrity)
+        self.step_times = self.loop.step_times  # ring buffer of per-step seconds
         if opts.warmup:
             self.warmup()
-        self.states: dict[str, RequestState] = {}
-        self.step_times: list[float] = []
         self._rid = itertools.count()
         self._cv = threading.Condition()
         self._inbox: list[RequestState] = []
@@ -253,25 +253,17 @@ class Engine:
             step = StepInput(np.zeros(T, np.int32), np.zeros(T, np.int32), np.zeros(S + 1, np.int32),
                              np.zeros(S, np.int32), np.full((S, P), PAD_PAGE, np.int32),
                              np.full(T, PAD_SLOT, np.int32), np.zeros(S, np.int32))
-            if self._overlap is None:
-                self.runner.run(step, greedy_sampling_input(S, T), SamplingFlags(), hint=hint)
-            else:  # the overlap path compiles its own step function
-                self.runner.collect(self.runner.run_async(step, greedy_sampling_input(S, T), SamplingFlags(), None,
-                                                          np.full(T, -1, np.int32), hint=hint))
+            self.runner.collect(self.runner.run_async(step, greedy_sampling_input(S, T), SamplingFlags(), None,
+                                                      np.full(T, -1, np.int32), hint=hint))
         log.info("warm-up: compiled %d step variants in %.1fs", len(variants), time.perf_counter() - t0)
         return len(variants)
 
     # ------------------------------------------------------------------ requests
     def _make_state(self, ids: list[int], params: SamplingParams, index: int, want_lp: bool, start: int | None,
                     top_n: int, stream: bool, priority: int = 0, rid: str | None = None) -> RequestState:
-        if not ids:
-            raise ValueError("empty prompt")
+        self.scheduler.check_fits(len(ids), params.max_new_tokens)
         if any(not 0 <= t < self.cfg.vocab_size for t in ids):
             raise ValueError(f"input_ids must be in [0, {self.cfg.vocab_size})")
-        total = len(ids) + params.max_new_tokens
-        if total > self.context_len:
-            raise ValueError(f"prompt ({len(ids)} tokens) + max_new_tokens ({params.max_new_tokens}) exceeds the "
-                             f"context length {self.context_len}")
         start = -1 if start is None or not want_lp else start
         if start >= len(ids) or start < -1:
             raise ValueError(f"logprob_start_len {start} is outside the prompt of {len(ids)} tokens")
@@ -303,111 +295,37 @@ class Engine:
         while True:
             with self._cv:
                 while not (self._inbox or self._aborts or self._stopping or self._flush or self.scheduler.has_work()
-                           or (self._overlap is not None and self._overlap.inflight is not None)):
+                           or self.loop.inflight is not None):
                     self._cv.wait()
                 if self._stopping:
                     break
                 new, self._inbox = self._inbox, []
                 aborts, self._aborts = self._aborts, []
                 for s in new:
+                    if s.done:  # failed while queued (e.g. by _fail_all)
+                        continue
                     try:
                         self.scheduler.add_request(s.req)
                     except ValueError as e:  # cannot fit: fail this request only
-                        s.error = e
-                        self._finish(s, {"type": "abort", "message": str(e)}, release=False)
+                        self.tracker.fail(s, e)
                 for rid in aborts:
                     if rid in self.states and self.scheduler.abort(rid) is not None:
-                        self._finish(self.states[rid], {"type": "abort"}, release=False)
+                        self.tracker.finish(self.states[rid], {"type": "abort"}, release=False)
                 if self._flush:
                     self.scheduler.cache.evict_all()
                     self._flush = False
             try:
-                self._step()
+                self.loop.step()
             except Exception as e:  # a failed step fails the requests in flight, never the loop
                 log.exception("engine step failed")
                 self._fail_all(e)
         for s in list(self.states.values()):
-            s.error = RuntimeError("engine shut down")
-            self._finish(s, {"type": "abort"}, release=False)
+            self.tracker.fail(s, RuntimeError("engine shut down"))
 
     def _fail_all(self, error: BaseException) -> None:
         """Abort every live request with `error`, drop the cache and start from fresh KV pages."""
         for st in list(self.states.values()):
-            st.error = error
-            if self.scheduler.abort(st.req.rid) is not None or st.req.rid not in self.scheduler.requests:
-                self._finish(st, {"type": "abort", "message": str(error)}, release=False)
-        if self.scheduler._pending_batch is not None:
-            self.scheduler.process_results(self.scheduler._pending_batch, [])
-        if self._overlap is not None:
-            self._overlap.reset()
+            self.tracker.fail(st, error)
+        self.loop.reset()
         self.scheduler.cache.evict_all()
         self.runner.reset_kv()
-
-    def _step(self) -> None:
-        if self._overlap is not None:
-            return self._overlap.step()
-        batch = self.scheduler.schedule()
-        if not batch:
-            self.scheduler.process_results(batch, [])
-            time.sleep(0.001)  # nothing admissible right now (e.g. every page is locked)
-            return
-        step = self.builder.build(batch)
-        states = [self.states[s.req.rid] for s in batch.seqs]
-        si, flags = build_sampling_input(batch, states, step)
-        t0 = time.perf_counter()
-        out = self.runner.run(step, si, flags)
-        batch.trace.step_time = time.perf_counter() - t0
-        self.step_times.append(batch.trace.step_time)
-        if flags.input_logprobs:
-            record_logprobs(batch, states, step, out)
-        next_ids = self._next_ids(batch, states, out)
-        self.scheduler.process_results(batch, next_ids)
-        self._deliver(batch, states, next_ids, out)
-        if self.options.debug_check_integrity:
-            self.scheduler.check_integrity()
-        batch.trace.end_time = time.perf_counter()
-
-    @staticmethod
-    def _next_ids(batch, states: list[RequestState], out) -> np.ndarray:
-        """The step's sampled ids per sequence; -1 (append nothing) for max_new_tokens == 0 prefills."""
-        next_ids = out.token_ids[:len(batch.seqs)].copy()
-        for i, (seq, st) in enumerate(zip(batch.seqs, states)):
-            if seq.need_logits and st.params.max_new_tokens == 0:
-                next_ids[i] = -1  # prefill only: cache the prompt, append nothing
-        return next_ids
-
-    def _deliver(self, batch, states: list[RequestState], next_ids: np.ndarray, out) -> None:
-        """Hand each live sampling sequence its token (stop checks, streaming)."""
-        for i, (seq, st) in enumerate(zip(batch.seqs, states)):
-            if seq.need_logits and not st.done:
-                self._on_token(st, int(next_ids[i]), i, out)
-
-    def _on_token(self, st: RequestState, tok: int, row: int, out) -> None:
-        p = st.params
-        if tok < 0:
-            return self._finish(st, {"type": "length", "length": 0})
-        if st.first_token_time is None:
-            st.first_token_time = time.perf_counter()
-        if st.return_logprob:
-            st.output_logprobs.append((float(out.logprobs[row]), tok, None))
-            if st.top_logprobs_num:
-                st.output_top.append([(float(lp), int(t), None) for lp, t in
-                                      zip(out.top_logprobs[row][:st.top_logprobs_num], out.top_ids[row])])
-        if tok in p.stop_token_ids or (tok in self.eos_ids and not p.ignore_eos):
-            return self._finish(st, {"type": "stop", "matched": tok})
-        st.text.append(tok)
-        if st.text.stopped_at is not None:
-            return self._finish(st, {"type": "stop", "matched": st.text.stopped_at})
-        if st.req.num_generated >= p.max_new_tokens:  # (overlap: minus tokens still on the device)
-            return self._finish(st, {"type": "length", "length": p.max_new_tokens})
-        if st.stream:
-            st.push_increment()
-
-    def _finish(self, st: RequestState, reason: dict, release: bool = True) -> None:
-        """Mark done, release its pages into the cache (unless already aborted) and wake the caller."""
-        if release:
-            self.scheduler.finish(st.req, reason)
-        st.text.flush()
-        st.finish_reason = reason
-        self.states.pop(st.req.rid, None)
-        st.close()

@@ -28,7 +28,7 @@ class EngineOptions:
     skip_tokenizer_init: bool = False  # no tokenizer: input_ids in, output_ids out (text is "")
     seq_buckets: list[int] | None = None  # padded batch sizes; default powers of two up to max_running_requests
     warmup: bool = False  # compile every (tokens, seqs, pages) bucket of greedy steps before serving
-    disable_overlap_schedule: bool = False  # True: read each step back before the next (no overlap; engine/overlap.py)
+    disable_overlap_schedule: bool = False  # True: read each step back before the next (no overlap; engine/step_loop.py)
     debug_check_integrity: bool = False  # assert cache/scheduler invariants after every step (tests)
 
     @classmethod

@@ -20,7 +20,7 @@ import numpy as np
 @functools.partial(jax.tree_util.register_dataclass,
                    data_fields=["temperature", "top_p", "top_k", "min_p", "frequency_penalty", "presence_penalty",
                                 "repetition_penalty", "seed", "counter", "penalty_ids", "penalty_is_output",
-                                "next_token_ids"],
+                                "next_token_ids", "ban_ids"],
                    meta_fields=[])
 @dataclass
 class SamplingInput:
@@ -30,6 +30,8 @@ class SamplingInput:
       only read when flags.penalties (M = 1 otherwise).
     next_token_ids: [T] the token after each step token (for input logprobs; -1 where unknown),
       only read when flags.input_logprobs.
+    ban_ids: [S, B] tokens this row may not sample (-1 pads; eos and stop_token_ids before
+      min_new_tokens), only read when flags.ban (B = 1 otherwise).
     """
 
     temperature: np.ndarray  # f32[S]; 0 = greedy
@@ -44,6 +46,7 @@ class SamplingInput:
     penalty_ids: np.ndarray  # i32[S, M]
     penalty_is_output: np.ndarray  # bool[S, M]
     next_token_ids: np.ndarray  # i32[T]
+    ban_ids: np.ndarray  # i32[S, B]
 
     def to_device(self) -> "SamplingInput":
         return SamplingInput(**{f.name: jnp.asarray(getattr(self, f.name)) for f in fields(self)})
@@ -57,6 +60,7 @@ class SamplingFlags(NamedTuple):
     penalties: bool = False
     input_logprobs: bool = False
     top_logprobs: int = 0  # top-k logprobs per position (0 = none)
+    ban: bool = False  # some row has banned tokens (min_new_tokens)
 
 
 class SampleOutput(NamedTuple):
@@ -95,6 +99,14 @@ def apply_penalties(logits: jax.Array, si: SamplingInput) -> jax.Array:
     return logits - si.presence_penalty[:, None] * (counts > 0)
 
 
+def ban_tokens(logits: jax.Array, ban_ids: jax.Array) -> jax.Array:
+    """logits with ban_ids[s] (>= 0) of each row s set to -inf."""
+    S, V = logits.shape
+    ids = jnp.where(ban_ids < 0, V, ban_ids)
+    banned = jnp.zeros((S, V), jnp.bool_).at[jnp.arange(S)[:, None], ids].set(True, mode="drop")
+    return jnp.where(banned, -jnp.inf, logits)
+
+
 def _filtered_sample(logits: jax.Array, si: SamplingInput, keys: jax.Array, flags: SamplingFlags) -> jax.Array:
     """Draw from softmax(logits / T) restricted by top-k, top-p and min-p."""
     S, V = logits.shape
@@ -118,6 +130,8 @@ def sample(logits: jax.Array, si: SamplingInput, flags: SamplingFlags,
     """Choose one token per row of logits [S, V] (fp32); all_logits [T, V] feeds input logprobs."""
     logprobs_all = jax.nn.log_softmax(logits, axis=-1)
     processed = apply_penalties(logits, si) if flags.penalties else logits
+    if flags.ban:
+        processed = ban_tokens(processed, si.ban_ids)
     tokens = jnp.argmax(processed, axis=-1).astype(jnp.int32)
     if flags.sample:
         keys = jax.vmap(lambda s, c: jax.random.fold_in(jax.random.PRNGKey(s), c))(si.seed, si.counter)

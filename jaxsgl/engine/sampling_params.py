@@ -8,6 +8,7 @@ from typing import Any
 @dataclass
 class SamplingParams:
     max_new_tokens: int = 128
+    min_new_tokens: int = 0  # eos / stop_token_ids are masked, and stop strings ignored, before this many
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1  # <= 0: off
@@ -41,6 +42,10 @@ class SamplingParams:
     def validate(self) -> None:
         if self.max_new_tokens is None or self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.min_new_tokens is None or not 0 <= self.min_new_tokens:
+            raise ValueError(f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(f"min_new_tokens ({self.min_new_tokens}) exceeds max_new_tokens ({self.max_new_tokens})")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:

@@ -23,11 +23,21 @@ def greedy_sampling_input(S: int, T: int) -> SamplingInput:
     z = lambda dt: np.zeros(S, dt)
     return SamplingInput(z(np.float32), np.ones(S, np.float32), z(np.int32), z(np.float32), z(np.float32),
                          z(np.float32), np.ones(S, np.float32), z(np.uint32), z(np.int32),
-                         np.full((S, 1), -1, np.int32), np.zeros((S, 1), np.bool_), np.full(T, -1, np.int32))
+                         np.full((S, 1), -1, np.int32), np.zeros((S, 1), np.bool_), np.full(T, -1, np.int32),
+                         np.full((S, 1), -1, np.int32))
+
+
+def _banned(st: RequestState, eos_ids: set[int]) -> list[int]:
+    """Tokens the request may not sample next: its stop tokens while under min_new_tokens
+    (len(output_ids) counts in-flight placeholders: the tokens before the one sampled now)."""
+    p = st.params
+    if len(st.req.output_ids) >= p.min_new_tokens:
+        return []
+    return sorted(set(p.stop_token_ids) | (set() if p.ignore_eos else eos_ids))
 
 
 def build_sampling_input(batch: ScheduledBatch, states: list[RequestState],
-                         step: StepInput) -> tuple[SamplingInput, SamplingFlags]:
+                         step: StepInput, eos_ids: set[int] = frozenset()) -> tuple[SamplingInput, SamplingFlags]:
     """Per-row arrays padded to the step's S (and T) plus the static flags they need."""
     S, T, n = step.num_seqs, step.num_tokens, len(states)
     temp = np.zeros(S, np.float32)
@@ -57,6 +67,11 @@ def build_sampling_input(batch: ScheduledBatch, states: list[RequestState],
             pos = seq.cached_len + j
             if pos + 1 < len(prompt):
                 next_ids[a + j] = prompt[pos + 1]
+    bans = [_banned(st, eos_ids) if batch.seqs[i].need_logits else [] for i, st in enumerate(states)]
+    B = _pow2(max(map(len, bans))) if any(bans) else 1
+    ban_ids = np.full((S, B), -1, np.int32)
+    for i, b in enumerate(bans):
+        ban_ids[i, :len(b)] = b
     sampled = temp[:n] > 0
     top_n = max([st.top_logprobs_num for st in states] + [0])
     flags = SamplingFlags(
@@ -64,8 +79,10 @@ def build_sampling_input(batch: ScheduledBatch, states: list[RequestState],
         filter=bool(np.any(sampled & ((top_k[:n] > 0) | (top_p[:n] < 1) | (min_p[:n] > 0)))),
         penalties=bool(penal),
         input_logprobs=bool(want_in),
-        top_logprobs=_pow2(top_n) if top_n else 0)
-    si = SamplingInput(temp, top_p, top_k, min_p, freq, pres, rep, seed, counter, pen_ids, pen_out, next_ids)
+        top_logprobs=_pow2(top_n) if top_n else 0,
+        ban=any(bans))
+    si = SamplingInput(temp, top_p, top_k, min_p, freq, pres, rep, seed, counter, pen_ids, pen_out, next_ids,
+                       ban_ids)
     return si, flags
 
 

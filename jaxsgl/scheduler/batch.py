@@ -103,14 +103,19 @@ class StepInputBuilder:
     @classmethod
     def for_limits(cls, page_size: int, *, max_tokens: int, max_seqs: int, max_context_len: int,
                    min_tokens: int = 16, min_seqs: int = 1, page_buckets: Sequence[int] | None = None,
-                   ) -> StepInputBuilder:
+                   min_page_tokens: int | None = None) -> StepInputBuilder:
         """Power-of-two token and sequence buckets covering a scheduler's limits
         (max_tokens >= prefill budget + max_running_requests, max_seqs >=
-        max_running_requests). Pages per sequence default to one bucket holding
-        max_context_len tokens (the page table is small; kernels stop at kv_len)."""
+        max_running_requests). Pages per sequence: one bucket holding max_context_len
+        tokens (the page table is small; kernels stop at kv_len), or with min_page_tokens
+        power-of-two widths from that many tokens up (for attention whose cost grows with
+        the table's width, e.g. the plain-jnp reference)."""
         max_pages = -(-max_context_len // page_size)
+        if page_buckets is None:
+            page_buckets = [max_pages] if min_page_tokens is None else \
+                pow2_buckets(max_pages, min(max_pages, max(1, min_page_tokens // page_size)))
         return cls(page_size, pow2_buckets(max_tokens, min(min_tokens, max_tokens)),
-                   pow2_buckets(max_seqs, min(min_seqs, max_seqs)), page_buckets or [max_pages])
+                   pow2_buckets(max_seqs, min(min_seqs, max_seqs)), page_buckets)
 
     @staticmethod
     def _fit(buckets: list[int], n: int, what: str) -> int:

@@ -44,6 +44,7 @@ class SchedulerConfig:
     mixed_batches: bool = True
     retract_insert: bool = True
     random_seed: int = 0
+    trace_capacity: int = 100_000  # per-step trace records kept (a ring buffer: the oldest are dropped)
 
     def __post_init__(self) -> None:
         if self.max_running_requests < 1:

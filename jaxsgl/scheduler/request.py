@@ -7,6 +7,8 @@ from typing import Any
 
 from jaxsgl.cache.tree_node import TreeNode
 
+PLACEHOLDER = -1  # output id of a token sampled on the device but not read back yet (scheduler/advance.py)
+
 
 class ReqStatus(enum.Enum):
     WAITING = "waiting"    # in the queue; owns no pages and no lock
@@ -22,8 +24,8 @@ class Req:
     Token model: `all_ids = prompt_ids + output_ids`. KV exists for all_ids[:kv_len];
     the next step feeds all_ids[kv_len:] (the whole uncached prompt in prefill, or
     chunks of it; one token in decode). The last output token has no KV until fed.
-    With overlap scheduling the last num_placeholders output ids are PLACEHOLDER
-    (scheduler/overlap.py): sampled on the device, not read back yet.
+    The last num_placeholders output ids are PLACEHOLDER (scheduler/advance.py): sampled
+    on the device, not read back yet.
 
     KV ownership while RUNNING: pages[i] holds tokens [i*ps, (i+1)*ps). The first
     num_tree_pages pages belong to the radix cache and are pinned by lock_node;
@@ -101,7 +103,13 @@ class Req:
 
     @property
     def remaining_new_tokens(self) -> int:
+        """Tokens still to sample (in-flight placeholders count as sampled): 0 = schedule no more."""
         return max(self.max_new_tokens - len(self.output_ids), 0)
+
+    @property
+    def reached_max_new_tokens(self) -> bool:
+        """The length stop, decided on known tokens only (the engine finishes it with "length")."""
+        return self.num_generated >= self.max_new_tokens
 
     @property
     def is_done(self) -> bool:

@@ -7,20 +7,20 @@ The engine's loop (nano-vllm style; one schedule/process pair per step):
         batch = sched.schedule()                  # host: decide + allocate pages
         step_in = builder.build(batch)            # host: padded StepInput
         next_ids = run_model(step_in)             # device
-        for req in sched.process_results(batch, next_ids):
+        for req in sched.process_results(batch, next_ids):   # = advance(batch) + fill(batch, ids)
             if stop_condition(req):
                 sched.finish(req, reason)         # KV -> radix cache; pages freed
 
 A step = decodes of running requests + chunks of unfinished prefills + newly
 admitted requests (see schedule()). finish()/abort() may be called at any time
-between steps; process_results(batch) must come before the next schedule().
-Overlap scheduling replaces process_results by advance(batch) (right after the
-step is dispatched) and fill(batch, ids) (once its results are read back), so the
-next step can be scheduled while one is in flight; see scheduler/overlap.py.
+between steps. The engine calls advance(batch) right after dispatching a step and
+fill(batch, ids) once its results are read back; in between it may schedule and
+dispatch the next step (overlap scheduling; scheduler/advance.py).
 """
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -28,8 +28,8 @@ from jaxsgl.cache.page_pool import PagePool
 from jaxsgl.cache.radix_cache import RadixCache
 from jaxsgl.scheduler.batch import ScheduledBatch, SeqWork
 from jaxsgl.scheduler.config import SchedulerConfig
+from jaxsgl.scheduler.advance import advance_requests, fill_requests, trim_placeholders
 from jaxsgl.scheduler.integrity import check_scheduler_integrity
-from jaxsgl.scheduler import overlap
 from jaxsgl.scheduler.kv import ReqKV
 from jaxsgl.scheduler.policy import SchedulePolicy, arrival_order, make_schedule_policy
 from jaxsgl.scheduler.request import Req, ReqStatus
@@ -78,7 +78,7 @@ class Scheduler:
         self.requests: dict[str, Req] = {}  # live (waiting or running) requests by rid
         self.step = 0
         self.new_token_ratio = self.config.init_new_token_ratio
-        self.trace: list[StepTrace] = []
+        self.trace: deque[StepTrace] = deque(maxlen=self.config.trace_capacity)  # ring buffer
         self.stats = SchedulerStats()
         self._seq_no = 0
         self._pending_batch: ScheduledBatch | None = None
@@ -98,15 +98,7 @@ class Scheduler:
         """Queue a new request. Raises ValueError if it can never fit."""
         if req.rid in self.requests:
             raise ValueError(f"duplicate request id {req.rid!r}")
-        if not req.prompt_ids or req.max_new_tokens < 0:
-            raise ValueError(f"request {req.rid!r} needs a non-empty prompt and max_new_tokens >= 0")
-        total = len(req.prompt_ids) + req.max_new_tokens
-        limit = self.config.max_context_len
-        if limit is not None and total > limit:
-            raise ValueError(f"request {req.rid!r}: {total} tokens exceed max_context_len {limit}")
-        if self.pool.pages_for(total) > self.pool.capacity:
-            raise ValueError(f"request {req.rid!r}: {total} tokens exceed the KV pool "
-                             f"({self.pool.capacity} pages of {self.page_size})")
+        self.check_fits(len(req.prompt_ids), req.max_new_tokens)
         req.status = ReqStatus.WAITING
         req.arrival_time = self.clock() if req.arrival_time is None else req.arrival_time
         req.seq_no, self._seq_no = self._seq_no, self._seq_no + 1
@@ -115,6 +107,22 @@ class Scheduler:
         self.requests[req.rid] = req
         self.stats.num_added += 1
         return req
+
+    def check_fits(self, prompt_len: int, max_new_tokens: int) -> None:
+        """The one length check: raise ValueError unless a request of this size can ever run
+        (non-empty prompt, max_new_tokens >= 0, within the context length and the KV pool)."""
+        if prompt_len <= 0:
+            raise ValueError("empty prompt")
+        if max_new_tokens is None or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        total = prompt_len + max_new_tokens
+        limit = self.config.max_context_len
+        if limit is not None and total > limit:
+            raise ValueError(f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+                             f"context length {limit}")
+        if self.pool.pages_for(total) > self.pool.capacity:
+            raise ValueError(f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+                             f"KV pool ({self.pool.capacity} pages of {self.page_size})")
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
@@ -128,7 +136,7 @@ class Scheduler:
         pages cannot be found. Mutates queues, requests' pages/locks, the cache (evictions)
         and appends a StepTrace. An empty batch means there is nothing to run."""
         if self._pending_batch is not None:
-            raise RuntimeError("schedule() called twice without process_results() or advance()")
+            raise RuntimeError("schedule() called twice without advance() or cancel_pending()")
         self.step += 1
         trace = StepTrace(step=self.step)
         evicted_before = self.cache.stats.evicted_pages
@@ -151,42 +159,49 @@ class Scheduler:
 
     def process_results(self, batch: ScheduledBatch, next_token_ids: Sequence[int],
                         finished: Sequence[bool] | None = None) -> list[Req]:
-        """Apply a step's results: advance kv_len, append next_token_ids[i] for sequences with
-        need_logits (a negative id appends nothing, e.g. for max_new_tokens == 0), cache
-        the computed prefix of prefill sequences, and finish sequences flagged in `finished`.
+        """A synchronous step's results: advance(batch) then fill(batch, next_token_ids) (a
+        negative id appends nothing), then finish sequences flagged in `finished`.
         next_token_ids is indexed like batch.seqs (padding rows beyond are ignored).
-        Returns the requests that received a token (the engine checks their stop conditions)."""
-        if batch is not self._pending_batch:
-            raise RuntimeError(f"process_results for step {batch.step}, expected the last scheduled batch")
-        self._pending_batch = None
-        updated = []
-        for i, seq in enumerate(batch.seqs):
-            req = seq.req
-            if req.status != ReqStatus.RUNNING:  # finished or aborted while in flight
-                continue
-            req.kv_len += seq.num_new
-            if seq.need_logits:
-                token = int(next_token_ids[i])
-                if token >= 0:
-                    req.output_ids.append(token)
-                updated.append(req)
-            if seq.is_prefill:
-                self.kv.cache_prefix(req)
-            if finished is not None and finished[i]:
-                self.finish(req)
+        Returns the requests that received a token (the caller checks their stop conditions)."""
+        self.advance(batch)
+        updated = self.fill(batch, next_token_ids)
+        if finished is not None:
+            for i, seq in enumerate(batch.seqs):
+                if finished[i] and not seq.req.is_done:
+                    self.finish(seq.req)
         return updated
 
     def advance(self, batch: ScheduledBatch) -> None:
-        """Overlap: apply a dispatched step optimistically (placeholder ids); see overlap.advance."""
-        overlap.advance(self, batch)
+        """Apply the last scheduled (now dispatched) step optimistically: placeholder ids,
+        kv_len, prefix caching (advance.advance_requests). The batch waits in in_flight."""
+        if batch is not self._pending_batch:
+            raise RuntimeError(f"advance for step {batch.step}, expected the last scheduled batch")
+        self._pending_batch = None
+        advance_requests(batch, self.kv)
+        self.in_flight.append(batch)
 
     def fill(self, batch: ScheduledBatch, next_token_ids: Sequence[int]) -> list[Req]:
-        """Overlap: give the oldest advanced batch its sampled ids; see overlap.fill."""
-        return overlap.fill(self, batch, next_token_ids)
+        """Give the oldest advanced batch its sampled ids (advance.fill_requests)."""
+        if not self.in_flight or batch is not self.in_flight[0]:
+            raise RuntimeError(f"fill for step {batch.step}, expected the oldest advanced batch")
+        self.in_flight.pop(0)
+        return fill_requests(batch, next_token_ids)
+
+    def cancel_pending(self) -> None:
+        """Forget the last scheduled batch without running it (it must be empty, or all of
+        its requests must have ended: e.g. after a failed step)."""
+        batch, self._pending_batch = self._pending_batch, None
+        if batch is not None and any(not s.req.is_done for s in batch.seqs):
+            raise RuntimeError(f"cannot cancel step {batch.step}: it has live requests")
 
     def discard_in_flight(self) -> None:
-        """Overlap: drop advanced batches whose requests have all ended (after a failed step)."""
-        overlap.discard_in_flight(self)
+        """Forget every advanced-but-unfilled batch (after a failed step; every request in
+        them must have ended already, e.g. through abort())."""
+        for batch in self.in_flight:
+            live = [s.req for s in batch.seqs if not s.req.is_done]
+            if live:
+                raise RuntimeError(f"cannot discard step {batch.step}: {live[:3]} still live")
+        self.in_flight.clear()
 
     def finish(self, req: Req | str, reason: object = None) -> Req:
         """End a request: insert its computed KV into the cache, free the rest, unlock."""
@@ -206,9 +221,10 @@ class Scheduler:
             raise ValueError(f"{req} is not running, or has tokens in flight (overlap)")
         req.output_ids.extend(int(t) for t in token_ids)
 
-    def trace_records(self) -> list[dict]:
-        """The per-step trace as a list of dicts (pd.DataFrame(sched.trace_records()))."""
-        return [t.as_dict() for t in self.trace]
+    def trace_records(self, since_step: int = 0) -> list[dict]:
+        """The per-step trace (the last config.trace_capacity steps) as a list of dicts, from
+        step `since_step` on (pd.DataFrame(sched.trace_records()))."""
+        return [t.as_dict() for t in self.trace if t.step >= since_step]
 
     # -------------------------------------------------------------- planning
     def _take_chunk(self, budget: list[int], pending: int) -> int:
@@ -232,8 +248,8 @@ class Scheduler:
         """Work for already-running requests; retracts some if their pages cannot be found."""
         plan: list[tuple[Req, int]] = []
         for req in self.running:
-            if overlap.will_finish_by_length(req):
-                continue  # overlap: ends when its in-flight token is filled
+            if req.num_placeholders and req.remaining_new_tokens == 0:
+                continue  # its last token is in flight: it ends when that is filled
             if req.is_decoding:
                 if decode:
                     plan.append((req, 1))
@@ -359,7 +375,7 @@ class Scheduler:
         req = self.requests[req] if isinstance(req, str) else req
         if req.is_done:
             return req
-        overlap.trim_placeholders(req)  # tokens of in-flight steps are dropped; only known ids are cached
+        trim_placeholders(req)  # tokens of in-flight steps are dropped; only known ids are cached
         if req.status == ReqStatus.RUNNING:
             self.running.remove(req)
             self.kv.release(req, insert=True)
@@ -392,4 +408,5 @@ class Scheduler:
         """Raise AssertionError unless requests, locks, the tree and the pool agree:
         free + evictable + locked + private pages == capacity, every lock_ref is
         explained by a running request, waiting requests hold nothing."""
-        check_scheduler_integrity(self)
+        check_scheduler_integrity(self.cache, self.running, self.waiting, self.requests,
+                                  self.config.max_running_requests)

@@ -152,7 +152,7 @@ def test_warmup_compiles_every_bucket_without_touching_the_cache(tiny_model_dir,
 
 
 def test_a_failing_step_fails_its_requests_and_the_engine_recovers(tiny_engine, monkeypatch):
-    real_run = tiny_engine.runner.run
+    real_run = tiny_engine.runner.run_async
     calls = {"n": 0}
 
     def flaky(*a, **kw):
@@ -161,10 +161,10 @@ def test_a_failing_step_fails_its_requests_and_the_engine_recovers(tiny_engine, 
             raise RuntimeError("simulated device error")
         return real_run(*a, **kw)
 
-    monkeypatch.setattr(tiny_engine.runner, "run", flaky)
+    monkeypatch.setattr(tiny_engine.runner, "run_async", flaky)
     with pytest.raises(RuntimeError, match="simulated device error"):
         greedy(tiny_engine, n=3)
-    monkeypatch.setattr(tiny_engine.runner, "run", real_run)
+    monkeypatch.setattr(tiny_engine.runner, "run_async", real_run)
     assert greedy(tiny_engine, n=5)["meta_info"]["completion_tokens"] == 5
     tiny_engine.scheduler.check_integrity()
 
@@ -182,3 +182,16 @@ def test_request_priority_reaches_the_priority_eviction_policy(tiny_model_dir):
         again = eng.generate(input_ids=[a, b], sampling_params={"max_new_tokens": 0})
         assert again[0]["meta_info"]["cached_tokens"] == 64  # the important prefix survived
         assert again[1]["meta_info"]["cached_tokens"] == 0  # the unimportant one (older than c) went
+
+
+def test_min_new_tokens_masks_stop_tokens_until_reached(tiny_engine):
+    free = greedy(tiny_engine, n=6)["output_ids"]
+    first = free[0]
+    stopped = tiny_engine.generate(PROMPT, {"max_new_tokens": 6, "temperature": 0, "stop_token_ids": [first]})
+    assert stopped["output_ids"] == [first] and stopped["meta_info"]["finish_reason"]["matched"] == first
+    held = tiny_engine.generate(PROMPT, {"max_new_tokens": 6, "temperature": 0, "stop_token_ids": [first],
+                                         "min_new_tokens": 3})
+    assert len(held["output_ids"]) >= 3 and first not in held["output_ids"][:3]
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        tiny_engine.generate(PROMPT, {"max_new_tokens": 2, "min_new_tokens": 3})
+    tiny_engine.scheduler.check_integrity()

@@ -34,7 +34,7 @@ def test_overlap_runs_decodes_from_device_tokens_without_fallback(overlap_engine
     assert out["meta_info"]["completion_tokens"] == 12
     assert len([t for t in steps if t["num_seqs"]]) == 12  # 1 prefill + 11 decodes: no step for the 13th token
     assert not any(t["sync_fallback"] for t in steps)
-    assert overlap_engine._overlap.inflight is None and not overlap_engine.scheduler.in_flight
+    assert overlap_engine.loop.inflight is None and not overlap_engine.scheduler.in_flight
 
 
 def test_stop_strings_stop_ids_and_streaming_match_sync(overlap_engine, tiny_engine):

@@ -159,12 +159,12 @@ def test_add_request_validation():
     sched.add_request(Req("ok", [1] * 10, max_new_tokens=10))
     with pytest.raises(ValueError, match="duplicate"):
         sched.add_request(Req("ok", [1], max_new_tokens=1))
-    with pytest.raises(ValueError, match="max_context_len"):
+    with pytest.raises(ValueError, match="context length 64"):
         sched.add_request(Req("long", [1] * 60, max_new_tokens=10))
     sched2 = Scheduler.create(4, 4)
     with pytest.raises(ValueError, match="KV pool"):
         sched2.add_request(Req("big", [1] * 16, max_new_tokens=1))
-    with pytest.raises(ValueError, match="non-empty"):
+    with pytest.raises(ValueError, match="empty prompt"):
         sched2.add_request(Req("empty", [], max_new_tokens=1))
 
 

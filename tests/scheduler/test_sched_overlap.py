@@ -6,7 +6,7 @@ import pytest
 
 from jaxsgl.scheduler import Req, Scheduler
 from jaxsgl.scheduler.mock_model import MockModel
-from jaxsgl.scheduler.overlap import PLACEHOLDER, placeholder_sources
+from jaxsgl.scheduler.advance import PLACEHOLDER, placeholder_sources
 from tests.scheduler.sched_harness import assert_idle_and_clean, make_builder
 
 
@@ -56,7 +56,7 @@ def drive(sched: Scheduler, reqs: list[Req], *, overlap: bool, abort_every: int 
                 deliver(batch, ids, sched.process_results(batch, ids))
         else:
             assert prev is not None, f"empty batch with work left: {sched.waiting[:3]} {sched.running[:3]}"
-            sched.process_results(batch, [])
+            sched.cancel_pending()
         if prev is not None:
             deliver(prev[0], prev[1], sched.fill(*prev))
         sched.check_integrity()

@@ -1,0 +1,86 @@
+"""RequestTracker: the one place that decides what a step's output means for each request.
+
+After a step is read back, `on_step_output` fills the scheduler's placeholders
+(scheduler.fill) and then, per request that received a token, decides in this order:
+length 0 (a prefill-only request), logprobs, stop tokens (eos / stop_token_ids, not before
+min_new_tokens), the grammar (a finished constraint ends the request; a forced string is
+appended by jump-forward), stop strings, max_new_tokens, and streams the new text. Both
+the synchronous and the overlapped loop (engine/step_loop.py) call it; nothing else
+finishes a request except aborts and failures, which also go through `finish`.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from jaxsgl.engine.model_runner import StepOutputHost
+from jaxsgl.engine.request_state import RequestState
+from jaxsgl.engine.step_sampling import record_logprobs
+from jaxsgl.model.step_input import StepInput
+from jaxsgl.scheduler import ScheduledBatch, Scheduler
+
+
+class RequestTracker:
+    """Live RequestStates by rid, and every decision about their outputs. Loop thread only
+    (except `states` lookups by rid, which are dict reads)."""
+
+    def __init__(self, scheduler: Scheduler, eos_ids: set[int]) -> None:
+        self.scheduler = scheduler
+        self.eos_ids = eos_ids
+        self.states: dict[str, RequestState] = {}
+
+    def states_of(self, batch: ScheduledBatch) -> list[RequestState]:
+        return [self.states[s.req.rid] for s in batch.seqs]
+
+    def on_step_output(self, batch: ScheduledBatch, states: list[RequestState], step: StepInput,
+                       input_logprobs: bool, out: StepOutputHost) -> None:
+        """Apply a read-back step: fill its placeholders, then decide each request's fate.
+        Mutates the scheduler (fill, finish), the states (text, logprobs, events)."""
+        if input_logprobs:
+            record_logprobs(batch, states, step, out)
+        row_of = {id(s.req): i for i, s in enumerate(batch.seqs)}
+        for req in self.scheduler.fill(batch, out.token_ids[:len(batch.seqs)]):
+            st = self.states.get(req.rid)
+            if st is not None and st.req is req and not st.done:
+                self._on_token(st, row_of[id(req)], out)
+
+    def _on_token(self, st: RequestState, row: int, out: StepOutputHost) -> None:
+        req, p = st.req, st.params
+        if req.max_new_tokens == 0:
+            return self.finish(st, {"type": "length", "length": 0})
+        tok = req.output_ids[req.num_generated - 1]
+        if st.first_token_time is None:
+            st.first_token_time = time.perf_counter()
+        if st.return_logprob:
+            st.output_logprobs.append((float(out.logprobs[row]), tok, None))
+            if st.top_logprobs_num:
+                st.output_top.append([(float(lp), int(t), None) for lp, t in
+                                      zip(out.top_logprobs[row][:st.top_logprobs_num], out.top_ids[row])])
+        may_stop = req.num_generated >= p.min_new_tokens  # (eos is masked before that: sampling.py)
+        if may_stop and (tok in p.stop_token_ids or (tok in self.eos_ids and not p.ignore_eos)):
+            return self.finish(st, {"type": "stop", "matched": tok})
+        st.text.append(tok)
+        if may_stop and st.text.stopped_at is not None:
+            return self.finish(st, {"type": "stop", "matched": st.text.stopped_at})
+        if req.reached_max_new_tokens:
+            return self.finish(st, {"type": "length", "length": req.max_new_tokens})
+        if st.stream:
+            st.push_increment()
+
+    def finish(self, st: RequestState, reason: dict[str, Any], release: bool = True) -> None:
+        """End a request: release its pages into the cache (unless already aborted in the
+        scheduler), flush its text, wake its caller. Mutates the scheduler and self.states."""
+        if release:
+            self.scheduler.finish(st.req, reason)
+        st.text.flush()
+        st.finish_reason = reason
+        self.states.pop(st.req.rid, None)
+        st.close()
+
+    def fail(self, st: RequestState, error: BaseException) -> None:
+        """Abort one request with an error (its caller's wait() raises it)."""
+        st.error = error
+        ended = self.scheduler.abort(st.req.rid) is not None or st.req.rid not in self.scheduler.requests
+        if ended:
+            self.finish(st, {"type": "abort", "message": str(error)}, release=False)
+
