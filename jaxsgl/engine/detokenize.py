@@ -1,7 +1,10 @@
 """Incremental detokenization with stop strings that never leak while streaming."""
 from __future__ import annotations
 
+import re
 from typing import Any
+
+STOP_REGEX_WINDOW = 4096  # characters of the text's tail a stop_regex is searched in
 
 
 class OutputText:
@@ -13,9 +16,11 @@ class OutputText:
     string, and `find_stop()` trims the text at the first stop string.
     """
 
-    def __init__(self, tokenizer: Any, stop: list[str], skip_special_tokens: bool = True) -> None:
+    def __init__(self, tokenizer: Any, stop: list[str], skip_special_tokens: bool = True,
+                 stop_regex: list[str] | None = None) -> None:
         self.tok = tokenizer
         self.stop = stop
+        self.stop_regex = [re.compile(r) for r in stop_regex or []]
         self.skip = skip_special_tokens
         self.ids: list[int] = []
         self.text = ""
@@ -49,11 +54,18 @@ class OutputText:
             self._check_stop(before)
 
     def _check_stop(self, new_from: int) -> None:
-        """Trim at the earliest stop string that ends in the text added since position new_from."""
-        if not self.stop:
+        """Trim at the earliest stop string that ends in the text added since position new_from
+        (or the earliest stop_regex match in the text's tail that ends there)."""
+        if not self.stop and not self.stop_regex:
             return
         hits = [(self.text.find(s, max(new_from - len(s) + 1, 0)), s) for s in self.stop]
         hits = [(i, s) for i, s in hits if i >= 0]
+        tail = max(len(self.text) - STOP_REGEX_WINDOW, 0)
+        for r in self.stop_regex:
+            for m in r.finditer(self.text, tail):
+                if m.end() > new_from and m.end() > m.start():
+                    hits.append((m.start(), m.group(0)))
+                    break
         if hits:
             i, s = min(hits)
             self.text, self.stopped_at = self.text[:i], s

@@ -22,6 +22,8 @@ import numpy as np
 from jaxsgl.engine.detokenize import OutputText
 from jaxsgl.engine.model_runner import ModelRunner, kv_pages_for_memory, weights_nbytes
 from jaxsgl.engine.options import EngineOptions
+from jaxsgl.constrained import TokenVocab
+from jaxsgl.engine.grammar import GrammarRuntime
 from jaxsgl.engine.outputs import RequestTracker
 from jaxsgl.engine.request_state import RequestState
 from jaxsgl.engine.step_loop import StepLoop
@@ -76,6 +78,8 @@ class Engine:
             self.builder.seq_buckets = sorted(set(opts.seq_buckets) | {opts.max_running_requests})
         self.runner = ModelRunner(self.cfg, weights, num_pages=num_pages, page_size=ps, kv_dtype=kv_dtype,
                                   attn_impl=self.attn_impl, max_seqs=self.builder.seq_buckets[-1])
+        self.grammar: GrammarRuntime | None = None  # made at the first constrained request (_grammar_runtime)
+        self._grammar_lock = threading.Lock()
         self.tracker = RequestTracker(self.scheduler, self.eos_ids)
         self.states = self.tracker.states  # live requests by rid
         self.loop = StepLoop(self.scheduler, self.builder, self.runner, self.tracker,
@@ -274,7 +278,12 @@ class Engine:
                   logprob_start_len=max(start - 1, 0) if start >= 0 else None)
         if self.tokenizer is None and params.stop:
             raise ValueError("stop strings need a tokenizer (engine started with skip_tokenizer_init)")
-        text = OutputText(self.tokenizer, params.stop, params.skip_special_tokens)
+        if params.constraint is not None:
+            self._grammar_runtime()
+            req.needs_known_tokens = params.constraint.kind == "ebnf"  # its mask is computed on the host
+        if self.tokenizer is None and params.stop_regex:
+            raise ValueError("stop_regex needs a tokenizer (engine started with skip_tokenizer_init)")
+        text = OutputText(self.tokenizer, params.stop, params.skip_special_tokens, params.stop_regex)
         return RequestState(req, params, text, return_logprob=want_lp, logprob_start_len=start,
                             top_logprobs_num=top_n if want_lp else 0, stream=stream)
 
@@ -295,7 +304,7 @@ class Engine:
         while True:
             with self._cv:
                 while not (self._inbox or self._aborts or self._stopping or self._flush or self.scheduler.has_work()
-                           or self.loop.inflight is not None):
+                           or self.loop.inflight is not None or (self.grammar is not None and self.grammar.has_ready())):
                     self._cv.wait()
                 if self._stopping:
                     break
@@ -304,13 +313,19 @@ class Engine:
                 for s in new:
                     if s.done:  # failed while queued (e.g. by _fail_all)
                         continue
-                    try:
-                        self.scheduler.add_request(s.req)
-                    except ValueError as e:  # cannot fit: fail this request only
+                    if s.params.constraint is not None:
+                        self.grammar.submit(s, s.params.constraint)  # compiles off-thread; waits in its queue
+                    else:
+                        self._add(s)
+                if self.grammar is not None and self.grammar.waiting:
+                    ready, failed = self.grammar.poll()
+                    for s, e in failed:  # a bad constraint fails its request only
                         self.tracker.fail(s, e)
+                    for s in ready:
+                        self._add(s)
                 for rid in aborts:
-                    if rid in self.states and self.scheduler.abort(rid) is not None:
-                        self.tracker.finish(self.states[rid], {"type": "abort"}, release=False)
+                    if rid in self.states:
+                        self.tracker.abort(self.states[rid])
                 if self._flush:
                     self.scheduler.cache.evict_all()
                     self._flush = False
@@ -321,6 +336,32 @@ class Engine:
                 self._fail_all(e)
         for s in list(self.states.values()):
             self.tracker.fail(s, RuntimeError("engine shut down"))
+
+    def _add(self, s: RequestState) -> None:
+        try:
+            self.scheduler.add_request(s.req)
+        except ValueError as e:  # cannot fit: fail this request only
+            self.tracker.fail(s, e)
+
+    def _wake(self) -> None:
+        with self._cv:
+            self._cv.notify()
+
+    def _grammar_runtime(self) -> GrammarRuntime:
+        """The constrained-decoding runtime, made on first use (the vocabulary's bytes, ~0.2 s)."""
+        with self._grammar_lock:
+            if self.grammar is None:
+                if self.tokenizer is None:
+                    raise ValueError("constrained decoding needs a tokenizer (engine started with "
+                                     "skip_tokenizer_init)")
+                o = self.options
+                vocab = TokenVocab.from_tokenizer(self.tokenizer, self.cfg.vocab_size, self.eos_ids)
+                rt = GrammarRuntime(vocab, max_states=o.grammar_max_states, max_mask_rows=o.grammar_max_mask_rows,
+                                    max_exceptions=o.grammar_max_exceptions,
+                                    enable_jump_forward=not o.disable_regex_jump_forward, wake=self._wake)
+                self.tracker.grammar = self.loop.grammar = rt
+                self.grammar = rt
+        return self.grammar
 
     def _fail_all(self, error: BaseException) -> None:
         """Abort every live request with `error`, drop the cache and start from fresh KV pages."""

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsgl import kernels
+from jaxsgl.engine.grammar_tables import GrammarTables
 from jaxsgl.engine.sampling import SampleOutput, SamplingFlags, SamplingInput, output_layout, sample
 from jaxsgl.engine.packing import Layout, pack, pack_device, unpack, unpack_host
 from jaxsgl.model.config import ModelConfig
@@ -47,6 +48,7 @@ class StepOutputHost:
     input_logprobs: np.ndarray | None
     input_top_ids: np.ndarray | None
     input_top_logprobs: np.ndarray | None
+    next_state: np.ndarray | None
 
 
 @dataclass
@@ -54,7 +56,7 @@ class StepHandle:
     """A dispatched step: its outputs still on the device."""
 
     out: jax.Array       # packed SampleOutput (int32), read back by collect()
-    tokens: jax.Array    # int32[carry]: sampled ids (rows beyond the step's S are 0), feeds the next step
+    tokens: jax.Array    # int32[2, carry]: sampled ids and next automaton states (rows beyond S are 0)
     layout: tuple        # output_layout of `out`
 
 
@@ -62,28 +64,36 @@ def _step(weights: Weights, kv: KVCache, flat: jax.Array, *, layout: Layout, hin
           cfg: ModelConfig, attn_impl: str, flags: SamplingFlags) -> tuple[jax.Array, KVCache]:
     """Unpack the step's inputs, run forward + sampling, pack the outputs into one int32 array.
     hint (static): the attention kernels' promised bounds on the sequences' new-token counts."""
-    out, _, kv = _forward_sample(weights, kv, unpack(flat, layout), hint=hint, cfg=cfg,
+    out, _, kv = _forward_sample(weights, kv, unpack(flat, layout), None, hint=hint, cfg=cfg,
                                  attn_impl=attn_impl, flags=flags)
     return out, kv
 
 
-def _step_overlap(weights: Weights, kv: KVCache, flat: jax.Array, prev_tokens: jax.Array, *, layout: Layout,
-                  hint: kernels.QLenHint, cfg: ModelConfig, attn_impl: str,
+def _step_overlap(weights: Weights, kv: KVCache, flat: jax.Array, prev: jax.Array, grammar: GrammarTables | None,
+                  *, layout: Layout, hint: kernels.QLenHint, cfg: ModelConfig, attn_impl: str,
                   flags: SamplingFlags) -> tuple[jax.Array, jax.Array, KVCache]:
-    """_step whose token_ids[t] come from prev_tokens[src[t]] where src[t] >= 0; also returns the
-    sampled ids padded to prev_tokens' size (the next step's prev_tokens)."""
+    """_step whose token_ids[t] come from prev[0, src[t]] where src[t] >= 0 (and, with a grammar,
+    each row's automaton state from prev[1, grammar_src] where grammar_src >= 0); also returns
+    int32[2, carry]: the sampled ids and next automaton states (the next step's prev)."""
     arrays = unpack(flat, layout)
     src = arrays.pop("src")
-    arrays["step.token_ids"] = jnp.where(src >= 0, prev_tokens[jnp.maximum(src, 0)], arrays["step.token_ids"])
-    out, tokens, kv = _forward_sample(weights, kv, arrays, hint=hint, cfg=cfg, attn_impl=attn_impl,
-                                      flags=flags)
-    return out, jnp.zeros_like(prev_tokens).at[:tokens.shape[0]].set(tokens), kv
+    arrays["step.token_ids"] = jnp.where(src >= 0, prev[0, jnp.maximum(src, 0)], arrays["step.token_ids"])
+    if flags.grammar:
+        gsrc = arrays["samp.grammar_src"]
+        arrays["samp.grammar_state"] = jnp.where(gsrc >= 0, prev[1, jnp.maximum(gsrc, 0)],
+                                                 arrays["samp.grammar_state"])
+    out, sampled, kv = _forward_sample(weights, kv, arrays, grammar, hint=hint, cfg=cfg, attn_impl=attn_impl,
+                                       flags=flags)
+    carry = jnp.zeros_like(prev).at[0, :sampled.token_ids.shape[0]].set(sampled.token_ids)
+    if flags.grammar:
+        carry = carry.at[1, :sampled.next_state.shape[0]].set(sampled.next_state)
+    return out, carry, kv
 
 
-def _forward_sample(weights: Weights, kv: KVCache, arrays: dict[str, jax.Array], *, hint: kernels.QLenHint,
-                    cfg: ModelConfig, attn_impl: str,
-                    flags: SamplingFlags) -> tuple[jax.Array, jax.Array, KVCache]:
-    """Forward + sampling on unpacked inputs: (packed outputs, sampled token ids, new KV)."""
+def _forward_sample(weights: Weights, kv: KVCache, arrays: dict[str, jax.Array], grammar: GrammarTables | None,
+                    *, hint: kernels.QLenHint, cfg: ModelConfig, attn_impl: str,
+                    flags: SamplingFlags) -> tuple[jax.Array, SampleOutput, KVCache]:
+    """Forward + sampling on unpacked inputs: (packed outputs, the SampleOutput, new KV)."""
     step = StepInput(**{n: arrays["step." + n] for n in step_input_fields()})
     si = SamplingInput(**{f.name: arrays["samp." + f.name] for f in dataclasses.fields(SamplingInput)})
     logits, kv = forward(weights, kv, step, cfg=cfg, attn_impl=attn_impl, all_logits=flags.input_logprobs,
@@ -91,10 +101,10 @@ def _forward_sample(weights: Weights, kv: KVCache, arrays: dict[str, jax.Array],
     all_logits = None
     if flags.input_logprobs:
         all_logits, logits = logits, logits[step.logits_indices]
-    sampled = sample(logits, si, flags, all_logits)
+    sampled = sample(logits, si, flags, all_logits, grammar)
     out, out_layout = pack_device(sampled._asdict())
     assert out_layout == output_layout(step.num_seqs, step.num_tokens, flags), out_layout
-    return out, sampled.token_ids, kv
+    return out, sampled, kv
 
 
 class ModelRunner:
@@ -134,22 +144,27 @@ class ModelRunner:
         return _unpack_output(np.asarray(out), output_layout(step.num_seqs, step.num_tokens, flags))
 
     def run_async(self, step: StepInput, si: SamplingInput, flags: SamplingFlags, prev: StepHandle | None,
-                  src: np.ndarray, hint: kernels.QLenHint | None = None) -> StepHandle:
+                  src: np.ndarray, hint: kernels.QLenHint | None = None,
+                  grammar: GrammarTables | None = None) -> StepHandle:
         """Dispatch one step without waiting for it; mutates self.kv (a future). src int32[T]:
-        token_ids[t] = prev.tokens[src[t]] where src[t] >= 0 (prev's sampled row src[t])."""
+        token_ids[t] = prev.tokens[src[t]] where src[t] >= 0 (prev's sampled row src[t]).
+        grammar: the device automaton tables (needed when flags.grammar)."""
+        if flags.grammar and grammar is None:
+            raise ValueError("run_async: flags.grammar needs the grammar tables")
         if not 0 < step.num_seqs <= self.max_seqs:
             raise ValueError(f"run_async: {step.num_seqs} sequences, carry size max_seqs={self.max_seqs}")
         if prev is None:
             if (src >= 0).any():
                 raise ValueError("run_async: src refers to a previous step but none was given")
             if self._no_prev is None:
-                self._no_prev = jnp.zeros(self.max_seqs, jnp.int32)
+                self._no_prev = jnp.zeros((2, self.max_seqs), jnp.int32)
         flat, layout = pack({**_inputs(step, si), "src": np.asarray(src, np.int32)})
         if flags not in self._overlap_fns:
             fn = functools.partial(_step_overlap, cfg=self.cfg, attn_impl=self.attn_impl, flags=flags)
             self._overlap_fns[flags] = jax.jit(fn, donate_argnums=(1,), static_argnames=("layout", "hint"))
         out, tokens, self.kv = self._overlap_fns[flags](self.weights, self.kv, flat,
-                                                        self._no_prev if prev is None else prev.tokens, layout=layout,
+                                                        self._no_prev if prev is None else prev.tokens,
+                                                        grammar if flags.grammar else None, layout=layout,
                                                         hint=self._hint(step, hint))
         return StepHandle(out, tokens, output_layout(step.num_seqs, step.num_tokens, flags))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from jaxsgl.engine.grammar import GrammarRuntime
 from jaxsgl.engine.model_runner import StepOutputHost
 from jaxsgl.engine.request_state import RequestState
 from jaxsgl.engine.step_sampling import record_logprobs
@@ -24,9 +25,10 @@ class RequestTracker:
     """Live RequestStates by rid, and every decision about their outputs. Loop thread only
     (except `states` lookups by rid, which are dict reads)."""
 
-    def __init__(self, scheduler: Scheduler, eos_ids: set[int]) -> None:
+    def __init__(self, scheduler: Scheduler, eos_ids: set[int], grammar: GrammarRuntime | None = None) -> None:
         self.scheduler = scheduler
         self.eos_ids = eos_ids
+        self.grammar = grammar
         self.states: dict[str, RequestState] = {}
 
     def states_of(self, batch: ScheduledBatch) -> list[RequestState]:
@@ -57,25 +59,66 @@ class RequestTracker:
                 st.output_top.append([(float(lp), int(t), None) for lp, t in
                                       zip(out.top_logprobs[row][:st.top_logprobs_num], out.top_ids[row])])
         may_stop = req.num_generated >= p.min_new_tokens  # (eos is masked before that: sampling.py)
+        g = st.grammar
+        if g is not None and tok in self.eos_ids:  # the mask allows eos only where the match is complete
+            return self.finish(st, {"type": "stop", "matched": tok})
         if may_stop and (tok in p.stop_token_ids or (tok in self.eos_ids and not p.ignore_eos)):
             return self.finish(st, {"type": "stop", "matched": tok})
-        st.text.append(tok)
+        jump = None
+        if g is not None:
+            self.grammar.advance(st, tok, -1 if out.next_state is None else int(out.next_state[row]))
+            jump = self._plan_jump(st, tok)
+        if jump is not None and jump.rollback:
+            if st.return_logprob:  # the rolled-back token is not part of the output
+                st.output_logprobs.pop()
+                if st.top_logprobs_num:
+                    st.output_top.pop()
+        else:
+            st.text.append(tok)
+        if jump is not None:
+            self.scheduler.jump_forward(req, jump.rollback, jump.tokens)
+            self.grammar.apply_jump_forward(st, jump)
+            for t in jump.tokens:
+                st.text.append(t)
+                if st.return_logprob:  # appended without sampling: no logprob
+                    st.output_logprobs.append((None, t, None))
+                    if st.top_logprobs_num:
+                        st.output_top.append([])
         if may_stop and st.text.stopped_at is not None:
             return self.finish(st, {"type": "stop", "matched": st.text.stopped_at})
+        if g is not None and g.finished:  # only eos could follow: end now instead of sampling it
+            return self.finish(st, {"type": "stop", "matched": None})
         if req.reached_max_new_tokens:
             return self.finish(st, {"type": "length", "length": req.max_new_tokens})
         if st.stream:
             st.push_increment()
+
+    def _plan_jump(self, st: RequestState, tok: int):
+        """A jump-forward for st after tok, if one fits in max_new_tokens with a token to spare."""
+        jump = self.grammar.plan_jump_forward(st, tok)
+        if jump is None:
+            return None
+        req = st.req
+        if req.num_generated - jump.rollback + len(jump.tokens) >= req.max_new_tokens:
+            return None
+        return jump
 
     def finish(self, st: RequestState, reason: dict[str, Any], release: bool = True) -> None:
         """End a request: release its pages into the cache (unless already aborted in the
         scheduler), flush its text, wake its caller. Mutates the scheduler and self.states."""
         if release:
             self.scheduler.finish(st.req, reason)
+        if self.grammar is not None and st.grammar is not None:
+            self.grammar.release(st)
         st.text.flush()
         st.finish_reason = reason
         self.states.pop(st.req.rid, None)
         st.close()
+
+    def abort(self, st: RequestState) -> None:
+        """Cancel a live request wherever it is (scheduler, grammar queue); its caller gets 'abort'."""
+        if self.scheduler.abort(st.req.rid) is not None or st.req.rid not in self.scheduler.requests:
+            self.finish(st, {"type": "abort"}, release=False)
 
     def fail(self, st: RequestState, error: BaseException) -> None:
         """Abort one request with an error (its caller's wait() raises it)."""

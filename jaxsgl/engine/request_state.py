@@ -8,11 +8,29 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from concurrent.futures import Future
+
+from jaxsgl.constrained import ConstraintSpec, EbnfMatcher, TokenAutomaton
 from jaxsgl.engine.detokenize import OutputText
 from jaxsgl.engine.sampling_params import SamplingParams
 from jaxsgl.scheduler import Req
 
 _DONE = object()  # end-of-stream marker in RequestState.events
+
+
+@dataclass(eq=False)
+class GrammarState:
+    """One request's position in its constraint (host copy; the device chains it under overlap)."""
+
+    spec: ConstraintSpec
+    fsm: TokenAutomaton | None = None      # device-side constraint
+    base: int = 0                          # its first global state id in the tables
+    matcher: EbnfMatcher | None = None     # host-side (EBNF) constraint
+    state: int = 0                         # local state after every known output token
+    prev_state: int = 0                    # ... before the last one (for a jump-forward rollback)
+    finished: bool = False                 # the match is complete: only EOS may follow
+    jump_forward_tokens: int = 0           # tokens appended without decoding
+    future: Future | None = field(default=None, repr=False)
 
 
 @dataclass(eq=False)
@@ -37,6 +55,7 @@ class RequestState:
     events: "queue.Queue[Any]" = field(default_factory=queue.Queue)
     sink: Callable[[Any], None] | None = None  # set by attach_loop: events go to an asyncio queue instead
     first_token_time: float | None = None  # perf_counter when the first output token was delivered
+    grammar: GrammarState | None = None  # its constraint's state (engine/grammar.py), if constrained
 
     @property
     def done(self) -> bool:
@@ -53,6 +72,8 @@ class RequestState:
             "finish_reason": self.finish_reason,
             "e2e_latency": time.perf_counter() - self.created,
         }
+        if self.grammar is not None:
+            meta["jump_forward_tokens"] = self.grammar.jump_forward_tokens
         if self.return_logprob:
             start = max(self.logprob_start_len, 0)
             meta["input_token_logprobs"] = [

@@ -16,11 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsgl.engine.grammar_tables import GrammarTables, allowed_tokens, next_states
+
 
 @functools.partial(jax.tree_util.register_dataclass,
                    data_fields=["temperature", "top_p", "top_k", "min_p", "frequency_penalty", "presence_penalty",
                                 "repetition_penalty", "seed", "counter", "penalty_ids", "penalty_is_output",
-                                "next_token_ids", "ban_ids"],
+                                "next_token_ids", "ban_ids", "grammar_state", "grammar_src", "host_mask"],
                    meta_fields=[])
 @dataclass
 class SamplingInput:
@@ -32,6 +34,11 @@ class SamplingInput:
       only read when flags.input_logprobs.
     ban_ids: [S, B] tokens this row may not sample (-1 pads; eos and stop_token_ids before
       min_new_tokens), only read when flags.ban (B = 1 otherwise).
+    grammar_state: [S] global automaton state of each row's constraint (-1: none; engine/grammar_tables.py),
+      grammar_src: [S] the previous step's row whose computed next state replaces it (-1: use
+      grammar_state; overlap), both only read when flags.grammar.
+    host_mask: [S, W] allowed-token bits computed on the host (EBNF), all-ones rows for the others,
+      only read when flags.host_mask ([1, 1] otherwise).
     """
 
     temperature: np.ndarray  # f32[S]; 0 = greedy
@@ -47,6 +54,9 @@ class SamplingInput:
     penalty_is_output: np.ndarray  # bool[S, M]
     next_token_ids: np.ndarray  # i32[T]
     ban_ids: np.ndarray  # i32[S, B]
+    grammar_state: np.ndarray  # i32[S]
+    grammar_src: np.ndarray  # i32[S]
+    host_mask: np.ndarray  # u32[S, W]
 
     def to_device(self) -> "SamplingInput":
         return SamplingInput(**{f.name: jnp.asarray(getattr(self, f.name)) for f in fields(self)})
@@ -61,6 +71,8 @@ class SamplingFlags(NamedTuple):
     input_logprobs: bool = False
     top_logprobs: int = 0  # top-k logprobs per position (0 = none)
     ban: bool = False  # some row has banned tokens (min_new_tokens)
+    grammar: bool = False  # some row follows a device automaton (regex / JSON schema / choices)
+    host_mask: bool = False  # some row has a host-computed mask (EBNF)
 
 
 class SampleOutput(NamedTuple):
@@ -71,6 +83,7 @@ class SampleOutput(NamedTuple):
     input_logprobs: jax.Array | None  # f32[T] logprob of next_token_ids[t] after token t
     input_top_ids: jax.Array | None  # i32[T, k]
     input_top_logprobs: jax.Array | None  # f32[T, k]
+    next_state: jax.Array | None  # i32[S] automaton state after the chosen token (flags.grammar)
 
 
 def output_layout(S: int, T: int, flags: SamplingFlags) -> tuple:
@@ -83,6 +96,8 @@ def output_layout(S: int, T: int, flags: SamplingFlags) -> tuple:
         rows += [("input_logprobs", (T,), "float32")]
         if k:
             rows += [("input_top_ids", (T, k), "int32"), ("input_top_logprobs", (T, k), "float32")]
+    if flags.grammar:
+        rows += [("next_state", (S,), "int32")]
     return tuple(rows)
 
 
@@ -125,13 +140,26 @@ def _filtered_sample(logits: jax.Array, si: SamplingInput, keys: jax.Array, flag
     return jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
 
+def unpack_bits(words: jax.Array, vocab: int) -> jax.Array:
+    """bool[S, vocab] from uint32[S, W] bitmask rows (bit t % 32 of word t // 32)."""
+    bits = (words[:, :, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
+    return bits.reshape(words.shape[0], -1)[:, :vocab] != 0
+
+
 def sample(logits: jax.Array, si: SamplingInput, flags: SamplingFlags,
-           all_logits: jax.Array | None = None) -> SampleOutput:
-    """Choose one token per row of logits [S, V] (fp32); all_logits [T, V] feeds input logprobs."""
+           all_logits: jax.Array | None = None, grammar: GrammarTables | None = None) -> SampleOutput:
+    """Choose one token per row of logits [S, V] (fp32); all_logits [T, V] feeds input logprobs.
+    With flags.grammar, rows are masked by their automaton state and the next state is computed
+    (grammar: the pooled tables); with flags.host_mask, by si.host_mask."""
+    S, V = logits.shape
     logprobs_all = jax.nn.log_softmax(logits, axis=-1)
     processed = apply_penalties(logits, si) if flags.penalties else logits
     if flags.ban:
         processed = ban_tokens(processed, si.ban_ids)
+    if flags.grammar:
+        processed = jnp.where(allowed_tokens(grammar, si.grammar_state, V), processed, -jnp.inf)
+    if flags.host_mask:
+        processed = jnp.where(unpack_bits(si.host_mask, V), processed, -jnp.inf)
     tokens = jnp.argmax(processed, axis=-1).astype(jnp.int32)
     if flags.sample:
         keys = jax.vmap(lambda s, c: jax.random.fold_in(jax.random.PRNGKey(s), c))(si.seed, si.counter)
@@ -147,4 +175,5 @@ def sample(logits: jax.Array, si: SamplingInput, flags: SamplingFlags,
         in_lp = jnp.take_along_axis(lp, nxt[:, None], axis=-1)[:, 0]
         if flags.top_logprobs:
             in_top_lp, in_top_ids = jax.lax.top_k(lp, flags.top_logprobs)
-    return SampleOutput(tokens, chosen_lp, top_ids, top_lp, in_lp, in_top_ids, in_top_lp)
+    nxt = next_states(grammar, si.grammar_state, tokens) if flags.grammar else None
+    return SampleOutput(tokens, chosen_lp, top_ids, top_lp, in_lp, in_top_ids, in_top_lp, nxt)

@@ -21,6 +21,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from jaxsgl.engine.grammar import GrammarRuntime
 from jaxsgl.engine.model_runner import ModelRunner, StepHandle
 from jaxsgl.engine.outputs import RequestTracker
 from jaxsgl.engine.request_state import RequestState
@@ -47,12 +48,13 @@ class StepLoop:
     """Runs steps for the engine's loop thread (only that thread calls it)."""
 
     def __init__(self, scheduler: Scheduler, builder: StepInputBuilder, runner: ModelRunner,
-                 tracker: RequestTracker, *, overlap: bool, check_integrity: bool = False,
+                 tracker: RequestTracker, grammar: GrammarRuntime | None = None, *, overlap: bool, check_integrity: bool = False,
                  step_time_capacity: int = 100_000) -> None:
         self.scheduler = scheduler
         self.builder = builder
         self.runner = runner
         self.tracker = tracker
+        self.grammar = grammar
         self.overlap = overlap
         self.check_integrity = check_integrity
         self.inflight: InFlight | None = None
@@ -77,10 +79,12 @@ class StepLoop:
             return
         step = self.builder.build(batch)
         states = self.tracker.states_of(batch)
-        si, flags = build_sampling_input(batch, states, step, self.tracker.eos_ids)
         src = placeholder_sources(batch, step, prev.batch if prev is not None else None)
+        si, flags = build_sampling_input(batch, states, step, self.tracker.eos_ids, src, self.grammar)
         t0 = time.perf_counter()
-        handle = self.runner.run_async(step, si, flags, prev.handle if prev is not None else None, src)
+        tables = self.grammar.tables if self.grammar is not None else None
+        handle = self.runner.run_async(step, si, flags, prev.handle if prev is not None else None, src,
+                                       grammar=tables)
         sched.advance(batch)
         batch.trace.sync_fallback = synced
         cur = InFlight(batch, states, step, flags, handle, t0)

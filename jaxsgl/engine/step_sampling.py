@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxsgl.engine.grammar import GrammarRuntime
 from jaxsgl.engine.model_runner import StepOutputHost
 from jaxsgl.engine.request_state import RequestState
 from jaxsgl.engine.sampling import SamplingFlags, SamplingInput
@@ -24,7 +25,8 @@ def greedy_sampling_input(S: int, T: int) -> SamplingInput:
     return SamplingInput(z(np.float32), np.ones(S, np.float32), z(np.int32), z(np.float32), z(np.float32),
                          z(np.float32), np.ones(S, np.float32), z(np.uint32), z(np.int32),
                          np.full((S, 1), -1, np.int32), np.zeros((S, 1), np.bool_), np.full(T, -1, np.int32),
-                         np.full((S, 1), -1, np.int32))
+                         np.full((S, 1), -1, np.int32), np.full(S, -1, np.int32), np.full(S, -1, np.int32),
+                         np.zeros((1, 1), np.uint32))
 
 
 def _banned(st: RequestState, eos_ids: set[int]) -> list[int]:
@@ -36,9 +38,13 @@ def _banned(st: RequestState, eos_ids: set[int]) -> list[int]:
     return sorted(set(p.stop_token_ids) | (set() if p.ignore_eos else eos_ids))
 
 
-def build_sampling_input(batch: ScheduledBatch, states: list[RequestState],
-                         step: StepInput, eos_ids: set[int] = frozenset()) -> tuple[SamplingInput, SamplingFlags]:
-    """Per-row arrays padded to the step's S (and T) plus the static flags they need."""
+def build_sampling_input(batch: ScheduledBatch, states: list[RequestState], step: StepInput,
+                         eos_ids: set[int] = frozenset(), src: np.ndarray | None = None,
+                         grammar: GrammarRuntime | None = None) -> tuple[SamplingInput, SamplingFlags]:
+    """Per-row arrays padded to the step's S (and T) plus the static flags they need.
+    src: the step's placeholder sources (a row whose fed token is a placeholder takes its
+    automaton state from that previous-step row, on the device). May fill EBNF masks (mutates
+    nothing else)."""
     S, T, n = step.num_seqs, step.num_tokens, len(states)
     temp = np.zeros(S, np.float32)
     top_p, top_k, min_p = np.ones(S, np.float32), np.zeros(S, np.int32), np.zeros(S, np.float32)
@@ -72,6 +78,21 @@ def build_sampling_input(batch: ScheduledBatch, states: list[RequestState],
     ban_ids = np.full((S, B), -1, np.int32)
     for i, b in enumerate(bans):
         ban_ids[i, :len(b)] = b
+    g_state, g_src = np.full(S, -1, np.int32), np.full(S, -1, np.int32)
+    host_mask = np.zeros((1, 1), np.uint32)
+    has_host = False
+    if grammar is not None:
+        for i, st in enumerate(states):
+            if st.grammar is None or not batch.seqs[i].need_logits:
+                continue
+            last = int(src[int(step.query_start[i + 1]) - 1]) if src is not None else -1
+            if st.grammar.fsm is not None:
+                g_state[i], g_src[i] = (-1, last) if last >= 0 else (grammar.row_state(st), -1)
+            elif st.grammar.matcher is not None:
+                if not has_host:
+                    host_mask = np.full((S, grammar.words), 0xFFFFFFFF, np.uint32)
+                    has_host = True
+                grammar.host_mask(st, host_mask[i])
     sampled = temp[:n] > 0
     top_n = max([st.top_logprobs_num for st in states] + [0])
     flags = SamplingFlags(
@@ -80,9 +101,11 @@ def build_sampling_input(batch: ScheduledBatch, states: list[RequestState],
         penalties=bool(penal),
         input_logprobs=bool(want_in),
         top_logprobs=_pow2(top_n) if top_n else 0,
-        ban=any(bans))
+        ban=any(bans),
+        grammar=bool((g_state >= 0).any() or (g_src >= 0).any()),
+        host_mask=has_host)
     si = SamplingInput(temp, top_p, top_k, min_p, freq, pres, rep, seed, counter, pen_ids, pen_out, next_ids,
-                       ban_ids)
+                       ban_ids, g_state, g_src, host_mask)
     return si, flags
 
 

@@ -64,7 +64,7 @@ def fill_requests(batch: ScheduledBatch, next_token_ids: Sequence[int]) -> list[
     updated = []
     for i, seq in enumerate(batch.seqs):
         req = seq.req
-        if req.is_done or not seq.need_logits:
+        if req.is_done or not seq.need_logits or seq.discarded:
             continue
         if req.max_new_tokens > 0:
             token = int(next_token_ids[i])

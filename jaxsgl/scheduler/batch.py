@@ -38,6 +38,7 @@ class SeqWork:
     pages: list[int]
     need_logits: bool
     is_prefill: bool
+    discarded: bool = False  # its results are ignored (Scheduler.jump_forward rolled it back in flight)
 
     @property
     def num_new(self) -> int:

@@ -39,6 +39,7 @@ class Req:
     priority: int = 0            # larger = more important (retracted last; kept longer by "priority" eviction)
     arrival_time: float | None = None  # set by Scheduler.add_request when None
     logprob_start_len: int | None = None  # input logprobs wanted from here: cache reuse stops here
+    needs_known_tokens: bool = False  # never scheduled with a token still in flight (host-side grammar masks)
 
     output_ids: list[int] = field(default_factory=list)
     status: ReqStatus = ReqStatus.WAITING

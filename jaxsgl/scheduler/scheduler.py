@@ -214,11 +214,27 @@ class Scheduler:
             return None
         return self._end(key, ReqStatus.ABORTED, reason)
 
-    def extend_output(self, req: Req, token_ids: Sequence[int]) -> None:
-        """Append tokens the engine decided without sampling (e.g. a constrained-decoding
-        jump-forward); the next step feeds them all as one extend."""
-        if req.status != ReqStatus.RUNNING or req.num_placeholders:
-            raise ValueError(f"{req} is not running, or has tokens in flight (overlap)")
+    def jump_forward(self, req: Req, rollback: int, token_ids: Sequence[int]) -> None:
+        """Constrained decoding's jump-forward: drop the last `rollback` (0 or 1) known output
+        tokens and append `token_ids`, decided without sampling; the next step feeds them as one
+        extend. A step in flight that already feeds the request (overlap) is rolled back for it:
+        its row is discarded and its placeholder trimmed; the KV it writes for the last known
+        token is kept unless that token is rolled back (then it is rewritten by the extend).
+        The radix tree never holds these tokens' KV until they are computed."""
+        if req.status != ReqStatus.RUNNING or rollback not in (0, 1) or req.num_placeholders > 1:
+            raise ValueError(f"{req}: cannot jump forward (rollback={rollback})")
+        if req.num_placeholders:
+            for batch in self.in_flight:
+                for seq in batch.seqs:
+                    if seq.req is req and seq.need_logits and not seq.discarded:
+                        seq.discarded = True
+            trim_placeholders(req)
+        if rollback:
+            if req.num_generated < 1:
+                raise ValueError(f"{req}: no output token to roll back")
+            req.output_ids.pop()
+            req.kv_len = min(req.kv_len, req.seq_len)  # the rolled-back token's KV (if any) is dropped
+            assert req.kv_len >= req.num_tree_pages * self.page_size, "the tree never holds an unfilled token"
         req.output_ids.extend(int(t) for t in token_ids)
 
     def trace_records(self, since_step: int = 0) -> list[dict]:
@@ -248,8 +264,8 @@ class Scheduler:
         """Work for already-running requests; retracts some if their pages cannot be found."""
         plan: list[tuple[Req, int]] = []
         for req in self.running:
-            if req.num_placeholders and req.remaining_new_tokens == 0:
-                continue  # its last token is in flight: it ends when that is filled
+            if req.num_placeholders and (req.remaining_new_tokens == 0 or req.needs_known_tokens):
+                continue  # its last token is in flight: it ends, or can be planned, once that is filled
             if req.is_decoding:
                 if decode:
                     plan.append((req, 1))

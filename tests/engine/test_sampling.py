@@ -16,7 +16,9 @@ def make_si(S: int, **kw) -> SamplingInput:
                 presence_penalty=np.zeros(S, np.float32), repetition_penalty=np.ones(S, np.float32),
                 seed=np.arange(S, dtype=np.uint32), counter=np.zeros(S, np.int32),
                 penalty_ids=np.full((S, 1), -1, np.int32), penalty_is_output=np.zeros((S, 1), bool),
-                next_token_ids=np.full(1, -1, np.int32), ban_ids=np.full((S, 1), -1, np.int32))
+                next_token_ids=np.full(1, -1, np.int32), ban_ids=np.full((S, 1), -1, np.int32),
+                grammar_state=np.full(S, -1, np.int32), grammar_src=np.full(S, -1, np.int32),
+                host_mask=np.zeros((1, 1), np.uint32))
     base.update({k: np.asarray(v, base[k].dtype) for k, v in kw.items()})
     return SamplingInput(**base).to_device()
 

@@ -209,15 +209,38 @@ def test_logprob_start_len_limits_cache_reuse():
     assert batch.seqs[0].cached_len == 4 and batch.seqs[0].new_token_ids == list(range(4, 10))
 
 
-def test_extend_output_feeds_forced_tokens_as_one_extend():
+def test_jump_forward_feeds_forced_tokens_as_one_extend():
     sched = Scheduler.create(64, 1)
     req = sched.add_request(Req("a", [1, 2, 3], max_new_tokens=10))
     step(sched)
-    sched.extend_output(req, [40, 41, 42])
+    sched.jump_forward(req, 0, [40, 41, 42])
     batch, _ = step(sched)
     assert batch.seqs[0].new_token_ids == [7, 40, 41, 42] and batch.seqs[0].need_logits
     assert req.output_ids == [7, 40, 41, 42, 7] and req.kv_len == 7
+    sched.jump_forward(req, 1, [50, 51])  # the last sampled token merges with the forced string
+    assert req.output_ids == [7, 40, 41, 42, 50, 51] and req.kv_len == 7
+    batch, _ = step(sched)
+    assert batch.seqs[0].new_token_ids == [50, 51]
     sched.check_integrity()
     sched.finish(req)
     with pytest.raises(ValueError):
-        sched.extend_output(req, [1])
+        sched.jump_forward(req, 0, [1])
+
+
+def test_jump_forward_rolls_back_a_step_in_flight():
+    sched = Scheduler.create(64, 4, chunked_prefill_size=64)
+    req = sched.add_request(Req("a", list(range(1, 10)), max_new_tokens=10))
+    b1 = sched.schedule()
+    sched.advance(b1)
+    b2 = sched.schedule()  # decodes the placeholder of b1
+    sched.advance(b2)
+    assert req.num_placeholders == 2 and req.kv_len == 10
+    sched.fill(b1, [7])
+    sched.jump_forward(req, 1, [30, 31, 32])  # 7 merges: its in-flight KV is dropped
+    assert req.output_ids == [30, 31, 32] and req.kv_len == 9 and req.num_placeholders == 0
+    assert sched.fill(b2, [99]) == []  # the rolled-back row is ignored
+    b3 = sched.schedule()
+    assert b3.seqs[0].new_token_ids == [30, 31, 32] and b3.seqs[0].cached_len == 9
+    sched.process_results(b3, [5])
+    assert req.output_ids == [30, 31, 32, 5]
+    sched.check_integrity()
