@@ -32,6 +32,19 @@ from jaxsgl.engine.request_state import GrammarState, RequestState
 log = logging.getLogger(__name__)
 
 
+_COMPILERS: dict[str, GrammarCompiler] = {}
+_COMPILERS_LOCK = threading.Lock()
+
+
+def shared_compiler(vocab: TokenVocab) -> GrammarCompiler:
+    """One GrammarCompiler (and compile cache) per vocabulary in the process: engines over the same
+    tokenizer share compiled constraints."""
+    with _COMPILERS_LOCK:
+        if vocab.key not in _COMPILERS:
+            _COMPILERS[vocab.key] = GrammarCompiler(vocab)
+        return _COMPILERS[vocab.key]
+
+
 class GrammarRuntime:
     """Compile queue, device tables and per-request automaton state. Loop thread only, except
     the compile callbacks, which only call `wake`."""
@@ -39,7 +52,7 @@ class GrammarRuntime:
     def __init__(self, vocab: TokenVocab, *, max_states: int, max_mask_rows: int, max_exceptions: int,
                  enable_jump_forward: bool, wake: Callable[[], None]) -> None:
         self.vocab = vocab
-        self.compiler = GrammarCompiler(vocab)
+        self.compiler = shared_compiler(vocab)
         self.words = (vocab.vocab_size + 31) // 32
         self.pool = AutomatonPool(max_states, max_mask_rows, max_exceptions, self.words)
         self._limits = (max_states, max_mask_rows, max_exceptions)
@@ -47,7 +60,6 @@ class GrammarRuntime:
         self.enable_jump_forward = enable_jump_forward
         self.waiting: list[RequestState] = []
         self._wake = wake
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ queue
     def submit(self, st: RequestState, spec: ConstraintSpec) -> None:
@@ -160,5 +172,3 @@ class GrammarRuntime:
             g.finished = g.matcher.is_terminated()
         g.jump_forward_tokens += len(jf.tokens) - jf.rollback
 
-    def shutdown(self) -> None:
-        self.compiler.shutdown(wait=False)

@@ -30,9 +30,9 @@ class EngineOptions:
     warmup: bool = False  # compile every (tokens, seqs, pages) bucket of greedy steps before serving
     disable_overlap_schedule: bool = False  # True: read each step back before the next (no overlap; engine/step_loop.py)
     disable_regex_jump_forward: bool = False  # constrained decoding: decode forced strings token by token
-    grammar_max_states: int = 16384  # device grammar tables: automaton states of all resident constraints
+    grammar_max_states: int = 65536  # device grammar tables: automaton states of all resident constraints
     grammar_max_mask_rows: int = 2048  # ... distinct allowed-token bitmask rows (shared across constraints)
-    grammar_max_exceptions: int = 1 << 20  # ... transitions that leave a state's default next state
+    grammar_max_exceptions: int = 1 << 22  # ... transitions that leave a state's default next state
     debug_check_integrity: bool = False  # assert cache/scheduler invariants after every step (tests)
 
     @classmethod
