@@ -1,6 +1,7 @@
 """The public frontend API, named as in SGLang: `import jaxsgl as sgl`."""
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Callable, Optional, Union
 
@@ -54,6 +55,8 @@ def gen(name: Optional[str] = None, max_tokens: Optional[int] = None, min_tokens
                       choices_method or token_length_normalized)
     if regex is not None:
         re.compile(regex)  # a bad pattern fails here, at the call site
+    if isinstance(json_schema, dict):
+        json_schema = json.dumps(json_schema)
     return Gen(name, SamplingParams(
         max_new_tokens=max_tokens, min_new_tokens=min_tokens, n=n, stop=stop, stop_token_ids=stop_token_ids,
         stop_regex=stop_regex, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
@@ -63,12 +66,12 @@ def gen(name: Optional[str] = None, max_tokens: Optional[int] = None, min_tokens
 
 
 def gen_int(name: Optional[str] = None, **kwargs: Any) -> Expr:
-    """gen(dtype=int): needs constrained decoding."""
+    """gen(dtype=int): an integer (SGLang's REGEX_INT, constrained decoding)."""
     return gen(name, dtype=int, **kwargs)
 
 
 def gen_string(name: Optional[str] = None, **kwargs: Any) -> Expr:
-    """gen(dtype=str): needs constrained decoding."""
+    """gen(dtype=str): a quoted string (SGLang's REGEX_STR, constrained decoding)."""
     return gen(name, dtype=str, **kwargs)
 
 

@@ -4,6 +4,13 @@
     python -m jaxsgl.lang.demo --model /path/to/hf_checkpoint --max-tokens 32
 
 Prints each answer and the engine's prefix-cache hit rate.
+
+The engine is sized for this small program (DEMO_ENGINE): a 1024-token KV pool, at most 4
+sequences per step and prefill chunks of 12 tokens, so that every step pads to one shape
+(16 tokens x 4 sequences x one page-table width) and the whole demo compiles the model step
+twice (greedy, and with the input logprobs `select` scores choices by) instead of once per
+prompt length and batch size; with JAX's persistent compilation cache a second run compiles
+nothing. --engine-defaults runs it on the Engine's own defaults instead.
 """
 from __future__ import annotations
 
@@ -13,6 +20,10 @@ import time
 from typing import Optional
 
 import jaxsgl as sgl
+
+# One step shape for the whole program: max_running_requests + chunked_prefill_size tokens.
+DEMO_ENGINE = dict(max_total_tokens=1024, max_running_requests=4, seq_buckets=[4], page_size=4,
+                   chunked_prefill_size=12, max_prefill_tokens=12)
 
 FEW_SHOT = ("Answer with a single word.\n"
             "Q: What is the opposite of hot?\nA: cold\n"
@@ -48,10 +59,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model path (default: the embedded SmolLM2-135M-Instruct)")
     ap.add_argument("--max-tokens", type=int, default=24)
+    ap.add_argument("--engine-defaults", action="store_true", help="the Engine's default options, not DEMO_ENGINE")
     args = ap.parse_args(argv)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # its "PyTorch was not found" note is not for us
 
-    runtime = sgl.Runtime(args.model)
+    runtime = sgl.Runtime(args.model, **({} if args.engine_defaults else DEMO_ENGINE))
     sgl.set_default_backend(runtime)
     try:
         t0 = time.perf_counter()

@@ -8,14 +8,12 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, Optional, Union
 
+# SGLang's regexes for gen(dtype=...), defined once in the host-only constrained layer.
+from jaxsgl.constrained.spec import REGEX_BOOL, REGEX_FLOAT, REGEX_INT, REGEX_STR, constraint_from_params  # noqa: F401
+
 if TYPE_CHECKING:
     from jaxsgl.lang.choices import ChoicesSamplingMethod
 
-# Regexes SGLang uses for gen(dtype=...); they need constrained decoding.
-REGEX_INT = r"[-+]?[0-9]+[ \n]*"
-REGEX_FLOAT = r"[-+]?[0-9]*\.?[0-9]+[ \n]*"
-REGEX_BOOL = r"(True|False)"
-REGEX_STR = r"\"[\w\d\s]*\""
 
 # Fields that map one-to-one onto the engine's sampling_params dict (SGLang's names).
 ENGINE_SAMPLING_KEYS = (
@@ -61,10 +59,16 @@ class SamplingParams:
                 setattr(out, key, value)
         return out
 
-    def needs_constrained_decoding(self) -> bool:
-        """True if this gen asks for regex / JSON-schema / typed output."""
-        return self.regex is not None or self.json_schema is not None or self.dtype is not None \
-            or bool(self.stop_regex)
+    def constraint_dict(self) -> dict[str, Any]:
+        """The engine's constraint params for regex / json_schema / dtype (dtype becomes SGLang's regex),
+        and stop_regex. Raises ValueError for a malformed or ambiguous constraint."""
+        out: dict[str, Any] = {}
+        spec = constraint_from_params(regex=self.regex, json_schema=self.json_schema, dtype=self.dtype)
+        if spec is not None:
+            out["json_schema" if spec.kind == "json_schema" else "regex"] = spec.source
+        if self.stop_regex:
+            out["stop_regex"] = [self.stop_regex] if isinstance(self.stop_regex, str) else list(self.stop_regex)
+        return out
 
     def to_engine_dict(self) -> dict[str, Any]:
         """The engine's sampling_params dict: only the keys that are set, stop as a list."""

@@ -135,7 +135,8 @@ class FakeEngine:
         if "<<FAIL>>" in self.tokenizer.decode(ids):
             raise RuntimeError("fake backend failure")
         unknown = set(sp) - {"max_new_tokens", "temperature", "top_p", "top_k", "min_p", "stop", "stop_token_ids",
-                             "ignore_eos", "frequency_penalty", "presence_penalty", "n", "seed"}
+                             "ignore_eos", "frequency_penalty", "presence_penalty", "n", "seed", "min_new_tokens",
+                             "regex", "json_schema", "stop_regex"}  # constraints: recorded, not applied
         if unknown:
             raise ValueError(f"unknown sampling params {sorted(unknown)}")
         max_new = int(sp.get("max_new_tokens", 128))

@@ -4,10 +4,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import json
+import re
+
 import pytest
 
 import jaxsgl as sgl
-from jaxsgl.lang import ConstrainedDecodingUnavailable
 from jaxsgl.lang.backend.runtime import common_prefix_len
 
 
@@ -179,10 +181,15 @@ def test_program_that_raises_is_reported(runtime):
     assert isinstance(state.error(), ValueError)
 
 
-def test_regex_and_json_schema_raise(runtime):
+def test_gen_int_regex_and_json_schema_on_the_engine(runtime):
     @sgl.function
     def prog(s):
-        s += "Number: " + sgl.gen("n", max_tokens=3, regex=r"[0-9]+")
+        s += "Number: " + sgl.gen("n", max_tokens=6, regex=r"[0-9]+")
+        s += "\nAge: " + sgl.gen_int("age", max_tokens=6)
+        s += "\nJSON: " + sgl.gen("j", max_tokens=40, json_schema={"type": "object", "properties": {
+            "ok": {"type": "boolean"}}, "required": ["ok"]})
 
-    err = prog.run(backend=runtime).error()
-    assert isinstance(err, ConstrainedDecodingUnavailable)
+    state = prog.run(backend=runtime, temperature=0)
+    assert state.error() is None
+    assert re.fullmatch(r"[0-9]+", state["n"]) and int(state["age"].strip()) >= 0
+    assert isinstance(json.loads(state["j"])["ok"], bool)

@@ -7,7 +7,8 @@ import pytest
 from fake_engine import FakeEngine, greedy_continuation, token_logprob
 
 import jaxsgl as sgl
-from jaxsgl.lang import ConstrainedDecodingUnavailable, RuntimeBackend, global_config
+from jaxsgl.constrained import REGEX_BOOL, REGEX_INT, REGEX_STR
+from jaxsgl.lang import RuntimeBackend, global_config
 from jaxsgl.lang.choices import argmax_first
 
 
@@ -329,15 +330,38 @@ def test_reading_failed_var_inside_program_does_not_hang(backend):
     assert isinstance(state.error(), RuntimeError)
 
 
-@pytest.mark.parametrize("kwargs", [{"regex": r"\d+"}, {"json_schema": '{"type": "object"}'}, {"dtype": int}])
-def test_constrained_decoding_raises_clearly(backend, engine, kwargs):
+@pytest.mark.parametrize("kwargs,want", [
+    ({"regex": r"\d+"}, {"regex": r"\d+"}),
+    ({"json_schema": '{"type": "object"}'}, {"json_schema": '{"type": "object"}'}),
+    ({"json_schema": {"type": "object"}}, {"json_schema": '{"type": "object"}'}),
+    ({"dtype": int}, {"regex": REGEX_INT}), ({"dtype": "bool"}, {"regex": REGEX_BOOL}),
+    ({"stop_regex": r"\.$"}, {"stop_regex": [r"\.$"]})])
+def test_constraints_reach_the_engine(backend, engine, kwargs, want):
     @sgl.function
     def prog(s):
         s += "n=" + sgl.gen("n", max_tokens=4, **kwargs)
 
+    assert prog.run(backend=backend).error() is None
+    sp = engine.calls[-1]["sampling_params"]
+    assert {k: sp[k] for k in want} == want
+
+
+def test_gen_int_and_gen_string_use_sglang_regexes(backend, engine):
+    @sgl.function
+    def prog(s):
+        s += "a=" + sgl.gen_int("a", max_tokens=4) + " b=" + sgl.gen_string("b", max_tokens=4)
+
+    assert prog.run(backend=backend).error() is None
+    assert [c["sampling_params"]["regex"] for c in engine.calls[-2:]] == [REGEX_INT, REGEX_STR]
+
+
+def test_two_constraints_on_one_gen_fail_clearly(backend, engine):
+    @sgl.function
+    def prog(s):
+        s += "n=" + sgl.gen("n", max_tokens=4, regex="a", dtype=int)
+
     err = prog.run(backend=backend).error()
-    assert isinstance(err, ConstrainedDecodingUnavailable) and isinstance(err, NotImplementedError)
-    assert "constrained decoding" in str(err)
+    assert isinstance(err, ValueError) and "only one of" in str(err)
     assert engine.calls == []
 
 

@@ -13,17 +13,6 @@ from jaxsgl.lang.choices import ChoicesDecision, ChoicesSamplingMethod
 from jaxsgl.lang.ir import SamplingParams
 
 
-class ConstrainedDecodingUnavailable(NotImplementedError, ValueError):
-    """Raised for gen(regex=..., json_schema=..., dtype=...) on a backend without constrained decoding."""
-
-
-def constrained_unavailable(sp: SamplingParams) -> ConstrainedDecodingUnavailable:
-    what = [k for k in ("regex", "json_schema", "dtype", "stop_regex") if getattr(sp, k)]
-    return ConstrainedDecodingUnavailable(
-        f"gen({', '.join(k + '=' for k in what)}...) needs constrained decoding, which this backend "
-        "does not support yet; refusing to generate unconstrained text instead")
-
-
 class BaseBackend(ABC):
     """Generate, stream, select and cache-prefix on behalf of the interpreter."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Optional
 
-from jaxsgl.lang.backend.base import BaseBackend, constrained_unavailable
+from jaxsgl.lang.backend.base import BaseBackend
 from jaxsgl.lang.chat_template import ChatTemplate, get_chat_template
 from jaxsgl.lang.choices import ChoicesDecision, ChoicesSamplingMethod, mean_logprob
 from jaxsgl.lang.ir import SamplingParams
@@ -42,7 +42,6 @@ class RuntimeBackend(BaseBackend):
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self.chat_template = get_chat_template(self.tokenizer)
-        self.supports_constrained_decoding = bool(getattr(engine, "supports_constrained_decoding", False))
         self.incremental_stream = stream_is_incremental(engine)
 
     def get_chat_template(self) -> Optional[ChatTemplate]:
@@ -56,8 +55,6 @@ class RuntimeBackend(BaseBackend):
         return list(self.tokenizer.encode(text))
 
     def _request(self, prompt: str, sp: SamplingParams, stream: bool = False) -> Any:
-        if sp.needs_constrained_decoding() and not self.supports_constrained_decoding:
-            raise constrained_unavailable(sp)
         kwargs: dict[str, Any] = {}
         if sp.return_logprob:
             kwargs["return_logprob"] = True
@@ -65,11 +62,7 @@ class RuntimeBackend(BaseBackend):
                 kwargs["logprob_start_len"] = sp.logprob_start_len
             if sp.top_logprobs_num:
                 kwargs["top_logprobs_num"] = sp.top_logprobs_num
-        params = sp.to_engine_dict()
-        if self.supports_constrained_decoding:
-            for key in ("regex", "json_schema"):
-                if getattr(sp, key) is not None:
-                    params[key] = getattr(sp, key)
+        params = {**sp.to_engine_dict(), **sp.constraint_dict()}
         if stream:
             kwargs["stream"] = True
         return self.engine.generate(prompt=prompt, sampling_params=params, **kwargs)
