@@ -418,7 +418,8 @@ class Scheduler:
         trace.evictable_pages = self.cache.evictable_pages
         trace.locked_pages = self.cache.locked_pages
         trace.new_token_ratio = self.new_token_ratio
-        self.trace.append(trace)
+        if seqs:  # an empty step runs nothing: it is not recorded
+            self.trace.append(trace)
 
     def check_integrity(self) -> None:
         """Raise AssertionError unless requests, locks, the tree and the pool agree:

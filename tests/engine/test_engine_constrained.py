@@ -166,3 +166,57 @@ def test_sglang_regex_constants_in_a_regex_built_json(default_model_dir):
         n = eng.generate("How many legs does a spider have? Answer:", {"max_new_tokens": 8, "temperature": 0,
                                                                      "regex": REGEX_INT})
         assert int(n["text"].strip()) >= 0
+
+
+ARITH = '''root ::= expr
+expr ::= term (("+" | "-") term)*
+term ::= num | "(" expr ")"
+num ::= [0-9] | [1-9] [0-9]'''
+
+
+def parse_arith(text: str) -> bool:
+    """A recursive-descent parser for ARITH: True iff text is a complete expression."""
+    pos = 0
+
+    def expr() -> bool:
+        nonlocal pos
+        if not term():
+            return False
+        while pos < len(text) and text[pos] in "+-":
+            pos += 1
+            if not term():
+                return False
+        return True
+
+    def term() -> bool:
+        nonlocal pos
+        if pos < len(text) and text[pos] == "(":
+            pos += 1
+            if not expr() or pos >= len(text) or text[pos] != ")":
+                return False
+            pos += 1
+            return True
+        m = re.match(r"[1-9][0-9]|[0-9]", text[pos:])
+        if not m:
+            return False
+        pos += m.end()
+        return True
+
+    return expr() and pos == len(text)
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_ebnf_outputs_parse(tiny_model_dir, overlap):
+    from jaxsgl.engine.engine import Engine
+
+    with Engine(str(tiny_model_dir), dtype="float32", disable_overlap_schedule=not overlap,
+                debug_check_integrity=True, max_total_tokens=4096) as eng:
+        outs = eng.generate(["Compute:"] * 12, [{"max_new_tokens": 64, "temperature": 1.0, "seed": s, "ebnf": ARITH}
+                                                for s in range(12)])
+        done = [o for o in outs if o["meta_info"]["finish_reason"]["type"] == "stop"]
+        assert len(done) >= 4
+        for o in done:
+            assert parse_arith(o["text"]), o["text"]
+        with pytest.raises(RuntimeError):
+            eng.generate("x", {"max_new_tokens": 4, "ebnf": "root ::= ( unclosed"})
+        eng.scheduler.check_integrity()
