@@ -219,9 +219,10 @@ class Engine:
         return {"model_path": str(self.model_dir), "options": vars(self.options), "attention_backend": self.attn_impl,
                 "context_length": self.context_len, **self.cache_stats()}
 
-    def trace(self) -> list[dict]:
-        """Per-step trace (batch size, new/cached tokens, evictions, queue length, step time)."""
-        return self.scheduler.trace_records()
+    def trace(self, since_step: int = 0) -> list[dict]:
+        """Per-step trace (batch size, new/cached tokens, evictions, queue length, step time) of the
+        last scheduler.config.trace_capacity steps, from step `since_step` on."""
+        return self.scheduler.trace_records(since_step)
 
     def flush_cache(self) -> None:
         """Drop every unlocked cached prefix before the next step (between experiments)."""

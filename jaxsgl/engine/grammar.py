@@ -38,10 +38,12 @@ _COMPILERS_LOCK = threading.Lock()
 
 def shared_compiler(vocab: TokenVocab) -> GrammarCompiler:
     """One GrammarCompiler (and compile cache) per vocabulary in the process: engines over the same
-    tokenizer share compiled constraints."""
+    tokenizer share compiled constraints. Compiles run on a thread (outlines-core releases the GIL
+    while indexing; turning the index into tables holds it for up to ~0.2 s per new constraint):
+    worker processes would re-import a user's unguarded script."""
     with _COMPILERS_LOCK:
         if vocab.key not in _COMPILERS:
-            _COMPILERS[vocab.key] = GrammarCompiler(vocab)
+            _COMPILERS[vocab.key] = GrammarCompiler(vocab, processes=False)
         return _COMPILERS[vocab.key]
 
 

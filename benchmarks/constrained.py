@@ -1,0 +1,181 @@
+"""Constrained decoding: mask + advance cost per decode step, compile times, and jump-forward.
+
+    python benchmarks/constrained.py                                  # default model (CPU or GPU)
+    python benchmarks/constrained.py --model-path benchmarks/configs/llama-3.1-8b --load-format dummy
+    python benchmarks/constrained.py --smoke                          # tiny run (CI)
+
+1. mask: B requests decode M tokens, each under a DIFFERENT JSON schema (an object with one open
+   string field of its own name), against the same B requests unconstrained; median wall time of
+   full-batch decode steps (engine trace), overhead in %.
+2. compile: p50 / p99 compile seconds over a corpus of JSON schemas and regexes, and the table
+   bytes of a compiled character-card schema.
+3. jump-forward: SGLang's json_jump_forward workload (a character card regex for each of the 50
+   names in ../shared/data/sglang_bench/json_jump_forward_dataset.txt) with jump-forward on and
+   off: decode steps and wall time (compile excluded: the automaton is compiled before timing).
+Prints a table and writes JSON (--out).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+W = r"[\w\d\s]{1,16}"
+W_ASCII = r"[a-zA-Z0-9 ]{1,16}"
+
+
+def character_regex(word: str = W) -> str:
+    """SGLang's benchmark/json_jump_forward character regex (word: the free-text field pattern)."""
+    return (r'\{\n    "name": "' + word + r'",\n    "house": "(Gryffindor|Slytherin|Ravenclaw|Hufflepuff)",\n'
+            r'    "blood status": "(Pure-blood|Half-blood|Muggle-born)",\n'
+            r'    "occupation": "(student|teacher|auror|ministry of magic|death eater|order of the phoenix)",\n'
+            r'    "wand": \{\n        "wood": "' + word + r'",\n        "core": "' + word + r'",\n'
+            r'        "length": [0-9]{1,2}\.[0-9]{0,2}\n    \},\n    "alive": "(Alive|Deceased)",\n'
+            r'    "patronus": "' + word + r'",\n    "bogart": "' + word + r'"\n\}')
+
+
+CARD_SCHEMA = {"type": "object", "properties": {
+    "name": {"type": "string", "maxLength": 16}, "house": {"enum": ["Gryffindor", "Slytherin", "Ravenclaw",
+                                                                  "Hufflepuff"]},
+    "blood_status": {"enum": ["Pure-blood", "Half-blood", "Muggle-born"]},
+    "wand": {"type": "object", "properties": {"wood": {"type": "string", "maxLength": 16},
+                                              "length": {"type": "number"}}, "required": ["wood", "length"]},
+    "alive": {"type": "boolean"}}, "required": ["name", "house", "blood_status", "wand", "alive"]}
+
+
+def data_dir(given: str | None = None) -> Path:
+    return Path(given or os.environ.get("JAXSGL_DATA", ROOT.parent / "shared" / "data"))
+
+
+def decode_steps(trace: list[dict], batch: int) -> list[float]:
+    return [t["step_time"] for t in trace if t["num_decode_seqs"] == batch and t["num_prefill_seqs"] == 0
+            and t["step_time"]]
+
+
+def bench_mask(eng, batch: int, new_tokens: int) -> dict:
+    prompts = [f"Record {i} as JSON:" for i in range(batch)]
+    base = {"max_new_tokens": new_tokens, "temperature": 1.0, "ignore_eos": True}
+    schemas = [{"type": "object", "properties": {f"field_{i}": {"type": "string"}}, "required": [f"field_{i}"]}
+               for i in range(batch)]
+    eng.generate(prompts, [dict(base, seed=i) for i in range(batch)])  # warm-up: compiles this shape
+    eng.generate(prompts, [dict(base, seed=i, json_schema=json.dumps(s)) for i, s in enumerate(schemas)])
+    out = {}
+    for name, extra in (("free", [{}] * batch), ("json", [{"json_schema": json.dumps(s)} for s in schemas])):
+        before = eng.scheduler.step
+        eng.generate(prompts, [dict(base, seed=100 + i, **e) for i, e in enumerate(extra)])
+        steps = decode_steps(eng.trace(since_step=before + 1), batch)
+        out[name + "_ms"] = 1e3 * statistics.median(steps) if steps else None
+        out[name + "_steps"] = len(steps)
+    if out["free_ms"] and out["json_ms"]:
+        out["overhead_pct"] = 100 * (out["json_ms"] / out["free_ms"] - 1)
+    return out
+
+
+def bench_compile(vocab, n_schemas: int, n_regexes: int) -> dict:
+    from jaxsgl.constrained import ConstraintSpec, compile_constraint
+    from tests.constrained.corpus import regex_corpus, schema_corpus
+
+    times = []
+    specs = [ConstraintSpec("json_schema", json.dumps(s)) for s in schema_corpus(n_schemas)]
+    specs += [ConstraintSpec("regex", r) for r in regex_corpus(n_regexes)]
+    for spec in specs:
+        t0 = time.perf_counter()
+        compile_constraint(spec, vocab)
+        times.append(time.perf_counter() - t0)
+    card = compile_constraint(ConstraintSpec("json_schema", json.dumps(CARD_SCHEMA)), vocab)
+    q = statistics.quantiles(times, n=100) if len(times) > 1 else times * 99
+    return {"n": len(times), "p50_s": q[49], "p99_s": q[98], "card_states": card.num_states,
+            "card_table_bytes": card.nbytes}
+
+
+def bench_jump_forward(make_engine, names: list[str], regex: str, max_new: int) -> dict:
+    out = {}
+    prompts = [f"{n} is a character in Harry Potter. Please fill in the following information about this "
+               "character.\n" for n in names]
+    for jf in (True, False):
+        eng = make_engine(disable_regex_jump_forward=not jf)
+        try:
+            sp = {"max_new_tokens": max_new, "temperature": 0, "regex": regex}
+            eng.generate(prompts[:2], [sp] * 2)  # compile the automaton and the step shapes
+            before = eng.scheduler.step
+            t0 = time.perf_counter()
+            res = eng.generate(prompts, [sp] * len(prompts))
+            wall = time.perf_counter() - t0
+            trace = eng.trace(since_step=before + 1)
+            out["on" if jf else "off"] = {"steps": len(trace), "wall_s": wall,
+                                          "jump_forward_tokens": sum(r["meta_info"]["jump_forward_tokens"] for r in res),
+                                          "output_tokens": sum(r["meta_info"]["completion_tokens"] for r in res)}
+        finally:
+            eng.shutdown()
+    out["step_ratio"] = out["off"]["steps"] / max(out["on"]["steps"], 1)
+    out["wall_ratio"] = out["off"]["wall_s"] / max(out["on"]["wall_s"], 1e-9)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model-path", default=None)
+    ap.add_argument("--load-format", default="auto")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--data", default=None, help="the paper's data folder (default ../shared/data, $JAXSGL_DATA)")
+    ap.add_argument("--batch-sizes", default="1,64,256")
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--schemas", type=int, default=100)
+    ap.add_argument("--regexes", type=int, default=300)
+    ap.add_argument("--names", type=int, default=50, help="json_jump_forward names (0: skip that part)")
+    ap.add_argument("--jf-max-new", type=int, default=256)
+    ap.add_argument("--ascii", action="store_true", help="character regex with [a-zA-Z0-9 ] (fast to compile)")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes (CI)")
+    ap.add_argument("--out", default="benchmarks/results/constrained.json")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.batch_sizes, args.new_tokens, args.schemas, args.regexes, args.names, args.ascii = "1,4", 8, 3, 3, 2, True
+        args.jf_max_new = 200
+    from jaxsgl.engine.engine import Engine
+
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    opts = dict(load_format=args.load_format, dtype=args.dtype, max_running_requests=max(batches + [args.names]))
+    if args.smoke:
+        opts["max_total_tokens"] = 8192
+    make = lambda **kw: Engine(args.model_path, **opts, **kw)  # noqa: E731
+    result: dict = {"argv": sys.argv[1:], "mask": {}}
+    eng = make()
+    try:
+        for b in batches:
+            result["mask"][b] = bench_mask(eng, b, args.new_tokens)
+        result["compile"] = bench_compile(eng.grammar.vocab, args.schemas, args.regexes)
+        import jax
+        result["device"] = str(jax.devices()[0])
+    finally:
+        eng.shutdown()
+    names = (data_dir(args.data) / "sglang_bench" / "json_jump_forward_dataset.txt").read_text().split("\n")
+    names = [n for n in names if n.strip()][:args.names]
+    if names:
+        result["jump_forward"] = bench_jump_forward(make, names, character_regex(W_ASCII if args.ascii else W),
+                                                    args.jf_max_new)
+    print(f"{'batch':>6} {'free ms':>9} {'json ms':>9} {'overhead':>9}")
+    for b, m in result["mask"].items():
+        fmt = lambda x: f"{x:9.2f}" if x is not None else f"{'-':>9}"  # noqa: E731
+        print(f"{b:>6} {fmt(m['free_ms'])} {fmt(m['json_ms'])} {fmt(m.get('overhead_pct'))}%")
+    c = result["compile"]
+    print(f"compile: {c['n']} constraints, p50 {c['p50_s']:.3f}s p99 {c['p99_s']:.3f}s; character-card schema "
+          f"{c['card_states']} states, {c['card_table_bytes'] / 1e6:.1f} MB")
+    j = result.get("jump_forward")
+    if j:
+        print(f"jump-forward ({len(names)} cards): steps {j['on']['steps']} vs {j['off']['steps']} "
+              f"({j['step_ratio']:.2f}x fewer), wall {j['on']['wall_s']:.2f}s vs {j['off']['wall_s']:.2f}s "
+              f"({j['wall_ratio']:.2f}x)")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
