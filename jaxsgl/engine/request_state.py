@@ -114,8 +114,7 @@ class RequestState:
         """asyncio twin of wait() (after attach_loop)."""
         while await self.events.get() is not _DONE:  # type: ignore[misc]
             pass
-        if self.error is not None:
-            raise RuntimeError(f"request {self.req.rid} failed: {self.error}") from self.error
+        self._raise_error()
         return self.result()
 
     async def aiter_events(self) -> AsyncIterator[dict[str, Any]]:
@@ -123,8 +122,7 @@ class RequestState:
         while True:
             ev = await self.events.get()  # type: ignore[misc]
             if ev is _DONE:
-                if self.error is not None:
-                    raise RuntimeError(f"request {self.req.rid} failed: {self.error}") from self.error
+                self._raise_error()
                 return
             yield ev
 
@@ -132,16 +130,23 @@ class RequestState:
         """Block until done; raise the request's error if it failed."""
         while self.events.get() is not _DONE:
             pass
-        if self.error is not None:
-            raise RuntimeError(f"request {self.req.rid} failed: {self.error}") from self.error
+        self._raise_error()
         return self.result()
+
+    def _raise_error(self) -> None:
+        """Bad input found after queueing (e.g. a constraint that does not compile) raises as the
+        ValueError it is; anything else as a RuntimeError naming the request."""
+        if self.error is None:
+            return
+        if isinstance(self.error, ValueError):
+            raise ValueError(f"request {self.req.rid}: {self.error}") from self.error
+        raise RuntimeError(f"request {self.req.rid} failed: {self.error}") from self.error
 
     def iter_events(self):
         """Yield streamed increments until done."""
         while True:
             ev = self.events.get()
             if ev is _DONE:
-                if self.error is not None:
-                    raise RuntimeError(f"request {self.req.rid} failed: {self.error}") from self.error
+                self._raise_error()
                 return
             yield ev

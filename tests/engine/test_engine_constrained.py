@@ -133,13 +133,13 @@ def test_bad_constraints_fail_alone(tiny_model_dir):
             eng.generate("x", {"json_schema": "{not json"})
         good = {"max_new_tokens": 8, "temperature": 0, "regex": "(ok|fine)"}
         for bad in ("(unclosed", "a{5,2}", "[]"):  # invalid, inverted bounds, empty language
-            with pytest.raises(RuntimeError) as e:
+            with pytest.raises(ValueError) as e:
                 eng.generate("x", {"max_new_tokens": 8, "regex": bad})
             assert "regex" in str(e.value).lower() or "match" in str(e.value).lower(), str(e.value)
             assert eng.generate("x", good)["text"] in ("ok", "fine")
         with ThreadPoolExecutor(3) as pool:  # a bad constraint among concurrent good ones
             futs = [pool.submit(eng.generate, "x", p) for p in (good, {"max_new_tokens": 8, "regex": "(x"}, good)]
-            with pytest.raises(RuntimeError):
+            with pytest.raises(ValueError):
                 futs[1].result(timeout=300)
             assert all(f.result(timeout=300)["text"] in ("ok", "fine") for f in (futs[0], futs[2]))
         eng.scheduler.check_integrity()
@@ -219,6 +219,6 @@ def test_ebnf_outputs_parse(tiny_model_dir, overlap):
         assert len(done) >= 4
         for o in done:
             assert parse_arith(o["text"]), o["text"]
-        with pytest.raises(RuntimeError):
+        with pytest.raises(ValueError):
             eng.generate("x", {"max_new_tokens": 4, "ebnf": "root ::= ( unclosed"})
         eng.scheduler.check_integrity()

@@ -1,0 +1,93 @@
+"""Engine results -> response JSON: SGLang's native shape (token texts in logprobs) and OpenAI's pieces."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+Logprob = tuple[float | None, int, str | None]
+
+
+def sse(obj: Any) -> bytes:
+    """One server-sent event: `data: {json}` and a blank line."""
+    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def token_text(tokenizer: Any, tid: int) -> str:
+    return "" if tokenizer is None else tokenizer.decode([tid])
+
+
+def _with_text(entries: list[Logprob] | None, tokenizer: Any) -> list[list[Any]] | None:
+    if entries is None:
+        return None
+    return [[lp, tid, token_text(tokenizer, tid)] for lp, tid, _ in entries]
+
+
+def native_result(result: dict[str, Any], tokenizer: Any, text_in_logprobs: bool, top_n: int | None = None,
+                  text: str | None = None) -> dict[str, Any]:
+    """An engine result as SGLang's /generate answers it (a new dict; the engine's is left alone).
+
+    text_in_logprobs fills the third element of each logprob entry with the token's text; top_n
+    trims top-logprob lists (a batch computes the largest count asked for)."""
+    meta = dict(result["meta_info"])
+    for key in ("input_top_logprobs", "output_top_logprobs"):
+        if key in meta and top_n is not None:
+            meta[key] = [None if x is None else x[:top_n] for x in meta[key]] if top_n else []
+    if text_in_logprobs:
+        for key in ("input_token_logprobs", "output_token_logprobs"):
+            if key in meta:
+                meta[key] = _with_text(meta[key], tokenizer)
+        for key in ("input_top_logprobs", "output_top_logprobs"):
+            if key in meta:
+                meta[key] = [_with_text(x, tokenizer) for x in meta[key]]
+    return {"text": result["text"] if text is None else text, "output_ids": result["output_ids"], "meta_info": meta}
+
+
+def finish_reason(meta: dict[str, Any]) -> str | None:
+    """OpenAI's finish_reason: "stop" | "length" | "abort" (SGLang's extra) | None while running."""
+    reason = meta.get("finish_reason")
+    return None if reason is None else reason.get("type", "stop")
+
+
+def matched_stop(meta: dict[str, Any]) -> Any:
+    reason = meta.get("finish_reason") or {}
+    return reason.get("matched")
+
+
+def usage(metas: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    """OpenAI usage over choices (n per prompt: prompt tokens counted once per prompt)."""
+    prompt = sum(m["prompt_tokens"] for m in metas[::max(n, 1)])
+    cached = sum(m.get("cached_tokens", 0) for m in metas[::max(n, 1)])
+    completion = sum(m["completion_tokens"] for m in metas)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+def completion_logprobs(meta: dict[str, Any], tokenizer: Any, start: int, text_offset: int) -> dict[str, Any]:
+    """OpenAI completions `logprobs` for output tokens [start:] (tokens, token_logprobs, top_logprobs)."""
+    entries = meta.get("output_token_logprobs", [])[start:]
+    tops = meta.get("output_top_logprobs", [])[start:]
+    tokens = [token_text(tokenizer, tid) for _, tid, _ in entries]
+    offsets, pos = [], text_offset
+    for t in tokens:
+        offsets.append(pos)
+        pos += len(t)
+    out: dict[str, Any] = {"tokens": tokens, "token_logprobs": [lp for lp, _, _ in entries],
+                           "text_offset": offsets, "top_logprobs": None}
+    if "output_top_logprobs" in meta:
+        out["top_logprobs"] = [{token_text(tokenizer, tid): lp for lp, tid, _ in (top or [])} for top in tops]
+    return out
+
+
+def chat_logprobs(meta: dict[str, Any], tokenizer: Any, start: int) -> dict[str, Any]:
+    """OpenAI chat `logprobs` for output tokens [start:] ({"content": [{token, logprob, bytes, top_logprobs}]})."""
+    def item(lp: float, tid: int) -> dict[str, Any]:
+        t = token_text(tokenizer, tid)
+        return {"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))}
+
+    entries = meta.get("output_token_logprobs", [])[start:]
+    tops = meta.get("output_top_logprobs", [])[start:] if "output_top_logprobs" in meta else [None] * len(entries)
+    return {"content": [{**item(lp, tid), "top_logprobs": [item(tlp, ttid) for tlp, ttid, _ in (top or [])]}
+                        for (lp, tid, _), top in zip(entries, tops)]}

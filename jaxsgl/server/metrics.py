@@ -1,0 +1,114 @@
+"""Prometheus metrics with SGLang's names (one registry per server, so tests can run several).
+
+Gauges are read from Engine.get_load() at scrape time; counters and histograms are fed by the
+request handlers (`observe_*`). gen_throughput is generated tokens per second over a sliding window.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, float("inf"))
+ITL_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5, float("inf"))
+THROUGHPUT_WINDOW_S = 10.0
+
+
+class _LoadCollector(Collector):
+    """sglang:num_running_reqs, num_queue_reqs, token_usage, cache_hit_rate, gen_throughput, from a load snapshot."""
+
+    def __init__(self, load: Callable[[], dict[str, Any] | None], throughput: Callable[[], float],
+                 labels: dict[str, str]) -> None:
+        self.load, self.throughput, self.labels = load, throughput, labels
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        snap = self.load() or {}
+        values = {"num_running_reqs": ("Number of running requests.", snap.get("num_running_reqs", 0)),
+                  "num_queue_reqs": ("Number of requests in the waiting queue.", snap.get("num_queue_reqs", 0)),
+                  "token_usage": ("Fraction of KV pages in use (not free, not evictable).",
+                                  snap.get("token_usage", 0.0)),
+                  "cache_hit_rate": ("Prefix cache hit rate (cached / prompt tokens).",
+                                     snap.get("cache_hit_rate", 0.0)),
+                  "gen_throughput": (f"Generated tokens per second over the last {THROUGHPUT_WINDOW_S:.0f}s.",
+                                     self.throughput())}
+        for name, (doc, value) in values.items():
+            g = GaugeMetricFamily(f"sglang:{name}", doc, labels=list(self.labels))
+            g.add_metric(list(self.labels.values()), float(value))
+            yield g
+
+
+class Metrics:
+    """The server's metrics; observe_* are called from the event loop (thread-safe anyway)."""
+
+    def __init__(self, model_name: str, load: Callable[[], dict[str, Any] | None]) -> None:
+        self.registry = CollectorRegistry()
+        self.labels = {"model_name": model_name}
+        names = list(self.labels)
+        kw: dict[str, Any] = dict(labelnames=names, registry=self.registry)
+        self.prompt_tokens = Counter("sglang:prompt_tokens", "Prompt tokens processed.", **kw)
+        self.generation_tokens = Counter("sglang:generation_tokens", "Tokens generated.", **kw)
+        self.cached_tokens = Counter("sglang:cached_tokens", "Prompt tokens served from the prefix cache.", **kw)
+        self.num_requests = Counter("sglang:num_requests", "Requests finished (any reason).", **kw)
+        self.num_aborted = Counter("sglang:num_aborted_requests", "Requests aborted.", **kw)
+        self.ttft = Histogram("sglang:time_to_first_token_seconds", "Time to first token (streamed requests).",
+                              buckets=LATENCY_BUCKETS, **kw)
+        self.itl = Histogram("sglang:inter_token_latency_seconds", "Time between output tokens (streamed).",
+                             buckets=ITL_BUCKETS, **kw)
+        self.e2e = Histogram("sglang:e2e_request_latency_seconds", "End-to-end request latency.",
+                             buckets=LATENCY_BUCKETS, **kw)
+        self._window: collections.deque[tuple[float, int]] = collections.deque()
+        self._lock = threading.Lock()
+        self.registry.register(_LoadCollector(load, self.gen_throughput, self.labels))
+
+    def _add_generated(self, n: int) -> None:
+        if n <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            self._window.append((now, n))
+            while self._window and self._window[0][0] < now - THROUGHPUT_WINDOW_S:
+                self._window.popleft()
+        self.generation_tokens.labels(**self.labels).inc(n)
+
+    def gen_throughput(self) -> float:
+        now = time.monotonic()
+        with self._lock:
+            while self._window and self._window[0][0] < now - THROUGHPUT_WINDOW_S:
+                self._window.popleft()
+            return sum(n for _, n in self._window) / THROUGHPUT_WINDOW_S
+
+    def observe_stream_step(self, first: bool, elapsed: float, new_tokens: int) -> None:
+        """One streamed increment: TTFT on the first, else inter-token latency spread over new_tokens."""
+        if first:
+            self.ttft.labels(**self.labels).observe(elapsed)
+        elif new_tokens > 0:
+            h = self.itl.labels(**self.labels)
+            for _ in range(min(new_tokens, 64)):
+                h.observe(elapsed / new_tokens)
+        self._add_generated(new_tokens)
+
+    def observe_finished(self, meta: dict[str, Any], streamed: bool) -> None:
+        """A finished request (its meta_info): token counters, e2e latency, aborts."""
+        lab = self.labels
+        self.prompt_tokens.labels(**lab).inc(meta.get("prompt_tokens", 0))
+        self.cached_tokens.labels(**lab).inc(meta.get("cached_tokens", 0))
+        if not streamed:  # streamed requests counted their tokens per increment
+            self._add_generated(meta.get("completion_tokens", 0))
+        self.e2e.labels(**lab).observe(meta.get("e2e_latency", 0.0))
+        self.num_requests.labels(**lab).inc()
+        if (meta.get("finish_reason") or {}).get("type") == "abort":
+            self.num_aborted.labels(**lab).inc()
+
+    def observe_aborted(self, n: int) -> None:
+        """n requests aborted before they produced a result (their client went away)."""
+        self.num_requests.labels(**self.labels).inc(n)
+        self.num_aborted.labels(**self.labels).inc(n)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
