@@ -272,3 +272,104 @@ def synthetic_workload(*, num_groups: int = 8, per_group: int = 8, prefix_len: i
     if shuffle:
         reqs = [reqs[i] for i in rng.permutation(len(reqs))]
     return Workload("synthetic", reqs)
+
+
+# ------------------------------------------------------------------ synthetic sweeps (simulator notebooks)
+def zipf_prefix_workload(*, num_requests: int = 400, num_prefixes: int = 64, zipf_s: float = 1.1,
+                         prefix_len: int = 512, question_len: int = 32, output_len: int = 16, seed: int = 0,
+                         vocab: int = 40_000, offset: int = 1000) -> Workload:
+    """num_requests prompts = one of num_prefixes shared prefixes + an own question. Prefix k (rank
+    0 = most popular) is drawn with probability proportional to 1 / (k + 1) ** zipf_s: zipf_s ~ 1 is
+    Zipfian (a few hot prefixes), zipf_s ~ 0 near-uniform (a long tail). `group` = "p<rank>"."""
+    rng = np.random.default_rng(seed)
+    prefixes = [[offset + k] + rng.integers(offset, offset + vocab, prefix_len - 1).tolist()
+                for k in range(num_prefixes)]
+    p = 1.0 / np.arange(1, num_prefixes + 1) ** zipf_s
+    ranks = rng.choice(num_prefixes, size=num_requests, p=p / p.sum())
+    reqs = [Request(f"z{i}", prefixes[k] + rng.integers(offset, offset + vocab, question_len).tolist(), output_len,
+                    group=f"p{k}") for i, k in enumerate(ranks.tolist())]
+    return Workload(f"zipf{zipf_s:g}", reqs, meta={"zipf_s": zipf_s, "num_prefixes": num_prefixes,
+                                                  "popularity": (p / p.sum()).tolist()})
+
+
+def overlap_workload(overlap: float, *, num_groups: int = 8, per_group: int = 16, prompt_len: int = 512,
+                     output_len: int = 16, seed: int = 0, vocab: int = 40_000, offset: int = 1000) -> Workload:
+    """num_groups x per_group prompts of prompt_len tokens whose first round(overlap x prompt_len)
+    tokens are shared within the group (the mean prefix-overlap ratio), the rest unique; shuffled."""
+    rng = np.random.default_rng(seed)
+    shared = int(round(overlap * prompt_len))
+    reqs = []
+    for g in range(num_groups):
+        prefix = rng.integers(offset, offset + vocab, shared).tolist()
+        for i in range(per_group):
+            own = rng.integers(offset, offset + vocab, prompt_len - shared).tolist()
+            reqs.append(Request(f"o{g}.{i}", prefix + own, output_len, group=f"g{g}"))
+    reqs = [reqs[i] for i in rng.permutation(len(reqs))]
+    return Workload(f"overlap{overlap:g}", reqs, meta={"overlap": overlap, "shared_tokens": shared})
+
+
+def _synthetic_ids(rng: np.random.Generator, n: int, vocab: int = 40_000, offset: int = 1000) -> list[int]:
+    return rng.integers(offset, offset + vocab, n).tolist()
+
+
+def tot_workload(tokenize: Tokenize, data: str | os.PathLike | None = None, *, num_questions: int = 8,
+                 branches: int = 2, levels: Sequence[str] = ("Plan", "Execution", "Reflection", "Answer"),
+                 output_mean: float = 48.0, seed: int = 0) -> Workload:
+    """Tree-of-thought on GSM8K (benchmarks/tree_of_thought.py's program as requests): per question a
+    tree of `len(levels)` levels, each node forking `branches` ways; a child's prompt is its parent's
+    prompt + the parent's output + "\\n<Level> i:", and it arrives when the parent finishes. Outputs are
+    synthetic ids (log-normal lengths), listed in meta["outputs"] so a simulation caches exactly the
+    tokens the children's prompts contain (pass them as Simulator.run(outputs=...))."""
+    rows = [json.loads(line) for line in open(data_dir(data) / "gsm8k" / "test.jsonl", encoding="utf-8")]
+    rng = np.random.default_rng(seed)
+    picks = sorted(rng.choice(len(rows), size=min(num_questions, len(rows)), replace=False).tolist())
+    head = tokenize("You solve grade-school math problems. Propose plans, carry them out, check them, "
+                    "then state the final number.\n\n")
+    newline = tokenize("\n")
+    reqs: list[Request] = []
+    outputs: dict[str, list[int]] = {}
+    n_nodes = sum(branches ** (d + 1) for d in range(len(levels)))
+    lens = iter(output_lengths(len(picks) * n_nodes, output_mean, max_len=256, seed=seed))
+    for qi in picks:
+        frontier: list[tuple[str | None, list[int]]] = [(None, head + tokenize("Question: " + rows[qi]["question"] + "\n"))]
+        for name in levels:
+            nxt = []
+            for parent, state in frontier:
+                for i in range(branches):
+                    rid = f"tot{qi}.{len(reqs)}"
+                    prompt = state + tokenize(f"{name} {i + 1}:")
+                    out = _synthetic_ids(rng, next(lens))
+                    reqs.append(Request(rid, prompt, len(out), after=parent, group=f"q{qi}"))
+                    outputs[rid] = out
+                    nxt.append((rid, prompt + out + newline))
+            frontier = nxt
+    return Workload("tree-of-thought", reqs, meta={"outputs": outputs, "questions": len(picks)})
+
+
+def chat_workload(tokenize: Tokenize, data: str | os.PathLike | None = None, *, num_conversations: int = 24,
+                  turns: int = 4, max_user_tokens: int = 256, output_mean: float = 96.0,
+                  seed: int = 0) -> Workload:
+    """Multi-turn chat: each conversation has `turns` user messages (real first turns of ShareGPT
+    conversations, truncated to max_user_tokens) under one shared system prompt, in ChatML. Turn t's
+    prompt is the whole history (every earlier user message and reply) + user message t; it arrives
+    when turn t-1 finishes. Replies are synthetic ids (log-normal lengths) in meta["outputs"]."""
+    convs = json.load(open(data_dir(data) / "sharegpt" / "ShareGPT_V3_filtered_1000.json", encoding="utf-8"))
+    rng = np.random.default_rng(seed)
+    msgs = [convs[i]["conversations"][0]["value"] for i in rng.permutation(len(convs))[:num_conversations * turns]]
+    system = tokenize("<|im_start|>system\nYou are a helpful assistant. Answer clearly and concisely, and ask a "
+                      "question back when the request is ambiguous.<|im_end|>\n")
+    lens = iter(output_lengths(num_conversations * turns, output_mean, max_len=512, seed=seed))
+    reqs: list[Request] = []
+    outputs: dict[str, list[int]] = {}
+    for c in range(num_conversations):
+        history = list(system)
+        for t in range(turns):
+            user = tokenize("<|im_start|>user\n")
+            user += tokenize(msgs[c * turns + t])[:max_user_tokens] + tokenize("<|im_end|>\n<|im_start|>assistant\n")
+            rid = f"chat{c}.{t}"
+            out = _synthetic_ids(rng, next(lens))
+            reqs.append(Request(rid, history + user, len(out), after=f"chat{c}.{t - 1}" if t else None,
+                                group=f"c{c}"))
+            outputs[rid] = out
+            history = history + user + out + tokenize("<|im_end|>\n")
+    return Workload("multi-turn-chat", reqs, meta={"outputs": outputs, "conversations": num_conversations})

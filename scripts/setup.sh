@@ -11,7 +11,7 @@ python=${PYTHON:-python3}
 pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 extra=""
 case "${1:-}" in
-  --test) extra="[test]"; "${pip[@]}" "torch==2.13.0" ;;  # the CPU build (preinstalled wheel on our machines)
+  --test) extra="[test,experiments]"; "${pip[@]}" "torch==2.13.0" ;;  # the CPU build (preinstalled wheel on our machines)
   --cuda) extra="[cuda]" ;;
   "") ;;
   *) echo "usage: $0 [--test|--cuda]" >&2; exit 2 ;;

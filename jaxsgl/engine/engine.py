@@ -35,6 +35,7 @@ from jaxsgl.model.compile_cache import enable_compilation_cache
 from jaxsgl.model.loader import load_model, resolve_dtype
 from jaxsgl.model.step_input import PAD_PAGE, PAD_SLOT, StepInput
 from jaxsgl.scheduler import Req, Scheduler, StepInputBuilder
+from jaxsgl.scheduler.records import request_records
 from jaxsgl.tokenizer import eos_token_ids, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -227,6 +228,16 @@ class Engine:
         last scheduler.config.trace_capacity steps, from step `since_step` on."""
         return self.scheduler.trace_records(since_step)
 
+    def request_records(self, t0: float | None = None) -> list[dict]:
+        """Per-request records of the last 100k finished requests, with the simulator's columns
+        (jaxsgl/scheduler/records.py: tokens, cached prefix, arrival / admission / first-token /
+        finish times, TTFT, latency); times in seconds from t0 on perf_counter's clock (trace()'s
+        end_time), default the first recorded arrival. pd.DataFrame(engine.request_records())."""
+        done = list(self.tracker.finished)
+        if t0 is None:
+            t0 = min((t.arrival for _, t in done), default=0.0)
+        return request_records(done, self.trace(), t0)
+
     def flush_cache(self) -> None:
         """Drop every unlocked cached prefix before the next step (between experiments)."""
         with self._cv:
@@ -292,6 +303,9 @@ class Engine:
                             top_logprobs_num=top_n if want_lp else 0, stream=stream)
 
     def _submit(self, states: list[RequestState]) -> None:
+        now = time.perf_counter()
+        for s in states:
+            s.created = now  # one arrival time per generate() call
         with self._cv:
             if self._stopping:
                 raise RuntimeError("engine is shut down")

@@ -11,6 +11,7 @@ finishes a request except aborts and failures, which also go through `finish`.
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any
 
 from jaxsgl.engine.grammar import GrammarRuntime
@@ -18,7 +19,8 @@ from jaxsgl.engine.model_runner import StepOutputHost
 from jaxsgl.engine.request_state import RequestState
 from jaxsgl.engine.step_sampling import record_logprobs
 from jaxsgl.model.step_input import StepInput
-from jaxsgl.scheduler import ScheduledBatch, Scheduler
+from jaxsgl.scheduler import Req, ScheduledBatch, Scheduler
+from jaxsgl.scheduler.records import RequestTimes
 
 
 class RequestTracker:
@@ -30,6 +32,7 @@ class RequestTracker:
         self.eos_ids = eos_ids
         self.grammar = grammar
         self.states: dict[str, RequestState] = {}
+        self.finished: deque[tuple[Req, RequestTimes]] = deque(maxlen=100_000)  # ring buffer for records
 
     def states_of(self, batch: ScheduledBatch) -> list[RequestState]:
         return [self.states[s.req.rid] for s in batch.seqs]
@@ -113,6 +116,7 @@ class RequestTracker:
         st.text.flush()
         st.finish_reason = reason
         self.states.pop(st.req.rid, None)
+        self.finished.append((st.req, RequestTimes(st.created, st.first_token_time, time.perf_counter())))
         st.close()
 
     def abort(self, st: RequestState) -> None:

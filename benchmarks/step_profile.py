@@ -1,0 +1,235 @@
+"""Step profile: sweep step shapes through the real Engine, fit the simulator's step-cost model, write JSON.
+
+    python benchmarks/step_profile.py --preset cpu --out benchmarks/results/step_profile_smollm2_cpu.json
+    python benchmarks/step_profile.py --preset gpu --model-path benchmarks/configs/llama-3.1-8b \\
+        --load-format dummy --out benchmarks/results/step_profile_llama8b_h200.json
+    python benchmarks/step_profile.py --preset gpu --model-path benchmarks/configs/llama-3.1-8b \\
+        --load-format dummy --attention-backend pallas --out benchmarks/results/step_profile_llama8b_h200_triton.json
+
+Phases (every request greedy, ignore_eos; the cache is flushed between configurations):
+  prefill  one request of each --prefill-lens tokens, max_new_tokens 1 (chunked by the engine)
+  decode   for each (batch B, context C): B requests sharing a C-token prefix plus 16 own tokens,
+           --decode-steps outputs each (the prefix is prefilled once, the others extend it: extend
+           points with long contexts; then B-sequence decode steps at context ~C)
+The sweep runs twice: the first pass compiles every step shape and is discarded. For each step of
+the measured pass it records the batch's features (jaxsgl.sim.cost_model.batch_features, captured
+by wrapping Engine.scheduler.schedule), `device` = StepTrace.step_time (ModelRunner dispatch to
+results on the host) and `wall` = end_time minus the previous step's end_time (the engine loop's
+period: what the simulated clock advances by; for the first step of a configuration, minus the
+time the requests were submitted to the idle engine).
+Then it fits every candidate feature set (cost_model.CANDIDATE_FEATURES) to both targets and keeps
+the lowest cross-validated error. --max-seconds bounds both passes (configurations alternate small and
+large so a cut run still spans the shapes; the fit uses what was measured).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jaxsgl.sim.cost_model import CANDIDATE_FEATURES, Padding, batch_features, fit_best  # noqa: E402
+
+PRESETS = {
+    "cpu": dict(prefill_lens=[16, 64, 128, 256, 512, 1024], decode=[(1, 64), (1, 256), (1, 1024), (4, 64), (4, 256),
+                (4, 1024), (16, 64), (16, 256), (32, 64), (32, 256)], decode_steps=6, max_running_requests=32,
+                chunked_prefill_size=512, seq_buckets=[1, 4, 8, 16, 32]),
+    "gpu": dict(prefill_lens=[64, 256, 512, 1024, 2048, 4096, 8192],
+                decode=[(b, c) for c in (256, 1024, 4096) for b in (1, 8, 32, 64, 128, 256)],
+                decode_steps=16, max_running_requests=256, chunked_prefill_size=2048,
+                seq_buckets=[1, 8, 32, 64, 128, 256], max_seconds=240.0),
+}
+
+
+def uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def device_name() -> str:
+    import jax
+    d = jax.devices()[0]
+    if d.platform == "cpu":
+        try:
+            model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
+        except (OSError, StopIteration):
+            model = platform.processor()
+        return f"cpu: {model} ({os.cpu_count()} cores)"
+    return f"{d.platform}: {d.device_kind} x{jax.device_count()}"
+
+
+def run_config(eng, prompts: list[list[int]], max_new: int, feats: dict[int, dict]) -> list[dict]:
+    """Generate, then join the new trace records with their captured features."""
+    eng.flush_cache()
+    first = eng.scheduler.step + 1
+    t_submit = time.perf_counter()
+    eng.generate(input_ids=prompts, sampling_params={"max_new_tokens": max_new, "temperature": 0.0,
+                                                    "ignore_eos": True})
+    recs = [r for r in eng.trace() if r["step"] >= first and r["num_seqs"]]
+    points, prev_end = [], t_submit  # the first step's period starts at submission (the loop was idle)
+    for r in recs:
+        f = feats.get(r["step"])
+        if f is not None and r["step_time"] is not None:
+            wall = None if prev_end is None else r["end_time"] - prev_end
+            points.append({"step": r["step"], **f, "device": r["step_time"], "wall": wall,
+                           "num_prefill_seqs": r["num_prefill_seqs"]})
+        prev_end = r["end_time"]
+    return points
+
+
+def configs_of(args) -> list[tuple[str, int, int]]:
+    """(kind, batch, length) per configuration, alternating small and large ones so that a run cut
+    short by --max-seconds still spans the shapes."""
+    cfgs = sorted([("prefill", 1, n) for n in args.prefill_lens] + [("decode", b, c) for b, c in args.decode],
+                  key=lambda k: k[1] * k[2])
+    out = []
+    while cfgs:
+        out.append(cfgs.pop(0))
+        if cfgs:
+            out.append(cfgs.pop())
+    return out
+
+
+def sweep(eng, args, configs, feats: dict[int, dict], rng: np.random.Generator,
+          deadline: float | None) -> tuple[list[dict], list]:
+    """Run `configs` (until `deadline`); returns (points, the configurations that ran)."""
+    vocab = eng.cfg.vocab_size
+    rand = lambda n: rng.integers(10, vocab, n).tolist()
+    points, done = [], []
+    for cfg in configs:
+        kind, batch, length = cfg  # prefill: (1, prompt length); decode: (batch, context)
+        name = f"{kind}:{batch}x{length}"
+        if deadline is not None and time.perf_counter() > deadline:
+            print(f"  --max-seconds reached: skipping {name} and later", flush=True)
+            break
+        need = length + 1 if kind == "prefill" else length + 16 + args.decode_steps
+        if need > eng.context_len:
+            print(f"  {name}: skipped ({need} tokens > context length {eng.context_len})", flush=True)
+            continue
+        t0 = time.perf_counter()
+        if kind == "prefill":
+            pts = run_config(eng, [rand(length)], 1, feats)
+        else:
+            prefix = rand(length)
+            pts = run_config(eng, [prefix + rand(16) for _ in range(batch)], args.decode_steps, feats)
+        for p in pts:
+            p["config"] = name
+        points += pts
+        done.append(cfg)
+        print(f"  {name}: {len(pts)} steps, {time.perf_counter() - t0:.1f}s", flush=True)
+    return points, done
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    ap.add_argument("--model-path", default=None, help="default: the embedded SmolLM2-135M-Instruct")
+    ap.add_argument("--load-format", default="auto")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--attention-backend", default="auto")
+    ap.add_argument("--page-size", type=int, default=16)
+    ap.add_argument("--max-total-tokens", type=int, default=None)
+    ap.add_argument("--max-running-requests", type=int, default=None)
+    ap.add_argument("--chunked-prefill-size", type=int, default=None)
+    ap.add_argument("--seq-buckets", type=int, nargs="+", default=None)
+    ap.add_argument("--prefill-lens", type=int, nargs="+", default=None)
+    ap.add_argument("--decode", type=str, nargs="+", default=None, help="BxC pairs, e.g. 8x256 32x1024")
+    ap.add_argument("--decode-steps", type=int, default=None)
+    ap.add_argument("--disable-overlap-schedule", action="store_true")
+    ap.add_argument("--max-seconds", type=float, default=None,
+                    help="budget of both passes after engine start (the compile pass gets 65%%; the measured pass "
+                         "reruns what it compiled); the gpu preset sets 240")
+    ap.add_argument("--repeats", type=int, default=1, help="measured passes (all points are fitted; for noisy hosts)")
+    ap.add_argument("--name", default=None, help="model name in the JSON (default: the model directory)")
+    ap.add_argument("--out", default="step_profile.json")
+    args = ap.parse_args()
+    preset = PRESETS[args.preset]
+    for key, val in preset.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, val)
+    if isinstance(args.decode[0], str):
+        args.decode = [tuple(int(x) for x in bc.lower().split("x")) for bc in args.decode]
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    load_before = uptime()
+
+    import jax
+    from jaxsgl.engine.engine import Engine
+
+    t_start = time.perf_counter()
+    eng = Engine(args.model_path, load_format=args.load_format, dtype=args.dtype, skip_tokenizer_init=True,
+                 attention_backend=args.attention_backend, page_size=args.page_size,
+                 max_total_tokens=args.max_total_tokens, max_running_requests=args.max_running_requests,
+                 chunked_prefill_size=args.chunked_prefill_size,
+                 max_prefill_tokens=max(args.chunked_prefill_size, 1), seq_buckets=args.seq_buckets,
+                 disable_overlap_schedule=args.disable_overlap_schedule)
+    b = eng.builder
+    padding = Padding(list(b.token_buckets), list(b.seq_buckets), list(b.page_buckets), b.page_size)
+    feats: dict[int, dict] = {}
+    schedule = eng.scheduler.schedule
+
+    def schedule_and_record():  # runs on the engine's loop thread
+        batch = schedule()
+        feats[batch.step] = batch_features(batch, padding)
+        return batch
+
+    eng.scheduler.schedule = schedule_and_record  # type: ignore[method-assign]
+    print(f"engine up in {time.perf_counter() - t_start:.1f}s on {device_name()}; attention {eng.attn_impl}",
+          flush=True)
+    budget = None if args.max_seconds is None else time.perf_counter() + args.max_seconds
+    print("compile pass (discarded):", flush=True)
+    t0 = time.perf_counter()
+    compile_deadline = None if budget is None else t0 + 0.65 * args.max_seconds
+    _, configs = sweep(eng, args, configs_of(args), feats, np.random.default_rng(1), compile_deadline)
+    compile_s = time.perf_counter() - t0
+    print("measured pass:", flush=True)
+    t0 = time.perf_counter()
+    points = []
+    for rep in range(args.repeats):
+        points += sweep(eng, args, configs, feats, np.random.default_rng(2 + rep), budget)[0]
+    measure_s = time.perf_counter() - t0
+    model_name = args.name or Path(str(eng.model_dir)).name
+    eng.shutdown()
+
+    cost, choice = {}, {}
+    for target in ("wall", "device"):
+        pts = [p for p in points if p[target] is not None and p[target] > 0]
+        best, fit, fits = fit_best(pts, [p[target] for p in pts], padding=padding)
+        cost[target] = fit.to_dict()
+        choice[target] = {"best": best, "all": {n: f["fit"] for n, f in fits.items()}}
+        f = fit.fit
+        print(f"{target}: {best} {fit.intercept * 1e3:.2f} ms + "
+              + " + ".join(f"{c:.3g}*{n}" for n, c in fit.coef.items())
+              + f"  (n={f['n']}, mape {f['mape']:.1%}, cv {f['cv_mape']:.1%}, p90 {f['p90_ape']:.1%}, "
+              f"max {f['max_ape']:.1%})", flush=True)
+    result = {
+        "model": model_name, "model_path": args.model_path, "load_format": args.load_format,
+        "device": device_name(), "jax_version": jax.__version__, "attention_backend": eng.attn_impl,
+        "overlap": not args.disable_overlap_schedule, "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "uptime_before": load_before, "uptime_after": uptime(), "argv": sys.argv,
+        "engine_options": {k: getattr(args, k) for k in ("page_size", "max_total_tokens", "max_running_requests",
+                                                         "chunked_prefill_size", "seq_buckets")},
+        "padding": vars(padding), "compile_pass_s": compile_s, "measured_pass_s": round(measure_s, 2),
+        "cost_form": "step_time = intercept + sum(coef[f] * feature[f]); features: jaxsgl/sim/cost_model.py",
+        "cost": cost, "fits": choice, "candidates": {k: list(v) for k, v in CANDIDATE_FEATURES.items()},
+        "points": points,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}: {len(points)} points; compile pass {compile_s:.0f}s, measured pass {measure_s:.0f}s, "
+          f"total {time.perf_counter() - t_start:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""Step cost models: how long one engine step takes, from the shape of its batch.
+
+The model is linear in a few features of the step (a fitted profile picks which):
+
+    step_time = intercept + sum_f coef[f] * feature[f]
+
+Features of a batch (one SeqWork per sequence: num_new tokens fed, cached_len tokens of KV before):
+
+    tokens          new tokens (prefill + decode)          -> weight GEMMs (compute-bound regime)
+    prefill_tokens  new tokens of prefill sequences
+    seqs            sequences; decode_seqs: decoding ones  -> per-sequence work (sampling, tables)
+    decode_ctx      sum of KV lengths of decode sequences  -> decode attention reads the whole KV
+    prefill_attn    sum over prefill sequences of num_new * (cached_len + (num_new + 1) / 2)
+                    (query-key pairs of causal attention)  -> prefill/extend attention FLOPs
+    padded_tokens   tokens rounded up to the engine's token bucket (what the jitted step computes)
+    padded_attn     max(padded_tokens, 32) x page-table width in tokens (the plain-jnp reference
+                    attention gathers each token's whole padded page table: the CPU path)
+
+Coefficients are fitted by non-negative least squares on relative error (each row divided by its
+measured time), so 5 ms and 500 ms steps count alike; `fit_linear` returns the fit and its error.
+The simulator calls a cost as `cost(batch, start) -> seconds`; `ReplayCost` returns recorded end
+times instead (exact replay of a recorded run). Host only: numpy, no JAX.
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from jaxsgl.scheduler.batch import ScheduledBatch
+
+FEATURES = ("tokens", "prefill_tokens", "seqs", "decode_seqs", "decode_ctx", "prefill_attn",
+            "padded_tokens", "padded_seqs", "padded_attn")
+# Candidate feature sets step_profile.py fits (the lowest cross-validated error wins).
+CANDIDATE_FEATURES: dict[str, tuple[str, ...]] = {
+    "tokens+attn": ("tokens", "decode_ctx", "prefill_attn"),
+    "tokens+seqs+attn": ("tokens", "seqs", "decode_ctx", "prefill_attn"),
+    "padded": ("padded_tokens", "decode_ctx", "prefill_attn"),
+    "padded+ref_attn": ("padded_tokens", "padded_attn"),
+}
+
+
+class StepCost(Protocol):
+    """What the simulator needs: the duration (s) of a step dispatched at `start` (s)."""
+
+    def __call__(self, batch: ScheduledBatch, start: float) -> float: ...
+
+
+@dataclass
+class Padding:
+    """The engine's bucket sizes (StepInputBuilder); sizes past the last bucket double."""
+    token_buckets: list[int] = field(default_factory=lambda: [16])
+    seq_buckets: list[int] = field(default_factory=lambda: [1])
+    page_buckets: list[int] = field(default_factory=lambda: [1])
+    page_size: int = 16
+
+    @staticmethod
+    def fit(buckets: Sequence[int], n: int) -> int:
+        i = bisect.bisect_left(buckets, n)
+        if i < len(buckets):
+            return buckets[i]
+        b = buckets[-1]
+        while b < n:
+            b *= 2
+        return b
+
+
+def step_features(seqs: Iterable[tuple[int, int, bool]], padding: Padding | None = None) -> dict[str, float]:
+    """Features (FEATURES) of a step given (num_new, cached_len, is_prefill) per sequence."""
+    f = dict.fromkeys(FEATURES, 0.0)
+    max_kv = 0
+    for num_new, cached, is_prefill in seqs:
+        f["tokens"] += num_new
+        f["seqs"] += 1
+        max_kv = max(max_kv, cached + num_new)
+        if is_prefill:
+            f["prefill_tokens"] += num_new
+            f["prefill_attn"] += num_new * (cached + (num_new + 1) / 2)
+        else:
+            f["decode_seqs"] += 1
+            f["decode_ctx"] += cached + num_new
+    pad = padding or Padding()
+    f["padded_tokens"] = float(pad.fit(pad.token_buckets, max(int(f["tokens"]), 1))) if padding else f["tokens"]
+    f["padded_seqs"] = float(pad.fit(pad.seq_buckets, max(int(f["seqs"]), 1))) if padding else f["seqs"]
+    pages = -(-max_kv // pad.page_size)
+    width = pad.fit(pad.page_buckets, max(pages, 1)) * pad.page_size if padding else max_kv
+    f["padded_attn"] = max(f["padded_tokens"], 32.0) * width
+    return f
+
+
+def batch_features(batch: ScheduledBatch, padding: Padding | None = None) -> dict[str, float]:
+    """step_features of a ScheduledBatch (reads only)."""
+    return step_features(((s.num_new, s.cached_len, s.is_prefill) for s in batch.seqs), padding)
+
+
+@dataclass
+class LinearCost:
+    """step_time = intercept + sum(coef[f] * features[f]); a StepCost."""
+    coef: dict[str, float]
+    intercept: float = 0.0
+    padding: Padding | None = None
+    fit: dict[str, Any] = field(default_factory=dict)  # error of the fit (fit_linear), for reports
+
+    def predict(self, feats: Mapping[str, float]) -> float:
+        return self.intercept + sum(c * feats[f] for f, c in self.coef.items())
+
+    def __call__(self, batch: ScheduledBatch, start: float = 0.0) -> float:
+        return self.predict(batch_features(batch, self.padding))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"intercept": self.intercept, "coef": dict(self.coef), "fit": dict(self.fit),
+                "padding": asdict(self.padding) if self.padding else None}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LinearCost:
+        pad = d.get("padding")
+        return cls(dict(d["coef"]), float(d.get("intercept", 0.0)), Padding(**pad) if pad else None,
+                   dict(d.get("fit", {})))
+
+
+def load_profile(path: str | os.PathLike | Mapping[str, Any], target: str = "wall") -> LinearCost:
+    """The fitted cost of a step profile JSON (benchmarks/step_profile.py); target 'wall' is the
+    engine loop's time per step (what the simulated clock needs), 'device' ModelRunner.run alone."""
+    prof = path if isinstance(path, Mapping) else json.loads(open(path, encoding="utf-8").read())
+    cost = LinearCost.from_dict(prof["cost"][target])
+    if cost.padding is None and prof.get("padding"):
+        cost.padding = Padding(**prof["padding"])
+    return cost
+
+
+def _nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Least squares with x >= 0 by dropping the most negative coefficient until none is left."""
+    active = list(range(a.shape[1]))
+    while True:
+        x = np.zeros(a.shape[1])
+        if active:
+            x[active] = np.linalg.lstsq(a[:, active], b, rcond=None)[0]
+        neg = [j for j in active if x[j] < 0]
+        if not neg:
+            return x
+        active.remove(min(neg, key=lambda j: x[j]))
+
+
+def fit_linear(points: Sequence[Mapping[str, float]], times: Sequence[float], features: Sequence[str], *,
+               padding: Padding | None = None, folds: int = 5, seed: int = 0) -> LinearCost:
+    """Fit intercept + coef . features to `times` (NNLS on relative error). The returned cost's
+    `fit` holds: n, mape / max_ape / p90_ape (in-sample absolute percentage errors, fractions)
+    and cv_mape (k-fold cross-validated mape)."""
+    y = np.asarray(times, float)
+    if len(y) < len(features) + 1:
+        raise ValueError(f"{len(y)} points cannot fit {len(features) + 1} coefficients")
+    x = np.column_stack([np.ones(len(y))] + [[p[f] for p in points] for f in features])
+    w = 1.0 / y
+    sol = _nnls(x * w[:, None], np.ones(len(y)))
+    ape = np.abs(x @ sol - y) / y
+    cv = np.zeros(len(y))
+    idx = np.random.default_rng(seed).permutation(len(y))
+    for k in range(min(folds, len(y))):
+        test = idx[k::min(folds, len(y))]
+        train = np.setdiff1d(idx, test)
+        s = _nnls(x[train] * w[train, None], np.ones(len(train)))
+        cv[test] = np.abs(x[test] @ s - y[test]) / y[test]
+    fit = {"n": int(len(y)), "mape": float(ape.mean()), "p90_ape": float(np.quantile(ape, 0.9)),
+           "max_ape": float(ape.max()), "cv_mape": float(cv.mean()), "features": list(features)}
+    return LinearCost({f: float(c) for f, c in zip(features, sol[1:])}, float(sol[0]), padding, fit)
+
+
+def fit_best(points: Sequence[Mapping[str, float]], times: Sequence[float],
+             candidates: Mapping[str, Sequence[str]] = CANDIDATE_FEATURES, *,
+             padding: Padding | None = None) -> tuple[str, LinearCost, dict[str, dict]]:
+    """fit_linear every candidate feature set; returns (name, cost) of the lowest cv_mape and every fit."""
+    fits = {name: fit_linear(points, times, feats, padding=padding) for name, feats in candidates.items()
+            if len(times) > len(feats) + 1}
+    best = min(fits, key=lambda n: fits[n].fit["cv_mape"])
+    return best, fits[best], {n: c.to_dict() for n, c in fits.items()}
+
+
+@dataclass
+class ReplayCost:
+    """Replays a recorded run: step k ends at end_times[k] (same clock as the arrivals).
+    A step the recording lacks raises KeyError (the simulation diverged from the run)."""
+    end_times: Mapping[int, float]
+
+    def __call__(self, batch: ScheduledBatch, start: float) -> float:
+        return max(self.end_times[batch.step] - start, 0.0)
+
+
+@dataclass
+class ConstantCost:
+    """Every step takes `seconds` (step counts as time; useful in tests)."""
+    seconds: float = 1.0
+
+    def __call__(self, batch: ScheduledBatch, start: float = 0.0) -> float:
+        return self.seconds

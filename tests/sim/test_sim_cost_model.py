@@ -1,0 +1,64 @@
+"""The step-cost model: features of a batch, the least-squares fit, profiles on disk."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxsgl.sim import LinearCost, Padding, fit_best, fit_linear, load_profile, step_features
+
+TRUE = {"tokens": 2e-5, "decode_ctx": 3e-8, "prefill_attn": 4e-10}
+
+
+def random_steps(n: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    steps = []
+    for _ in range(n):
+        seqs = [(int(rng.integers(1, 2048)), int(rng.integers(0, 4096)), True) for _ in range(rng.integers(0, 3))]
+        seqs += [(1, int(rng.integers(16, 8192)), False) for _ in range(rng.integers(0, 128))]
+        steps.append(step_features(seqs or [(1, 10, False)]))
+    return steps
+
+
+def test_fit_recovers_known_coefficients() -> None:
+    pts = random_steps(200)
+    times = [0.004 + sum(c * p[f] for f, c in TRUE.items()) for p in pts]
+    cost = fit_linear(pts, times, list(TRUE))
+    assert cost.intercept == pytest.approx(0.004, rel=1e-6)
+    for f, c in TRUE.items():
+        assert cost.coef[f] == pytest.approx(c, rel=1e-6)
+    assert cost.fit["mape"] < 1e-9 and cost.fit["cv_mape"] < 1e-9
+
+
+def test_fit_with_noise_and_an_irrelevant_feature() -> None:
+    pts = random_steps(300, seed=1)
+    rng = np.random.default_rng(2)
+    times = [(0.004 + sum(c * p[f] for f, c in TRUE.items())) * rng.uniform(0.97, 1.03) for p in pts]
+    cost = fit_linear(pts, times, [*TRUE, "seqs"])
+    for f, c in TRUE.items():
+        assert cost.coef[f] == pytest.approx(c, rel=0.1)
+    assert cost.coef["seqs"] >= 0.0  # non-negative least squares
+    assert cost.fit["mape"] < 0.03 and cost.fit["cv_mape"] < 0.03
+    best, chosen, fits = fit_best(pts, times)
+    assert chosen.fit["cv_mape"] == min(f["fit"]["cv_mape"] for f in fits.values()) < 0.03
+
+
+def test_features_of_a_mixed_step_and_padding() -> None:
+    pad = Padding(token_buckets=[16, 32, 64, 128], seq_buckets=[1, 8], page_buckets=[4, 8], page_size=16)
+    f = step_features([(100, 20, True), (1, 40, False), (1, 9, False)], pad)
+    assert f["tokens"] == 102 and f["prefill_tokens"] == 100 and f["seqs"] == 3 and f["decode_seqs"] == 2
+    assert f["decode_ctx"] == 41 + 10
+    assert f["prefill_attn"] == 100 * (20 + 101 / 2)
+    assert f["padded_tokens"] == 128 and f["padded_seqs"] == 8
+    assert f["padded_attn"] == 128 * 8 * 16  # 120 tokens of KV -> 8 pages -> bucket 8
+    assert Padding.fit([16, 32], 100) == 128  # past the last bucket: doubling
+
+
+def test_profile_round_trip(tmp_path) -> None:
+    cost = LinearCost({"padded_tokens": 1e-4}, 0.01, Padding([16, 32], [1], [1], 16), {"mape": 0.05})
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"cost": {"wall": cost.to_dict(), "device": cost.to_dict()}}))
+    back = load_profile(path)
+    assert back == cost
+    assert back.predict(step_features([(20, 0, True)], back.padding)) == pytest.approx(0.01 + 32e-4)
