@@ -14,3 +14,5 @@ from jaxsgl.scheduler.trace import StepTrace
 __all__ = ["Req", "ReqStatus", "Scheduler", "SchedulerConfig", "SchedulerStats", "ScheduledBatch", "SeqWork",
            "StepInputBuilder", "pow2_buckets", "StepTrace", "ReqKV", "SchedulePolicy", "register_schedule_policy",
            "make_schedule_policy", "schedule_policy_names"]
+
+from jaxsgl.scheduler.policies import aging as _aging  # noqa: E402,F401  (plug-in policies register by name)

@@ -133,6 +133,3 @@ class HighestPriorityFirst(SchedulePolicy):
 
     def order(self, waiting: list[Req], cache: RadixCache) -> list[Req]:
         return sorted(waiting, key=lambda r: (-r.priority, arrival_order(r)))
-
-
-from jaxsgl.scheduler.policies import aging as _aging  # noqa: E402,F401  (plug-ins: registers "lpm-aging")
