@@ -150,16 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for b in batches:
             result["mask"][b] = bench_mask(eng, b, args.new_tokens)
+            print(f"mask, batch {b}: {result['mask'][b]}", flush=True)
         result["compile"] = bench_compile(eng.grammar.vocab, args.schemas, args.regexes)
         import jax
         result["device"] = str(jax.devices()[0])
     finally:
         eng.shutdown()
-    names = (data_dir(args.data) / "sglang_bench" / "json_jump_forward_dataset.txt").read_text().split("\n")
-    names = [n for n in names if n.strip()][:args.names]
-    if names:
-        result["jump_forward"] = bench_jump_forward(make, names, character_regex(W_ASCII if args.ascii else W),
-                                                    args.jf_max_new)
     print(f"{'batch':>6} {'free ms':>9} {'json ms':>9} {'overhead':>9}")
     for b, m in result["mask"].items():
         fmt = lambda x: f"{x:9.2f}" if x is not None else f"{'-':>9}"  # noqa: E731
@@ -167,13 +163,18 @@ def main(argv: list[str] | None = None) -> int:
     c = result["compile"]
     print(f"compile: {c['n']} constraints, p50 {c['p50_s']:.3f}s p99 {c['p99_s']:.3f}s; character-card schema "
           f"{c['card_states']} states, {c['card_table_bytes'] / 1e6:.1f} MB")
-    j = result.get("jump_forward")
-    if j:
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1, default=str))
+    if args.names:
+        names = (data_dir(args.data) / "sglang_bench" / "json_jump_forward_dataset.txt").read_text().split("\n")
+        names = [n for n in names if n.strip()][:args.names]
+        result["jump_forward"] = bench_jump_forward(make, names, character_regex(W_ASCII if args.ascii else W),
+                                                    args.jf_max_new)
+        j = result["jump_forward"]
         print(f"jump-forward ({len(names)} cards): steps {j['on']['steps']} vs {j['off']['steps']} "
               f"({j['step_ratio']:.2f}x fewer), wall {j['on']['wall_s']:.2f}s vs {j['off']['wall_s']:.2f}s "
               f"({j['wall_ratio']:.2f}x)")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1, default=str))
+        Path(args.out).write_text(json.dumps(result, indent=1, default=str))
     return 0
 
 

@@ -126,8 +126,14 @@ class ModelRunner:
                  num_pages * page_size * kv_bytes_per_token(cfg, self.kv_dtype) / 2**20)
 
     def reset_kv(self) -> None:
-        """Fresh zeroed KV pages (after a failed step may have consumed the donated ones)."""
-        self.kv = init_kv_cache(self.cfg, self.kv.num_pages, self.page_size, self.kv_dtype)
+        """Fresh zeroed KV pages (after a failed step may have consumed the donated ones). The old
+        pages are released first: the pool fills most of the accelerator, two would not fit."""
+        num_pages = self.kv.num_pages
+        for leaf in jax.tree_util.tree_leaves(self.kv):
+            if not leaf.is_deleted():
+                leaf.delete()
+        self.kv = None
+        self.kv = init_kv_cache(self.cfg, num_pages, self.page_size, self.kv_dtype)
 
     def _fn(self, flags: SamplingFlags):
         if flags not in self._fns:

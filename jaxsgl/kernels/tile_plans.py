@@ -64,7 +64,8 @@ def combine_splits(o_parts: jax.Array, lse: jax.Array, plan: jax.Array, out: jax
     den = jnp.sum(w, axis=0)
     merged = jnp.sum(w[..., None] * o_parts, axis=0) / jnp.where(den == 0.0, 1.0, den)[..., None]
     tiles, KVH, rows, D = merged.shape
-    tile_tokens = rows // group  # a tile row is (token, head within the group)
+    tile_tokens = rows // group  # a tile row is (token, head within the group); rows past
+    merged = merged[:, :, :tile_tokens * group]  # tile_tokens * group pad a group that does not divide them
     merged = merged.reshape(tiles, KVH, tile_tokens, group, D).transpose(0, 2, 1, 3, 4)
     r = jnp.arange(tile_tokens, dtype=jnp.int32)[None, :]
     spare = num_tokens + jnp.arange(tiles * tile_tokens, dtype=jnp.int32).reshape(tiles, tile_tokens)

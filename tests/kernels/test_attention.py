@@ -40,6 +40,9 @@ SHAPES = {
     "g2_d64_ps1_bf16": (24, 3, 4, 2, 64, 1, 60, jnp.bfloat16, {}),
     "g4_d64_ps16_splits_window": (40, 5, 8, 2, 64, 16, 6, jnp.bfloat16, dict(
         sliding_window=33, short_config=BlockConfig(16, 16, 3), long_config=BlockConfig(32, 16, 2))),
+    # SmolLM2's heads (9 q / 3 kv): a group that does not divide the 16-row tiles, with split partials
+    "g3_d64_ps16_smollm2_splits": (30, 4, 9, 3, 64, 16, 6, jnp.bfloat16, dict(
+        short_config=BlockConfig(16, 16, 3), long_config=BlockConfig(32, 16, 2))),
     "g16_d64_ps64_f32_splits": (20, 4, 16, 1, 64, 64, 3, jnp.float32, dict(
         short_config=BlockConfig(16, 32, 4), long_config=BlockConfig(32, 32, 2))),
     # the extend class's tuned shape: long tiles taken last-first, page-aligned KV blocks
