@@ -3,6 +3,8 @@
     python benchmarks/attention.py [--out results.json] [--tune] [--quick] [--only decode|extend]
                                    [--budget SECONDS]
     python benchmarks/attention.py --mosaic   # extend: Mosaic GPU kernel configs vs Triton vs cuDNN
+    python benchmarks/attention.py --smoke --out /tmp/a.json   # any backend: tiny shapes, the kernel in
+                                                               # Pallas interpret mode, 2 iterations (CI)
 
 Shapes are Llama-3-8B's attention (32 q heads, 8 KV heads, head_dim 128, bf16, page 16).
 Decode: batch 1-256 x context 512-32k vs the reference, JAX's bundled
@@ -34,13 +36,27 @@ from jaxsgl.kernels.reference import ragged_paged_attention_ref
 H, KVH, D, PS, DT = 32, 8, 128, 16, jnp.bfloat16
 SCALE = D ** -0.5
 T0 = time.time()
+ITERS, ROUNDS, ROTATIONS = 20, 3, 4  # timeit's defaults; most page-table sets per case
+CEILING_SIZES = (1 << 29, 8192)  # copy elements, matmul side
+WRITE_KV_SIZES = (1 << 16, (256, 4096))  # pages, token counts
 
 
-def timeit(fn, arg_sets, iters: int = 20, rounds: int = 3, per_call: bool = False) -> float:
+def smoke_setup() -> None:
+    """--smoke: tiny shapes, fp32, the Pallas kernel in interpret mode (any backend), 2 iterations."""
+    global H, KVH, D, DT, SCALE, ITERS, ROUNDS, ROTATIONS, CEILING_SIZES, WRITE_KV_SIZES
+    global ragged_paged_attention_pallas
+    H, KVH, D, DT = 4, 2, 64, jnp.float32
+    SCALE, ITERS, ROUNDS, ROTATIONS = D ** -0.5, 2, 1, 1  # one set: no chained jit to compile
+    CEILING_SIZES, WRITE_KV_SIZES = (1 << 16, 128), (64, (16,))
+    ragged_paged_attention_pallas = functools.partial(ragged_paged_attention_pallas, interpret=True)
+
+
+def timeit(fn, arg_sets, iters: int | None = None, rounds: int | None = None, per_call: bool = False) -> float:
     """Seconds per call of fn: the median over rounds of (wall time of `iters` back-to-back
     async dispatches) / iters. Unless per_call, one dispatch is a jit running fn on every arg
     set in turn, so the host's per-dispatch cost (50-90 us: more than small kernels take on
     the GPU) is shared, as it is inside a model step."""
+    iters, rounds = iters or ITERS, rounds or ROUNDS
     if not per_call and len(arg_sets) > 1:
         chained = jax.jit(lambda sets: [fn(*a) for a in sets])
         return timeit(chained, [(list(arg_sets),)], iters, rounds, per_call=True) / len(arg_sets)
@@ -57,15 +73,16 @@ def timeit(fn, arg_sets, iters: int = 20, rounds: int = 3, per_call: bool = Fals
 
 def ceilings() -> dict:
     """Measured HBM copy bandwidth (read + write bytes) and bf16 matmul rate."""
-    x = jax.random.normal(jax.random.key(0), (1 << 29,), jnp.bfloat16)  # 1 GiB
+    n_copy, n_mm = CEILING_SIZES
+    x = jax.random.normal(jax.random.key(0), (n_copy,), jnp.bfloat16)  # 1 GiB
     copy = jax.jit(lambda a: a * 1.5 + 1.0)
     t = timeit(copy, [(x,)], iters=10)
     bw = 2 * x.nbytes / t
-    a = jax.random.normal(jax.random.key(1), (8192, 8192), jnp.bfloat16)
-    b = jax.random.normal(jax.random.key(2), (8192, 8192), jnp.bfloat16)
+    a = jax.random.normal(jax.random.key(1), (n_mm, n_mm), jnp.bfloat16)
+    b = jax.random.normal(jax.random.key(2), (n_mm, n_mm), jnp.bfloat16)
     t = timeit(jax.jit(lambda p, q: p @ q), [(a, b)], iters=10)
     del x, a, b
-    return {"copy_bw_Bps": bw, "matmul_flops": 2 * 8192 ** 3 / t}
+    return {"copy_bw_Bps": bw, "matmul_flops": 2 * n_mm ** 3 / t}
 
 
 def paged_sets(rng, batch: int, ctx: int, q_len: int, rotations: int, ps: int = PS):
@@ -92,7 +109,7 @@ def bench_decode(rng, ceil, cases, tune: bool) -> list[dict]:
             print(f"# budget reached; skipping decode {batch}x{ctx}", flush=True)
             continue
         kv_bytes = 2 * batch * ctx * KVH * D * 2
-        rot = int(max(1, min(4, 2e9 // kv_bytes)))
+        rot = int(max(1, min(ROTATIONS, 2e9 // kv_bytes)))
         k, v, sets = paged_sets(rng, batch, ctx, 1, rot)
         row = {"batch": batch, "ctx": ctx, "kv_bytes": kv_bytes,
                "floor_s": kv_bytes / ceil["copy_bw_Bps"]}
@@ -140,7 +157,7 @@ def bench_extend(rng, ceil, cases, tune: bool) -> list[dict]:
             print(f"# budget reached; skipping extend {prefix}+{new}", flush=True)
             continue
         ctx = prefix + new
-        k, v, sets = paged_sets(rng, 1, ctx, new, 4)
+        k, v, sets = paged_sets(rng, 1, ctx, new, ROTATIONS)
         sets = [(s[0], s[1], s[2], s[3], s[4], s[5]) for s in sets]
         flops = 4 * H * D * (new * prefix + new * (new + 1) / 2)
         row = {"prefix": prefix, "new": new, "flops": flops, "floor_s": flops / ceil["matmul_flops"]}
@@ -284,8 +301,8 @@ def ncu_once(prefix: int, new: int, cfg: BlockConfig) -> None:
 
 def bench_write_kv() -> list[dict]:
     rows = []
-    n = 1 << 16  # pages
-    for T in (256, 4096):
+    n, token_counts = WRITE_KV_SIZES
+    for T in token_counts:
         kp = jax.random.normal(jax.random.key(7), (n, PS, KVH, D), DT)
         vp = jax.random.normal(jax.random.key(8), (n, PS, KVH, D), DT)
         k = jax.random.normal(jax.random.key(9), (T, KVH, D), DT)
@@ -350,10 +367,13 @@ def main() -> None:
     ap.add_argument("--final", action="store_true", help="defaults on target cases, page 1, bundled mha")
     ap.add_argument("--mosaic", action="store_true", help="extend: Mosaic GPU configs vs Triton vs cuDNN")
     ap.add_argument("--ncu", default="", help="PREFIX,NEW,rows,block_k,splits,warps,stages,reverse: one call")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes in interpret mode on any backend (CI)")
     a = ap.parse_args()
     BUDGET = a.budget
     warnings.filterwarnings("ignore")
-    if jax.default_backend() != "gpu":
+    if a.smoke:
+        smoke_setup()
+    elif jax.default_backend() != "gpu":
         sys.exit("benchmarks/attention.py needs a GPU")
     rng = np.random.default_rng(0)
     if a.final:
@@ -393,7 +413,9 @@ def main() -> None:
     res = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "argv": sys.argv,
            "ceilings": ceilings()}
     print(json.dumps(res), flush=True)
-    if a.quick:
+    if a.smoke:
+        dec, ext = [(2, 64)], [(0, 64)]
+    elif a.quick:
         dec, ext = [(32, 2048), (128, 8192)], [(0, 4096), (8192, 1024)]
     else:
         dec = [(b, c) for b in (1, 8, 32, 64, 128, 256) for c in (512, 2048, 8192, 32768)

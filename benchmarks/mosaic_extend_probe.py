@@ -11,6 +11,9 @@
         (wait_k, qk, softmax, wait_v, pv; memory warpgroup: wait_free), summed over blocks
     python benchmarks/mosaic_extend_probe.py --kernels 512,1024 0,4096
         GPU time of every kernel the default dispatch launches (jax.profiler / CUPTI), next to cuDNN
+    python benchmarks/mosaic_extend_probe.py --smoke --out /tmp/m.json
+        any backend: the kernel alone in Pallas' GPU interpret mode on one tiny extend, checked
+        against the reference (CI: that the script and the kernel's entry point still run)
 
 Shapes as benchmarks/attention.py (Llama-3-8B attention: 32 q heads, 8 KV heads, head_dim 128).
 """
@@ -22,6 +25,7 @@ import functools
 import glob
 import json
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +35,7 @@ from jaxsgl.kernels import PREFILL_HINT
 from jaxsgl.kernels.paged_extend_mosaic import (MOSAIC_MIN_Q, TILE_TOKENS, MosaicConfig,
                                                 paged_extend_mosaic, plan_tiles)
 from jaxsgl.kernels.ragged_paged_attention import ragged_paged_attention_pallas
+from jaxsgl.kernels.reference import ragged_paged_attention_ref
 
 from attention import timeit  # benchmarks/attention.py (this script's directory is on sys.path)
 
@@ -54,12 +59,12 @@ def paged_inputs(prefix: int, new: int, dtype, ps: int, rotations: int = 4):
     return [(q, k, v, qs, kv, jnp.asarray(perm[r])) for r in range(rotations)]
 
 
-def kernel_only(sets, cfg: MosaicConfig):
+def kernel_only(sets, cfg: MosaicConfig, interpret: bool = False):
     """(fn, arg sets) calling paged_extend_mosaic directly with a precomputed tile plan."""
     q, _, _, qs, kv, _ = sets[0]
     T = q.shape[0]
     plan = plan_tiles(qs, kv, T, MOSAIC_MIN_Q, T // TILE_TOKENS + 1)
-    fn = jax.jit(functools.partial(paged_extend_mosaic, sm_scale=SCALE, cfg=cfg))
+    fn = jax.jit(functools.partial(paged_extend_mosaic, sm_scale=SCALE, cfg=cfg, interpret=interpret))
     return fn, [(plan, s[0], s[1], s[2], s[5]) for s in sets]
 
 
@@ -95,6 +100,31 @@ def bench_time() -> list[dict]:
     print(f"\n| prefix | new | variant | us | TFLOP/s |\n|---:|---:|---|---:|---:|")
     for r in rows:
         print(f"| {r['prefix']} | {r['new']} | {r['variant']} | {r['us']:.1f} | {r['TFLOPs']:.0f} |")
+    return rows
+
+
+def bench_smoke() -> list[dict]:
+    """--smoke: one tiny extend (one q head, one KV head, head_dim 64, 64 new tokens) through the kernel
+    alone in GPU interpret mode (simulated warpgroups: about 10 s a call), called once (the time includes
+    tracing), and its error vs the reference."""
+    global H, KVH, D, SCALE
+    H, KVH, D = 1, 1, 64
+    SCALE = D ** -0.5
+    rows = []
+    for prefix, new in ((0, MOSAIC_MIN_Q),):
+        sets = paged_inputs(prefix, new, jnp.bfloat16, 16, rotations=1)
+        fn, args = kernel_only(sets, MosaicConfig(block_k=64), interpret=True)
+        t0 = time.perf_counter()
+        got = jax.block_until_ready(fn(*args[0]))
+        t = time.perf_counter() - t0
+        want = ragged_paged_attention_ref(*sets[0], sm_scale=SCALE).astype(jnp.float32)
+        err = float(jnp.abs(got.astype(jnp.float32) - want).max())
+        rows.append({"prefix": prefix, "new": new, "variant": "kernel bf16 p16 (interpret)", "us": t * 1e6,
+                     "max_err_vs_ref": err})
+        print(json.dumps(rows[-1]), flush=True)
+    print("\n| prefix | new | variant | us | max err vs ref |\n|---:|---:|---|---:|---:|")
+    for r in rows:
+        print(f"| {r['prefix']} | {r['new']} | {r['variant']} | {r['us']:.0f} | {r['max_err_vs_ref']:.2e} |")
     return rows
 
 
@@ -202,9 +232,12 @@ def main() -> None:
     ap.add_argument("--profile", metavar="DIR")
     ap.add_argument("--kernels", nargs="*", metavar="PREFIX,NEW",
                     help="per-kernel GPU time (profiler) of the dispatch and cuDNN on these extends")
+    ap.add_argument("--smoke", action="store_true", help="one tiny case in interpret mode on any backend (CI)")
     ap.add_argument("--out", help="write results as JSON here")
     a = ap.parse_args()
     res = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__}
+    if a.smoke:
+        res["smoke"] = bench_smoke()
     if a.compile_only:
         compile_only()
     if a.time:

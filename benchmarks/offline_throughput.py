@@ -1,12 +1,20 @@
-"""Offline throughput of the Engine: batch-1 decode latency, then synthetic workloads with the cache on and off.
+"""Offline throughput of the Engine: batch-1 decode latency, then workloads with the cache on and off.
 
     python benchmarks/offline_throughput.py                                   # default model, CPU-sized
     python benchmarks/offline_throughput.py --model benchmarks/configs/llama-3.1-8b --load-format dummy \\
         --num-prompts 256 --input-len 128 1024 --output-len 64 256 --groups 16 --per-group 16 --system-len 1024
+    python benchmarks/offline_throughput.py --smoke --out /tmp/o.json         # tiny random model, seconds (CI)
 
-Datasets (token ids, no tokenizer needed):
+The issue-14 shapes, side by side with benchmarks/peer_hf.py (same requests for the same seed):
+    ... --model benchmarks/configs/llama-3.1-8b --load-format dummy --num-prompts 256 --input-len 128 128 \\
+        --output-len 128 128 --max-running-requests 256 --datasets random sharegpt --cache-modes off
+
+Datasets (--datasets; token ids, built by benchmarks/_common.py):
   random         --num-prompts requests with input/output lengths uniform in the given ranges
   shared-prefix  --groups x --per-group requests: a --system-len prefix per group + a 64-token question, shuffled
+  sharegpt       --num-prompts real ShareGPT prompts (../shared/data/sharegpt, tokenized with the default
+                 model's tokenizer, at most --sharegpt-max-input tokens) with output lengths of real replies
+Each runs twice per cache mode (the first pass compiles what its batches need and is not reported).
 Prints a table and writes JSON (--out).
 """
 from __future__ import annotations
@@ -23,33 +31,35 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import DATASETS, make_workloads, tiny_model_dir, workload_summary  # noqa: E402
 from jaxsgl.engine.engine import Engine  # noqa: E402
 
+SMOKE = dict(num_prompts=4, input_len=[8, 24], output_len=[2, 4], groups=2, per_group=2, system_len=16,
+             max_running_requests=4, chunked_prefill_size=32, batch1_output=4, batch1_input=16,
+             sharegpt_max_input=48, sharegpt_max_output=4, seq_buckets=[1, 4], datasets=list(DATASETS))
 
-def random_dataset(rng, n: int, in_len: tuple[int, int], out_len: tuple[int, int], vocab: int):
-    return [(rng.integers(10, vocab, int(rng.integers(in_len[0], in_len[1] + 1))).tolist(),
-             int(rng.integers(out_len[0], out_len[1] + 1))) for _ in range(n)]
+
+def last_step(eng: Engine) -> int:
+    """The id of the newest trace record (-1 if none): mark it, then steps_since(eng, mark)."""
+    t = eng.trace()
+    return t[-1]["step"] if t else -1
 
 
-def shared_prefix_dataset(rng, groups: int, per_group: int, system_len: int, out_len: int, vocab: int):
-    work = []
-    for _ in range(groups):
-        system = rng.integers(10, vocab, system_len).tolist()
-        work += [(system + rng.integers(10, vocab, 64).tolist(), out_len) for _ in range(per_group)]
-    order = rng.permutation(len(work))
-    return [work[i] for i in order]
+def steps_since(eng: Engine, mark: int) -> list[dict]:
+    """Trace records of the steps after `mark` (the trace is a ring buffer: never slice it by length)."""
+    return [r for r in eng.trace() if r["step"] > mark]
 
 
 def run_workload(eng: Engine, work) -> dict:
     eng.flush_cache()
     compiled = eng.runner.num_compiled()
     before = dict(eng.cache_stats())
-    n_steps = len(eng.trace())
+    mark = last_step(eng)
     t0 = time.perf_counter()
     outs = eng.generate(input_ids=[w[0] for w in work],
                         sampling_params=[{"max_new_tokens": w[1], "temperature": 0, "ignore_eos": True} for w in work])
     wall = time.perf_counter() - t0
-    steps = eng.trace()[n_steps:]
+    steps = steps_since(eng, mark)
     after = eng.cache_stats()
     prompt = sum(len(w[0]) for w in work)
     out_tok = sum(o["meta_info"]["completion_tokens"] for o in outs)
@@ -61,11 +71,12 @@ def run_workload(eng: Engine, work) -> dict:
 
 
 def batch1_decode(eng: Engine, in_len: int, out_len: int, vocab: int) -> dict:
+    """Batch-1 decode: ms per output token (engine wall clock between steps) after a compile pass."""
     ids = np.random.default_rng(7).integers(10, vocab, in_len).tolist()
     eng.generate(input_ids=ids, sampling_params={"max_new_tokens": 4, "temperature": 0, "ignore_eos": True})  # compile
-    n = len(eng.trace())
+    mark = last_step(eng)
     eng.generate(input_ids=ids[::-1], sampling_params={"max_new_tokens": out_len, "temperature": 0, "ignore_eos": True})
-    steps = eng.trace()[n:]
+    steps = steps_since(eng, mark)
     decode = [s["step_time"] for s in steps if s["num_decode_seqs"] == 1 and s["num_seqs"] == 1]
     # wall clock between consecutive decode steps: the step plus all host work around it
     wall = [b["end_time"] - a["end_time"] for a, b in zip(steps, steps[1:]) if b["num_decode_seqs"] == 1]
@@ -73,24 +84,41 @@ def batch1_decode(eng: Engine, in_len: int, out_len: int, vocab: int) -> dict:
             "runner_ms_median": 1e3 * statistics.median(decode), "decode_steps": len(decode)}
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
     ap.add_argument("--load-format", default="auto")
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--datasets", nargs="+", default=["random", "shared-prefix"], choices=DATASETS)
+    ap.add_argument("--cache-modes", nargs="+", default=["on", "off"], choices=["on", "off"])
     ap.add_argument("--num-prompts", type=int, default=32)
     ap.add_argument("--input-len", type=int, nargs=2, default=[16, 128])
     ap.add_argument("--output-len", type=int, nargs=2, default=[8, 32])
     ap.add_argument("--groups", type=int, default=4)
     ap.add_argument("--per-group", type=int, default=8)
     ap.add_argument("--system-len", type=int, default=256)
+    ap.add_argument("--sharegpt-max-input", type=int, default=1024)
+    ap.add_argument("--sharegpt-max-output", type=int, default=1024)
     ap.add_argument("--max-running-requests", type=int, default=64)
     ap.add_argument("--chunked-prefill-size", type=int, default=512)
-    ap.add_argument("--batch1-output", type=int, default=32)
+    ap.add_argument("--seq-buckets", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--batch1-input", type=int, default=128)
+    ap.add_argument("--batch1-output", type=int, default=32, help="0: skip the batch-1 decode measurement")
     ap.add_argument("--attention-backend", default="auto")
     ap.add_argument("--disable-overlap-schedule", action="store_true", help="synchronous steps (no overlap scheduling)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help="tiny random model and workloads (CI: seconds on a CPU)")
     ap.add_argument("--out", default="offline_throughput.json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.smoke:
+        for k, v in SMOKE.items():
+            setattr(args, k, v)
+        args.model, args.load_format = str(tiny_model_dir()), "dummy"
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("jaxsgl").setLevel(logging.INFO)
 
@@ -98,20 +126,18 @@ def main() -> None:
     eng = Engine(args.model, load_format=args.load_format, dtype=args.dtype, skip_tokenizer_init=True,
                  max_running_requests=args.max_running_requests, chunked_prefill_size=args.chunked_prefill_size,
                  max_prefill_tokens=max(args.chunked_prefill_size, 1), attention_backend=args.attention_backend,
-                 seq_buckets=[1, 8, 32], disable_overlap_schedule=args.disable_overlap_schedule)
+                 seq_buckets=args.seq_buckets, disable_overlap_schedule=args.disable_overlap_schedule)
     start_s = time.perf_counter() - t0
     vocab = eng.cfg.vocab_size
-    rng = np.random.default_rng(0)
     result = {"model": str(eng.model_dir), "load_format": args.load_format, "attention": eng.attn_impl,
               "engine_start_s": start_s, "args": vars(args)}
-    result["batch1"] = batch1_decode(eng, 128, args.batch1_output, vocab)
-    print(f"batch1: {json.dumps(result['batch1'])}", flush=True)
-    datasets = {"random": random_dataset(rng, args.num_prompts, args.input_len, args.output_len, vocab),
-                "shared-prefix": shared_prefix_dataset(rng, args.groups, args.per_group, args.system_len,
-                                                       args.output_len[0], vocab)}
+    if args.batch1_output:
+        result["batch1"] = batch1_decode(eng, args.batch1_input, args.batch1_output, vocab)
+        print(f"batch1: {json.dumps(result['batch1'])}", flush=True)
     rows = []
-    for name, work in datasets.items():
-        for cache in ("on", "off"):
+    for name, work in make_workloads(args.datasets, args, vocab).items():
+        result[f"{name}/workload"] = workload_summary(work)
+        for cache in args.cache_modes:
             eng.scheduler.cache.enabled = cache == "on"  # the loop is idle between workloads
             # untimed pass: compiles the step shapes and attention variants this mode's batches need
             warm = run_workload(eng, work)
@@ -123,9 +149,12 @@ def main() -> None:
             print(f"{name}/cache-{cache}: {json.dumps(r)}", flush=True)
             Path(args.out).write_text(json.dumps(result, indent=2))
     eng.shutdown()
-    b1 = result["batch1"]
-    print(f"engine start {start_s:.1f}s; batch-1 decode {b1['ms_per_token_median']:.2f} ms/token wall "
-          f"({b1['runner_ms_median']:.2f} ms in ModelRunner.run; median of {b1['decode_steps']} steps)")
+    print(f"engine start {start_s:.1f}s", end="")
+    if "batch1" in result:
+        b1 = result["batch1"]
+        print(f"; batch-1 decode {b1['ms_per_token_median']:.2f} ms/token wall "
+              f"({b1['runner_ms_median']:.2f} ms in ModelRunner.run; median of {b1['decode_steps']} steps)", end="")
+    print()
     print(f"{'workload':<24}{'req/s':>8}{'out tok/s':>11}{'tok/s':>10}{'hit rate':>10}{'prefill tok':>13}{'wall s':>8}")
     for name, r in rows:
         print(f"{name:<24}{r['req_per_s']:>8.2f}{r['output_tok_per_s']:>11.1f}{r['total_tok_per_s']:>10.1f}"

@@ -8,6 +8,8 @@ Also checks every implementation's last-token logits against the first one's and
 --fp32-ref, against an fp32 run (the same weights upcast, reference attention, matmuls at
 "highest" precision): the bf16 `reference` row is the yardstick for the kernels' error.
 Prints a table and writes JSON.
+    python benchmarks/prefill_step.py --smoke --out /tmp/p.json   # tiny random model on the CPU, the
+                                                                  # Pallas kernel in interpret mode (CI)
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import tiny_model_dir  # noqa: E402
 from jaxsgl import kernels  # noqa: E402
 from jaxsgl.model.forward import forward, init_kv_cache, step_to_device  # noqa: E402
 from jaxsgl.model.loader import load_model  # noqa: E402
@@ -56,7 +59,7 @@ def fp32_logits(cfg, weights, lengths: list[int]) -> dict[int, np.ndarray]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", required=True)
+    ap.add_argument("--model", default=None, help="HF directory or config dir (with --load-format dummy)")
     ap.add_argument("--load-format", default="auto")
     ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
     ap.add_argument("--impls", nargs="+", default=["pallas", "pallas_cudnn"])
@@ -64,8 +67,15 @@ def main() -> None:
     ap.add_argument("--fp32-max-len", type=int, default=4096,
                     help="skip the fp32 run above this length (8B at 8k: ~75 GB)")
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny random model, 32 tokens, reference vs pallas_interpret, fp32 check, 2 iters")
     ap.add_argument("--out", default="prefill_step.json")
     args = ap.parse_args()
+    if args.smoke:
+        args.model, args.load_format = str(tiny_model_dir()), "dummy"
+        args.lengths, args.impls, args.fp32_ref, args.iters = [32], ["reference", "pallas_interpret"], True, 2
+    if args.model is None:
+        ap.error("--model is required (or --smoke)")
     cfg, weights, _ = load_model(args.model, load_format=args.load_format)
     fp32 = fp32_logits(cfg, weights, [T for T in args.lengths if T <= args.fp32_max_len]) if args.fp32_ref else {}
     rows = []
@@ -101,9 +111,9 @@ def main() -> None:
     Path(args.out).write_text(json.dumps({"model": args.model, "device": jax.devices()[0].device_kind,
                                           "argv": sys.argv, "rows": rows}, indent=2))
     nan = float("nan")
-    print(f"{'tokens':>7}{'impl':>14}{'ms':>9}{'tok/s':>10}{'dlogit vs 1st':>15}{'vs fp32 max':>13}{'rms':>8}")
+    print(f"{'tokens':>7}{'impl':>18}{'ms':>9}{'tok/s':>10}{'dlogit vs 1st':>15}{'vs fp32 max':>13}{'rms':>8}")
     for r in rows:
-        print(f"{r['tokens']:>7}{r['impl']:>14}{r['ms']:>9.2f}{r['tok_per_s']:>10.0f}"
+        print(f"{r['tokens']:>7}{r['impl']:>18}{r['ms']:>9.2f}{r['tok_per_s']:>10.0f}"
               f"{r['max_abs_logit_diff_vs_first']:>15.4f}{r.get('max_abs_logit_diff_vs_fp32', nan):>13.4f}"
               f"{r.get('rms_logit_diff_vs_fp32', nan):>8.4f}")
 

@@ -2,6 +2,7 @@
 
     python benchmarks/tree_of_thought.py                        # default model, 2 GSM8K questions, CPU-sized
     python benchmarks/tree_of_thought.py --questions 8 --max-tokens 32 --out tot.json
+    python benchmarks/tree_of_thought.py --smoke --out /tmp/t.json    # tiny random model (CI), 1 question
 
 Each question grows a binary tree (plan -> execute -> reflect -> answer): 2 + 4 + 8 + 16 = 30 gens.
 Every configuration runs in a fresh Engine: as many warm-up questions first (compilation of the
@@ -28,6 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jaxsgl as sgl  # noqa: E402
+from _common import tiny_model_dir  # noqa: E402
 from jaxsgl.lang import global_config  # noqa: E402
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
@@ -69,17 +71,18 @@ def load_questions(n: int, offset: int = 0) -> list[str]:
 
 def measure(rt: sgl.Runtime, questions: list[str], branches: int, max_tokens: int) -> dict[str, Any]:
     eng = rt.engine
-    stats0, steps0 = eng.cache_stats(), len(eng.trace())
+    before = eng.trace()
+    stats0, mark = eng.cache_stats(), (before[-1]["step"] if before else -1)
     t0 = time.perf_counter()
     states = tree_of_thought.run_batch([{"question": q, "branches": branches, "max_tokens": max_tokens}
                                         for q in questions], temperature=0, backend=rt)
     answers = [st.ret_value for st in states]
     wall = time.perf_counter() - t0
     errors = [repr(st.error()) for st in states if st.error() is not None]
-    stats1, trace = eng.cache_stats(), eng.trace()[steps0:]
+    stats1, trace = eng.cache_stats(), [r for r in eng.trace() if r["step"] > mark]  # a ring buffer
     prompt = stats1["prompt_tokens"] - stats0["prompt_tokens"]
     cached = stats1["cached_prompt_tokens"] - stats0["cached_prompt_tokens"]
-    return {"wall_s": round(wall, 2), "step_time_s": round(sum(r["step_time"] for r in trace), 2),
+    return {"wall_s": round(wall, 2), "step_time_s": round(sum(r["step_time"] or 0.0 for r in trace), 2),
             "prefill_tokens_computed": sum(r["prefill_tokens"] for r in trace),
             "prompt_tokens": prompt, "cached_prompt_tokens": cached,
             "hit_rate": round(cached / prompt, 4) if prompt else 0.0,
@@ -91,7 +94,7 @@ def run_config(name: str, args: argparse.Namespace, questions: list[str], warmup
     cfg = CONFIGS[name]
     global_config.enable_fork_hint = cfg["hint"]
     options = dict(cfg["engine"], **({"page_size": args.page_size} if args.page_size else {}))
-    rt = sgl.Runtime(args.model, dtype=args.dtype, **options)
+    rt = sgl.Runtime(args.model, dtype=args.dtype, load_format=args.load_format, **options)
     try:
         measure(rt, warmup, args.branches, args.max_tokens)  # compile every shape first
         rt.flush_cache()
@@ -107,13 +110,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model path (default: the embedded SmolLM2-135M-Instruct)")
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--load-format", default="auto", help="auto | dummy (random weights from a config.json)")
     ap.add_argument("--questions", type=int, default=2)
     ap.add_argument("--branches", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--page-size", type=int, default=None, help="KV page size (default: the engine's)")
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--out", default=None, help="write the JSON results here")
+    ap.add_argument("--smoke", action="store_true", help="tiny random model (default tokenizer), 1 question, 2 tokens, configs hint and no-cache")
     args = ap.parse_args()
+    if args.smoke:
+        args.model, args.load_format = str(tiny_model_dir(with_tokenizer=True)), "dummy"
+        args.questions, args.max_tokens, args.configs = 1, 2, ["hint", "no-cache"]
     questions, warmup = load_questions(args.questions), load_questions(args.questions, offset=100)
     rows = [run_config(name, args, questions, warmup) for name in args.configs]
     same = all(r["answers"] == rows[0]["answers"] for r in rows)
@@ -130,7 +138,7 @@ def main() -> None:
             print(f"{r['config']}: errors {r['errors']}")
     result = {"benchmark": "tree_of_thought", "questions": args.questions, "levels": len(LEVELS),
               "branches": args.branches, "max_tokens": args.max_tokens, "model": args.model or "default",
-              "dtype": args.dtype, "page_size": args.page_size, "identical_answers": same,
+              "dtype": args.dtype, "load_format": args.load_format, "page_size": args.page_size, "identical_answers": same,
               "rows": [{k: v for k, v in r.items() if k != "answers"} for r in rows]}
     print(json.dumps(result, indent=1))
     if args.out:

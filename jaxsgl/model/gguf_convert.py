@@ -5,18 +5,28 @@ quantisation type); the tokenizer and chat template are converted by
 `transformers.AutoTokenizer(..., gguf_file=...)`. The result lands in
 `$JAXSGL_CACHE` (default ~/.cache/jaxsgl) keyed by the file's name, size and mtime,
 so the second start skips the conversion and loads safetensors directly.
+
+Concurrency: processes converting the same file into the same cache take an exclusive
+`fcntl.flock` on `<entry>.lock`; the one that gets it first writes into a private temporary
+directory and renames it into place (atomic), the others wait and then reuse its result.
+A reader never sees a half-written entry.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from jaxsgl.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -113,55 +123,108 @@ def gguf_tokenizer(fields: dict) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=backend, **tok_config, **extra)
 
 
+def _is_complete(out: Path) -> bool:
+    """An entry is complete once it exists at all: it only ever appears by an atomic rename."""
+    return (out / "config.json").exists() and (out / "model.safetensors").exists()
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on lock_path (created if missing, never deleted) for the block."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock (the rename still keeps entries whole)
+        yield
+        return
+    with open(lock_path, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process converting into %s", lock_path.with_suffix(""))
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path | None = None) -> Path:
     """Write config.json, model.safetensors (fp32) and the tokenizer files; return the directory.
 
-    Reuses an existing conversion. Writes into a temporary directory first, so an
-    interrupted conversion never leaves a half-written cache entry.
+    Reuses an existing conversion. Safe to run from several processes at once (see the module
+    docstring): creates `out` (by renaming a finished temporary directory) and `<out>.lock`.
     """
+    out = Path(out_dir) if out_dir else converted_dir(gguf_path)
+    if _is_complete(out):
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out.with_name(out.name + ".lock")):
+        if _is_complete(out):  # another process finished it while we waited
+            return out
+        log.info("converting %s -> %s (first start only)", gguf_path, out)
+        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the entry should not be
+        try:
+            _write_conversion(gguf_path, tmp)
+            if out.exists():  # a stale, incomplete entry (e.g. from an older version)
+                shutil.rmtree(out)
+            os.rename(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write_conversion(gguf_path: str | Path, tmp: Path) -> None:
+    """Dequantise gguf_path into tmp (config.json, model.safetensors, tokenizer files)."""
     import gguf
     from safetensors.numpy import save_file
 
-    out = Path(out_dir) if out_dir else converted_dir(gguf_path)
-    if (out / "config.json").exists():
-        return out
-    log.info("converting %s -> %s (first start only)", gguf_path, out)
-    reader = gguf.GGUFReader(str(gguf_path))
-    fields = {}
-    for k, f in reader.fields.items():
-        try:
-            fields[k] = f.contents()
-        except Exception:  # fields of unknown layout are not needed for the config
-            continue
-    arch = fields["general.architecture"]
-    if arch not in ARCHS:
-        raise ValueError(f"GGUF architecture {arch!r} is not supported; supported: {sorted(ARCHS)}")
-    names = {t.name for t in reader.tensors}
-    cfg = _hf_config(fields, arch, names)
-    tensors: dict[str, np.ndarray] = {}
-    for t in reader.tensors:
-        w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
-        w = w.reshape([int(x) for x in reversed(t.shape)]) if w.size == int(np.prod(t.shape)) else w
-        if t.name.startswith("blk."):
-            _, layer, rest = t.name.split(".", 2)
-            if rest not in LAYER_NAMES:
-                raise ValueError(f"unexpected GGUF tensor {t.name}")
-            if arch == "llama" and rest == "attn_q.weight":
-                w = _unpermute(w, cfg["num_attention_heads"])
-            elif arch == "llama" and rest == "attn_k.weight":
-                w = _unpermute(w, cfg["num_key_value_heads"])
-            tensors[f"model.layers.{layer}.{LAYER_NAMES[rest]}"] = np.ascontiguousarray(w)
-        elif t.name in GLOBAL_NAMES:
-            tensors[GLOBAL_NAMES[t.name]] = np.ascontiguousarray(w)
-        elif t.name != "rope_freqs.weight":
+    with progress(desc="converting GGUF (first start only)", unit="tensor") as bar:
+        bar.set_postfix_str("reading metadata")
+        reader = gguf.GGUFReader(str(gguf_path))
+        bar.total = len(reader.tensors)
+        bar.set_postfix_str("dequantising")
+        fields = {}
+        for k, f in reader.fields.items():
+            try:
+                fields[k] = f.contents()
+            except Exception:  # fields of unknown layout are not needed for the config
+                continue
+        arch = fields["general.architecture"]
+        if arch not in ARCHS:
+            raise ValueError(f"GGUF architecture {arch!r} is not supported; supported: {sorted(ARCHS)}")
+        cfg = _hf_config(fields, arch, {t.name for t in reader.tensors})
+        tensors = {}
+        for t in reader.tensors:
+            name, w = _convert_tensor(gguf, t, arch, cfg)
+            if name is not None:
+                tensors[name] = w
+            bar.update()
+        bar.set_postfix_str("writing safetensors")
+        save_file(tensors, str(tmp / "model.safetensors"))
+        with open(tmp / "config.json", "w") as f:
+            json.dump(cfg, f, indent=2)
+        bar.set_postfix_str("converting the tokenizer")
+        gguf_tokenizer(fields).save_pretrained(str(tmp))
+
+
+def _convert_tensor(gguf: Any, t: Any, arch: str, cfg: dict) -> tuple[str | None, np.ndarray]:
+    """(HF name, fp32 array) of one GGUF tensor; name None for tensors HF does not keep (rope_freqs)."""
+    w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+    w = w.reshape([int(x) for x in reversed(t.shape)]) if w.size == int(np.prod(t.shape)) else w
+    if t.name.startswith("blk."):
+        _, layer, rest = t.name.split(".", 2)
+        if rest not in LAYER_NAMES:
             raise ValueError(f"unexpected GGUF tensor {t.name}")
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(tensors, str(tmp / "model.safetensors"))
-    with open(tmp / "config.json", "w") as f:
-        json.dump(cfg, f, indent=2)
-    gguf_tokenizer(fields).save_pretrained(str(tmp))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+        if arch == "llama" and rest == "attn_q.weight":
+            w = _unpermute(w, cfg["num_attention_heads"])
+        elif arch == "llama" and rest == "attn_k.weight":
+            w = _unpermute(w, cfg["num_key_value_heads"])
+        return f"model.layers.{layer}.{LAYER_NAMES[rest]}", np.ascontiguousarray(w)
+    if t.name in GLOBAL_NAMES:
+        return GLOBAL_NAMES[t.name], np.ascontiguousarray(w)
+    if t.name != "rope_freqs.weight":
+        raise ValueError(f"unexpected GGUF tensor {t.name}")
+    return None, w

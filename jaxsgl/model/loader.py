@@ -19,7 +19,8 @@ import numpy as np
 from safetensors import safe_open
 
 from jaxsgl.model.config import ModelConfig
-from jaxsgl.model.weights import ParamSpec, Weights, map_specs, random_weights, weight_specs
+from jaxsgl.model.weights import ParamSpec, Weights, is_spec, map_specs, random_weights, weight_specs
+from jaxsgl.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +95,18 @@ def load_weights(model_dir: str | Path, cfg: ModelConfig, dtype: str | Any = "au
     index = SafetensorsIndex(model_dir)
     if cfg.tie_word_embeddings is False and "lm_head.weight" not in index.file_of:
         raise ValueError(f"{model_dir}: config says untied embeddings but there is no lm_head.weight")
-    try:
-        return map_specs(lambda s: _load_one(index, s), specs)
-    finally:
-        index.close()
+    leaves = jax.tree_util.tree_leaves(specs, is_leaf=is_spec)
+    nbytes = sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in leaves)
+    with progress(desc=f"loading weights ({Path(model_dir).name})", total=nbytes, unit="B", unit_scale=True) as bar:
+        def load(spec: ParamSpec) -> jax.Array:
+            arr = _load_one(index, spec)
+            bar.update(arr.nbytes)
+            return arr
+
+        try:
+            return map_specs(load, specs)
+        finally:
+            index.close()
 
 
 def load_model(model_path: str | Path | None = None, *, dtype: str | Any = "auto",
