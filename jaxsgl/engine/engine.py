@@ -32,6 +32,7 @@ from jaxsgl.engine.sampling import SamplingFlags
 from jaxsgl.engine.step_sampling import greedy_sampling_input
 from jaxsgl.kernels import QLenHint, resolve_impl
 from jaxsgl.model.compile_cache import enable_compilation_cache
+from jaxsgl.progress import progress
 from jaxsgl.model.loader import load_model, resolve_dtype
 from jaxsgl.model.step_input import PAD_PAGE, PAD_SLOT, StepInput
 from jaxsgl.scheduler import Req, Scheduler, StepInputBuilder
@@ -268,7 +269,7 @@ class Engine:
                 shapes = self.builder.shapes()
             variants += [(shape, hint) for shape in shapes]
         t0 = time.perf_counter()
-        for (T, S, P), hint in variants:
+        for (T, S, P), hint in progress(variants, desc="warm-up: compiling step variants", unit="variant"):
             step = StepInput(np.zeros(T, np.int32), np.zeros(T, np.int32), np.zeros(S + 1, np.int32),
                              np.zeros(S, np.int32), np.full((S, P), PAD_PAGE, np.int32),
                              np.full(T, PAD_SLOT, np.int32), np.zeros(S, np.int32))

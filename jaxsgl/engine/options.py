@@ -44,4 +44,7 @@ class EngineOptions:
         opts = cls(model_path=model_path, **kwargs)
         if opts.page_size < 1:
             raise ValueError(f"page_size must be >= 1, got {opts.page_size}")
+        chunk = opts.chunked_prefill_size
+        if chunk is not None and chunk > 0 and chunk % opts.page_size:
+            raise ValueError(f"chunked_prefill_size ({chunk}) must be a multiple of page_size ({opts.page_size})")
         return opts

@@ -52,7 +52,8 @@ def build_sampling_input(batch: ScheduledBatch, states: list[RequestState], step
     seed, counter = np.zeros(S, np.uint32), np.zeros(S, np.int32)
     for i, st in enumerate(states):
         p = st.params
-        temp[i] = 0.0 if p.greedy else p.temperature
+        samples = batch.seqs[i].need_logits and st.req.max_new_tokens > 0  # else its token is unused
+        temp[i] = 0.0 if p.greedy or not samples else p.temperature
         top_p[i], top_k[i], min_p[i] = p.top_p, p.top_k, p.min_p
         freq[i], pres[i], rep[i] = p.frequency_penalty, p.presence_penalty, p.repetition_penalty
         seed[i], counter[i] = p.seed % 2**32, len(st.req.output_ids)
