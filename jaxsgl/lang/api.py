@@ -9,7 +9,8 @@ from jaxsgl.lang.backend.runtime import Runtime, as_backend
 from jaxsgl.lang.choices import ChoicesSamplingMethod, token_length_normalized
 from jaxsgl.lang.function import SglFunction
 from jaxsgl.lang.global_config import global_config
-from jaxsgl.lang.ir import Expr, ExprList, Gen, RoleBegin, RoleEnd, SamplingParams, Select, _as_expr
+from jaxsgl.lang.ir import (Expr, ExprList, Gen, Image, RoleBegin, RoleEnd, SamplingParams, Select, SeparateReasoning,
+                            Video, _as_expr)
 
 
 def function(func: Optional[Callable[..., Any]] = None, num_api_spec_tokens: Optional[int] = None) -> Any:
@@ -83,6 +84,23 @@ def select(name: Optional[str] = None, choices: Optional[list[str]] = None, temp
     return Select(name, choices, temperature, choices_method)
 
 
+def image(source: Any) -> Image:
+    """An image part of the current message: a path, bytes, a PIL image or a URL (vision models only)."""
+    return Image(source)
+
+
+def video(path: Any, num_frames: int) -> Video:
+    """A video part of the current message, num_frames frames to sample (vision models only)."""
+    return Video(path, num_frames)
+
+
+def separate_reasoning(expr: Optional[Any] = None, model_type: Optional[str] = None) -> ExprList:
+    """Run expr, then split each of its named gens into the answer (the variable, and the text) and
+    `<name>_reasoning_content` (the think block), by model_type's reasoning parser (think tags;
+    None: guessed from the backend's model name)."""
+    return ExprList([_as_expr(expr), SeparateReasoning(model_type, expr)])
+
+
 def _role(role: str, expr: Optional[Any] = None) -> ExprList:
     if expr is None:
         return ExprList([RoleBegin(role), RoleEnd(role)])
@@ -127,6 +145,7 @@ def assistant_end() -> RoleEnd:
 
 __all__ = [
     "Runtime", "assistant", "assistant_begin", "assistant_end", "flush_cache", "function", "gen", "gen_int",
-    "gen_string", "get_default_backend", "get_server_info", "select", "set_default_backend", "system",
-    "system_begin", "system_end", "user", "user_begin", "user_end",
+    "gen_string", "get_default_backend", "get_server_info", "image", "select", "separate_reasoning",
+    "set_default_backend", "system",
+    "system_begin", "system_end", "user", "user_begin", "user_end", "video",
 ]

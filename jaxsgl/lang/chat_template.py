@@ -63,3 +63,64 @@ def get_chat_template(tokenizer: Any) -> Optional[ChatTemplate]:
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         return None
     return ChatTemplate(tokenizer)
+
+
+class RoleTemplate:
+    """Fixed role prefix/suffix strings (SGLang's named templates), for backends without a tokenizer."""
+
+    def __init__(self, name: str, roles: dict[str, tuple[str, str]], default_system_prompt: Optional[str] = None,
+                 image_token: str = "<image>"):
+        self.name = name
+        self.roles = roles
+        self.default_system_prompt = default_system_prompt
+        self.image_token = image_token
+
+    def get_prefix_and_suffix(self, role: str, history: list[dict[str, str]]) -> tuple[str, str]:
+        if role not in self.roles:
+            raise ValueError(f"chat template {self.name!r} has no role {role!r}")
+        prefix, suffix = self.roles[role]
+        if not history and role != "system" and self.default_system_prompt:
+            sp, ss = self.roles["system"]
+            prefix = sp + self.default_system_prompt + ss + prefix
+        return prefix, suffix
+
+    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+        out, history = "", []
+        for m in messages:
+            head, tail = self.get_prefix_and_suffix(m["role"], history)
+            out += head + m["content"] + tail
+            history.append(m)
+        return out + (self.get_prefix_and_suffix("assistant", history)[0] if add_generation_prompt else "")
+
+
+NAMED_TEMPLATES: dict[str, RoleTemplate] = {
+    "default": RoleTemplate("default", {"system": ("SYSTEM:", "\n"), "user": ("USER:", "\n"),
+                                        "assistant": ("ASSISTANT:", "\n")}),
+    "chatml": RoleTemplate("chatml", {r: (f"<|im_start|>{r}\n", "<|im_end|>\n")
+                                      for r in ("system", "user", "assistant")}),
+    "llama-3-instruct": RoleTemplate("llama-3-instruct", {
+        r: (f"<|start_header_id|>{r}<|end_header_id|>\n\n", "<|eot_id|>") for r in ("system", "user", "assistant")}),
+}
+
+
+def resolve_chat_template(spec: Any) -> Any:
+    """A role renderer from a ChatTemplate/RoleTemplate, a tokenizer, a template name or a tokenizer directory."""
+    if spec is None or isinstance(spec, (ChatTemplate, RoleTemplate)):
+        return spec
+    if isinstance(spec, str):
+        if spec in NAMED_TEMPLATES:
+            return NAMED_TEMPLATES[spec]
+        import os
+
+        if not os.path.isdir(spec):
+            raise ValueError(f"chat template {spec!r} is neither a known name {sorted(NAMED_TEMPLATES)} nor a "
+                             "tokenizer directory")
+        from jaxsgl.tokenizer import load_tokenizer
+
+        return get_chat_template(load_tokenizer(spec))
+    if hasattr(spec, "apply_chat_template"):
+        return get_chat_template(spec)
+    if hasattr(spec, "get_prefix_and_suffix"):
+        return spec
+    raise TypeError(f"chat_template must be a template name {sorted(NAMED_TEMPLATES)}, a tokenizer (or its "
+                    f"directory) or a ChatTemplate, got {type(spec).__name__}")

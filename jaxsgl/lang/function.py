@@ -4,8 +4,9 @@ from __future__ import annotations
 import inspect
 import os
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from jaxsgl.lang.backend.runtime import as_backend
 from jaxsgl.lang.global_config import global_config
@@ -60,8 +61,9 @@ class SglFunction:
                   return_logprob: Optional[bool] = None, logprob_start_len: Optional[int] = None,
                   top_logprobs_num: Optional[int] = None, return_text_in_logprobs: Optional[bool] = None,
                   backend: Any = None, num_threads: Union[str, int] = "auto",
-                  progress_bar: bool = False) -> list[ProgramState]:
-        """Run the program once per kwargs dict (or positional tuple), concurrently; states in order."""
+                  progress_bar: bool = False, generator_style: bool = False) -> Any:
+        """Run the program once per kwargs dict (or positional tuple), concurrently; states in order
+        (generator_style: an iterator yielding each state, in order, as soon as it is done)."""
         if not isinstance(batch_kwargs, (list, tuple)):
             raise TypeError("run_batch takes a list of argument dicts")
         if not batch_kwargs:
@@ -70,7 +72,7 @@ class SglFunction:
         defaults = run_defaults(max_new_tokens, stop, stop_token_ids, temperature, top_p, top_k, min_p,
                                 frequency_penalty, presence_penalty, ignore_eos, return_logprob,
                                 logprob_start_len, top_logprobs_num, return_text_in_logprobs)
-        return run_program_batch(self, backend, batch, defaults, num_threads, progress_bar)
+        return run_program_batch(self, backend, batch, defaults, num_threads, progress_bar, generator_style)
 
     def _as_kwargs(self, x: Any) -> dict[str, Any]:
         if isinstance(x, dict):
@@ -97,13 +99,16 @@ class SglFunction:
 
 
 def _run_internal(state: ProgramState, program: SglFunction, args: Sequence[Any], kwargs: dict[str, Any],
-                  sync: bool) -> None:
+                  sync: bool, reraise: bool, warn: bool = False) -> None:
+    """Run the body; an exception in it is recorded on the state and, if reraise, raised (SGLang's run())."""
     exe = state.stream_executor
     try:
         state.ret_value = program.func(state, *args, **kwargs)
-    except Exception as err:  # recorded on the state, never raised into a batch or a stream thread
+    except Exception as err:
         exe.sync()
-        exe.record_error(err)
+        exe.record_error(err, warn=warn)
+        if reraise:
+            raise
     finally:
         exe.end()
     if sync:
@@ -111,16 +116,20 @@ def _run_internal(state: ProgramState, program: SglFunction, args: Sequence[Any]
 
 
 def run_program(program: SglFunction, backend: Any, args: Sequence[Any], kwargs: dict[str, Any],
-                defaults: SamplingParams, stream: bool, sync: bool = False) -> ProgramState:
-    """Start one program; with stream=True its body runs on a thread and the state returns at once."""
+                defaults: SamplingParams, stream: bool, sync: bool = False, reraise: bool = True) -> ProgramState:
+    """Start one program; with stream=True its body runs on a thread and the state returns at once.
+
+    An exception in the body is raised here (not with stream=True: it is recorded and warned about);
+    a failing backend call is warned about and kept in state.error(), as SGLang does."""
     be = as_backend(backend or global_config.default_backend)
     kwargs = {**kwargs, **program.bind_arguments}
-    exe = StreamExecutor(be, kwargs, defaults, be.get_chat_template(), stream)
+    exe = StreamExecutor(be, kwargs, defaults, be.get_chat_template(), stream, program.num_api_spec_tokens)
     state = ProgramState(exe)
     if stream:
-        threading.Thread(target=_run_internal, args=(state, program, args, kwargs, sync), daemon=True).start()
+        threading.Thread(target=_run_internal, args=(state, program, args, kwargs, sync, False, True),
+                         daemon=True).start()
     else:
-        _run_internal(state, program, args, kwargs, sync)
+        _run_internal(state, program, args, kwargs, sync, reraise)
     return state
 
 
@@ -134,7 +143,7 @@ def cache_program(program: SglFunction, backend: Any) -> str:
 
 
 def run_program_batch(program: SglFunction, backend: Any, batch: list[dict[str, Any]], defaults: SamplingParams,
-                      num_threads: Union[str, int], progress_bar: bool) -> list[ProgramState]:
+                      num_threads: Union[str, int], progress_bar: bool, generator_style: bool = False) -> Any:
     """Run every program concurrently (a thread each, up to num_threads) after pre-caching the prefix."""
     be = as_backend(backend or global_config.default_backend)
     if global_config.enable_precache_with_tracing and len(batch) > 1:
@@ -145,19 +154,49 @@ def run_program_batch(program: SglFunction, backend: Any, batch: list[dict[str, 
     bar = _progress(len(batch)) if progress_bar else None
 
     def one(kwargs: dict[str, Any]) -> ProgramState:
-        state = run_program(program, be, (), kwargs, defaults, stream=False, sync=True)
+        state = run_program(program, be, (), kwargs, defaults, stream=False, sync=True, reraise=False)
         if bar is not None:
             bar.update(1)
         return state
 
+    if generator_style:
+        return _in_order(one, batch, num_threads, bar)
     try:
         if num_threads == 1:
-            return [one(kw) for kw in batch]
-        with ThreadPoolExecutor(num_threads, thread_name_prefix="sgl-batch") as pool:
-            return list(pool.map(one, batch))
+            states = [one(kw) for kw in batch]
+        else:
+            with ThreadPoolExecutor(num_threads, thread_name_prefix="sgl-batch") as pool:
+                states = list(pool.map(one, batch))
     finally:
         if bar is not None:
             bar.close()
+    _report_failures(states)
+    return states
+
+
+def _in_order(one: Callable[[dict[str, Any]], ProgramState], batch: list[dict[str, Any]], num_threads: int,
+              bar: Any) -> Iterator[ProgramState]:
+    """run_batch(generator_style=True): every program submitted at once, states yielded in order."""
+    states = []
+    try:
+        with ThreadPoolExecutor(num_threads, thread_name_prefix="sgl-batch") as pool:
+            for future in [pool.submit(one, kw) for kw in batch]:
+                states.append(future.result())
+                yield states[-1]
+    finally:
+        if bar is not None:
+            bar.close()
+    _report_failures(states)
+
+
+def _report_failures(states: list[ProgramState]) -> None:
+    """One warning naming every failed program of a batch (each state keeps its error)."""
+    failed = [(i, s.stream_executor.error_) for i, s in enumerate(states) if s.stream_executor.error_ is not None]
+    if failed:
+        shown = "; ".join(f"#{i}: {type(e).__name__}: {e}" for i, e in failed[:8])
+        more = f"; ... and {len(failed) - 8} more" if len(failed) > 8 else ""
+        warnings.warn(f"run_batch: {len(failed)} of {len(states)} programs failed ({shown}{more}); the others "
+                      "completed, and each failed state keeps its error (state.error())", RuntimeWarning, stacklevel=3)
 
 
 class _NoBar:

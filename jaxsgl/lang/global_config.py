@@ -16,6 +16,12 @@ class GlobalConfig:
     enable_fork_hint: bool = True
     fork_hint_min_new_chars: int = 16
     verbosity: int = 0
+    # SGLang's names, kept so programs that set them run; jaxsgl's servers use these defaults.
+    skip_special_tokens_in_output: bool = True
+    spaces_between_special_tokens_in_out: bool = True
+    # SGLang joins forks in mode "concate_and_append" by concatenating their KV caches where the backend
+    # can (support_concate_and_append); no jaxsgl backend can yet, so the join appends the text.
+    enable_parallel_encoding: bool = True
 
 
 global_config = GlobalConfig()

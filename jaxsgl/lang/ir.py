@@ -241,3 +241,44 @@ class Argument(Expr):
 
     def __bool__(self) -> bool:
         raise TypeError("a traced argument has no value")
+
+
+class Image(Expr):
+    """`sgl.image(path_or_bytes)`: an image part of the current chat message."""
+
+    def __init__(self, source: Any):
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"Image({self.source if isinstance(self.source, str) else type(self.source).__name__})"
+
+
+class Video(Expr):
+    """`sgl.video(path, num_frames)`: a video part of the current chat message."""
+
+    def __init__(self, source: Any, num_frames: int):
+        self.source = source
+        self.num_frames = num_frames
+
+    def __repr__(self) -> str:
+        return f"Video({self.source!r}, {self.num_frames})"
+
+
+class SeparateReasoning(Expr):
+    """After `expr` runs, split each of its named gens/selects into answer and `<name>_reasoning_content`."""
+
+    def __init__(self, model_type: Optional[str], expr: Any):
+        self.model_type = model_type
+        self.expr = expr
+        self.names = _output_names(expr)
+
+    def __repr__(self) -> str:
+        return f"SeparateReasoning({self.model_type!r}, {self.names})"
+
+
+def _output_names(expr: Any) -> list[Any]:
+    if isinstance(expr, (Gen, Select)):
+        return [expr.name]
+    if isinstance(expr, ExprList):
+        return [n for e in expr.exprs for n in _output_names(e)]
+    return []

@@ -1,8 +1,9 @@
 """ProgramState (the `s` a program receives) and ProgramStateGroup (what `s.fork(n)` returns)."""
 from __future__ import annotations
 
+import asyncio
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any, AsyncIterator, Iterator, Optional
 
 from jaxsgl.lang.interpreter import StreamExecutor
 from jaxsgl.lang.ir import (ConcatAndAppend, Expr, ExprList, RoleBegin, RoleEnd, RoleMethods, VarScopeBegin,
@@ -91,32 +92,59 @@ class ProgramState(RoleMethods):
     def __contains__(self, name: Any) -> bool:
         return name in self.stream_executor.variables
 
+    def _next_piece(self, prev: int, var_name: Optional[str], timeout: Optional[float]) -> tuple[str, bool]:
+        """(text after prev, finished) of the whole text or one variable, waiting up to timeout for news."""
+        exe = self.stream_executor
+        if var_name is None:
+            def ready() -> bool:
+                return len(exe.text_) > prev or exe.is_finished
+            exe.wait_stream(ready, timeout)
+            done = exe.is_finished
+            return exe.text_[prev:], done
+
+        def var_ready() -> bool:
+            value = exe.variables.get(var_name)
+            return (isinstance(value, str) and len(value) > prev) or _var_done(exe, var_name)
+        exe.wait_stream(var_ready, timeout)
+        done = _var_done(exe, var_name)
+        value = exe.variables.get(var_name, "")
+        return (value[prev:] if isinstance(value, str) else ""), done
+
     def text_iter(self, var_name: Optional[str] = None) -> Iterator[str]:
         """Yield new text as it is generated (the whole text, or one variable's)."""
-        exe = self.stream_executor
-        if not exe.stream:
+        if not self.stream_executor.stream:
             yield self.text() if var_name is None else self.get_var(var_name)
             return
         prev = 0
         while True:
-            if var_name is None:
-                def ready() -> bool:
-                    return len(exe.text_) > prev or exe.is_finished
-                exe.wait_stream(ready)
-                done = exe.is_finished
-                out = exe.text_[prev:]
-            else:
-                def ready() -> bool:
-                    value = exe.variables.get(var_name)
-                    grown = isinstance(value, str) and len(value) > prev
-                    return grown or _var_done(exe, var_name)
-                exe.wait_stream(ready)
-                done = _var_done(exe, var_name)
-                value = exe.variables.get(var_name, "")
-                out = value[prev:] if isinstance(value, str) else ""
+            out, done = self._next_piece(prev, var_name, None)
             prev += len(out)
             if out:
                 yield out
+            if done:
+                return
+
+    async def text_async_iter(self, var_name: Optional[str] = None,
+                              return_meta_data: bool = False) -> AsyncIterator[Any]:
+        """Async text_iter (SGLang's): new text as it arrives; with return_meta_data and a variable,
+        (text, meta_info) pairs whose meta_info is the gen's so far (cumulative `output_token_logprobs`
+        when it asked for return_logprob)."""
+        loop = asyncio.get_running_loop()
+        exe = self.stream_executor
+        if not exe.stream:
+            if var_name is None:
+                yield await loop.run_in_executor(None, self.text)
+                return
+            value = await loop.run_in_executor(None, self.get_var, var_name)
+            yield (value, exe.meta_info.get(var_name)) if return_meta_data else value
+            return
+        prev = 0
+        while True:
+            out, done = await loop.run_in_executor(None, self._next_piece, prev, var_name, 1.0)
+            prev += len(out)
+            if out:
+                meta = exe.meta_info.get(var_name) if var_name is not None else None
+                yield (out, meta) if return_meta_data and var_name is not None else out
             if done:
                 return
 
@@ -169,6 +197,11 @@ class ProgramStateGroup:
 
     def __getitem__(self, i: int) -> ProgramState:
         return self.states[i]
+
+    def __setitem__(self, i: int, value: Any) -> None:
+        """Completes `forks[i] += expr` (Python stores the result back); replacing a branch is an error."""
+        if value is not self.states[i]:
+            raise TypeError("forks[i] = x would replace a branch; extend it with forks[i] += expr")
 
     def __len__(self) -> int:
         return len(self.states)

@@ -81,6 +81,25 @@ def completion_logprobs(meta: dict[str, Any], tokenizer: Any, start: int, text_o
     return out
 
 
+def echo_completion_logprobs(meta: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
+    """OpenAI completions `logprobs` with echo=True: the prompt's tokens (the first one's logprob is None),
+    then the output's, offsets from the start of the echoed prompt (scoring a text: max_tokens=0)."""
+    prompt = meta.get("input_token_logprobs", [])
+    out = completion_logprobs(meta, tokenizer, 0, 0)
+    tokens = [token_text(tokenizer, tid) for _, tid, _ in prompt] + out["tokens"]
+    offsets, pos = [], 0
+    for t in tokens:
+        offsets.append(pos)
+        pos += len(t)
+    res: dict[str, Any] = {"tokens": tokens, "token_logprobs": [lp for lp, _, _ in prompt] + out["token_logprobs"],
+                           "text_offset": offsets, "top_logprobs": None}
+    if out["top_logprobs"] is not None:
+        tops = meta.get("input_top_logprobs") or [None] * len(prompt)
+        res["top_logprobs"] = [None if top is None else {token_text(tokenizer, tid): lp for lp, tid, _ in top}
+                               for top in tops] + out["top_logprobs"]
+    return res
+
+
 def chat_logprobs(meta: dict[str, Any], tokenizer: Any, start: int) -> dict[str, Any]:
     """OpenAI chat `logprobs` for output tokens [start:] ({"content": [{token, logprob, bytes, top_logprobs}]})."""
     def item(lp: float, tid: int) -> dict[str, Any]:

@@ -11,8 +11,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from jaxsgl.server.errors import APIError, error_body, parse_body
-from jaxsgl.server.formatting import (SSE_DONE, chat_logprobs, completion_logprobs, finish_reason, matched_stop,
-                                      sse, usage)
+from jaxsgl.server.formatting import (SSE_DONE, chat_logprobs, completion_logprobs, echo_completion_logprobs,
+                                      finish_reason, matched_stop, sse, usage)
 from jaxsgl.server.generation import (ENGINE_SAMPLING_FIELDS, ClientDisconnected, GenItem, engine_sampling_params,
                                       generate_all, open_streams)
 from jaxsgl.server.protocol import ChatCompletionRequest, CompletionRequest, OpenAISampling
@@ -91,8 +91,10 @@ async def completions(request: Request) -> Response:
     max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens
     params = sampling_params(req, max_tokens)
     want_lp = req.logprobs is not None
+    echo_lp = want_lp and req.echo  # the prompt's logprobs too (scoring: max_tokens=0)
     items = [GenItem(text=t, input_ids=ids, params=params, return_logprob=want_lp, top_logprobs_num=req.logprobs or 0,
-                     rid=_rid(req, i, len(prompts))) for i, (t, ids) in enumerate(prompts)]
+                     logprob_start_len=0 if echo_lp else None, rid=_rid(req, i, len(prompts)))
+             for i, (t, ids) in enumerate(prompts)]
     if any(it.text is None for it in items) and any(it.input_ids is None for it in items):
         tok = engine.tokenizer
         for it in items:
@@ -117,7 +119,8 @@ async def completions(request: Request) -> Response:
         meta = r["meta_info"]
         choices.append({"index": j, "text": echo[j] + r["text"], "finish_reason": finish_reason(meta),
                         "matched_stop": matched_stop(meta),
-                        "logprobs": completion_logprobs(meta, engine.tokenizer, 0, len(echo[j])) if want_lp else None})
+                        "logprobs": echo_completion_logprobs(meta, engine.tokenizer) if echo_lp else
+                        completion_logprobs(meta, engine.tokenizer, 0, len(echo[j])) if want_lp else None})
     return JSONResponse({"id": cid, "object": "text_completion", "created": created, "model": req.model,
                          "choices": choices, "usage": usage([r["meta_info"] for r in results], req.n)})
 

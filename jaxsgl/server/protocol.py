@@ -253,8 +253,8 @@ class CompletionRequest(OpenAISampling):
             raise ValueError(f"at most {MAX_BATCH} prompts per request")
         if isinstance(self.prompt, list) and not self.prompt:
             raise ValueError("prompt must not be empty")
-        if self.echo and self.logprobs is not None:
-            raise ValueError("echo with logprobs is not supported")
+        if self.echo and self.logprobs is not None and self.stream:
+            raise ValueError("echo with logprobs is not supported when streaming")
         return self
 
 

@@ -291,43 +291,46 @@ def test_stream_text_iter_equals_non_streamed(incremental):
     assert st2.text() == ref.text()
 
 
-def test_program_exception_is_recorded_not_raised(backend):
+def test_program_exception_is_raised_from_run_and_kept(backend):
     @sgl.function
     def bad(s):
         s += "x" + sgl.gen("a", max_tokens=2)
         raise ZeroDivisionError("boom")
 
-    state = bad.run(backend=backend)
-    assert isinstance(state.error(), ZeroDivisionError)
-    st = bad.run(stream=True, backend=backend)
-    list(st.text_iter())
-    assert isinstance(st.error(), ZeroDivisionError)
+    with pytest.raises(ZeroDivisionError):  # SGLang's run() re-raises the body's exception
+        bad.run(backend=backend)
+    with pytest.warns(RuntimeWarning, match="boom"):  # a stream runs the body on a thread: recorded, warned
+        st = bad.run(stream=True, backend=backend)
+        assert list(st.text_iter()) and isinstance(st.error(), ZeroDivisionError)
 
 
-def test_backend_failure_releases_waiters(backend):
+def test_backend_failure_warns_and_releases_waiters(backend):
     @sgl.function
     def prog(s, fail):
         s += ("<<FAIL>>" if fail else "ok") + sgl.gen("a", max_tokens=2)
         s += sgl.gen("b", max_tokens=2)
 
-    states = prog.run_batch([{"fail": i == 1} for i in range(4)], backend=backend)
+    with pytest.warns(RuntimeWarning, match=r"run_batch: 1 of 4 programs failed \(#1: RuntimeError"):
+        states = prog.run_batch([{"fail": i == 1} for i in range(4)], backend=backend)
     assert [s.error() is None for s in states] == [True, False, True, True]
     assert isinstance(states[1].error(), RuntimeError)
     with pytest.raises(KeyError):
         states[1]["a"]
-    st = prog.run(fail=True, stream=True, backend=backend)
-    assert list(st.text_iter("b")) == []
+    with pytest.warns(RuntimeWarning, match="fake backend failure"):  # run() returns; the error is kept
+        st, state = prog.run(fail=True, stream=True, backend=backend), prog.run(fail=True, backend=backend)
+        assert list(st.text_iter("b")) == [] and isinstance(state.error(), RuntimeError)
     assert isinstance(st.error(), RuntimeError)
 
 
-def test_reading_failed_var_inside_program_does_not_hang(backend):
+def test_reading_failed_var_inside_program_raises_from_run(backend):
     @sgl.function
     def prog(s):
         s += "<<FAIL>>" + sgl.gen("a", max_tokens=2)
         s += "after " + s["a"]
 
-    state = prog.run(backend=backend)
-    assert isinstance(state.error(), RuntimeError)
+    with pytest.warns(RuntimeWarning), pytest.raises(KeyError, match="fake backend failure") as info:
+        prog.run(backend=backend)
+    assert isinstance(info.value.__cause__, RuntimeError)
 
 
 @pytest.mark.parametrize("kwargs,want", [

@@ -106,7 +106,7 @@ CORPUS = [
     ("c-temperature-3", "POST", C, comp(temperature=3), 400),
     ("c-top-p-2", "POST", C, comp(top_p=2), 400),
     ("c-logprobs-10", "POST", C, comp(logprobs=10), 400),
-    ("c-echo-logprobs", "POST", C, comp(echo=True, logprobs=1), 400),
+    ("c-echo-logprobs-stream", "POST", C, comp(echo=True, logprobs=1, stream=True), 400),
     ("c-best-of-3", "POST", C, comp(best_of=3), 400),
     ("c-logit-bias", "POST", C, comp(logit_bias={"1": 5.0}), 400),
     ("c-suffix", "POST", C, comp(suffix="x"), 400),
