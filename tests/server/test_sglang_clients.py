@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from harness import assert_no_leaked_pages
 
-sgl = pytest.importorskip("sglang", reason="pip install --no-deps sglang (see docs/server.md)")
+import sglang as sgl  # scripts/setup.sh --test installs it (--no-deps; see docs/server.md)
 HERE = Path(__file__).parent
 
 
