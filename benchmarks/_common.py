@@ -11,6 +11,7 @@ peer_hf.py (transformers) run identical requests.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import tempfile
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sharegpt"
+DATA = Path(os.environ.get("JAXSGL_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data") / "sharegpt"
 SHAREGPT_PROMPTS = DATA / "ShareGPT_V3_filtered_1000.json"  # first human turns only
 SHAREGPT_PAIRS = DATA / "sharegpt_sample_50_2turn.json"  # human + gpt turn pairs
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")

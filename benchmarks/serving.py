@@ -14,12 +14,22 @@ reports the server's output throughput at rate inf as a fraction of the in-proce
 On a CPU the numbers are dominated by compiles of batch shapes the warm pass did not meet; pass
 `--server-args "--warmup"` to compile every bucket before serving.
 Datasets: random (random-ids, fixed --input-len/--output-len) and sharegpt (the 2-turn ShareGPT sample
-in ../shared/data/sharegpt: real prompts and reply lengths).
+in $JAXSGL_DATA/sharegpt, default ../shared/data/sharegpt: real prompts and reply lengths).
+
+--client builtin (where sglang is not installed, e.g. the GPU machine) replaces bench_serving with a small
+asyncio client over httpx that sends the in-process run's exact requests (token ids, ignore_eos) to
+/generate with stream=True at Poisson arrivals and computes bench_serving's metrics the same way
+(output tok/s = output tokens / duration; TTFT = first chunk; ITL = gaps between chunks). --client auto
+uses bench_serving when sglang imports. --max-duration bounds each finite rate's request count
+(rate x seconds), so rate 1 does not take num-prompts seconds.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
+import importlib.util
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -37,15 +47,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import free_port, launch, stop, wait_healthy  # noqa: E402
 
 BENCH = ROOT / "tests" / "server" / "run_bench_serving.py"
-SHAREGPT = ROOT.parent / "shared" / "data" / "sharegpt" / "sharegpt_sample_50_2turn.json"
+SHAREGPT = Path(os.environ.get("JAXSGL_DATA") or ROOT.parent / "shared" / "data") / "sharegpt" / \
+    "sharegpt_sample_50_2turn.json"
 KEYS = ("output_throughput", "request_throughput", "median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms",
         "completed", "total_input_tokens", "total_output_tokens", "duration")
+
+
+def num_prompts(rate: str, args: argparse.Namespace) -> int:
+    """The request count at `rate`: --num-prompts, at most rate x --max-duration (finite rates)."""
+    r = float(rate)
+    if args.max_duration and math.isfinite(r):
+        return max(2, min(args.num_prompts, math.ceil(r * args.max_duration)))
+    return args.num_prompts
 
 
 def bench(url: str, dataset: str, rate: str, args: argparse.Namespace, out: Path) -> dict:
     """One bench_serving run; returns the KEYS of its JSON record."""
     cmd = [sys.executable, str(BENCH), "--backend", "sglang", "--base-url", url, "--request-rate", rate,
-           "--num-prompts", str(args.num_prompts), "--output-file", str(out), "--disable-tqdm", "--seed", "1",
+           "--num-prompts", str(num_prompts(rate, args)), "--output-file", str(out), "--disable-tqdm", "--seed", "1",
            "--warmup-requests", "2", "--flush-cache"]
     if dataset == "random":
         cmd += ["--dataset-name", "random-ids", "--random-input-len", str(args.input_len), "--random-output-len",
@@ -58,6 +77,62 @@ def bench(url: str, dataset: str, rate: str, args: argparse.Namespace, out: Path
         raise RuntimeError(proc.stdout[-2000:] + proc.stderr[-2000:])
     rec = json.loads(out.read_text().splitlines()[-1])
     return {k: rec.get(k) for k in KEYS}
+
+
+def builtin_bench(url: str, rows: list[tuple[list[int], int]], rate: str, seed: int = 1) -> dict:
+    """bench_serving's metrics from our own client: rows (prompt ids, output length) streamed to /generate
+    at Poisson arrivals of `rate` per second (all at once for inf); returns the KEYS."""
+    import httpx
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    r = float(rate)
+    gaps = rng.exponential(1.0 / r, len(rows)) if math.isfinite(r) and r > 0 else np.zeros(len(rows))
+
+    async def one(client: httpx.AsyncClient, ids: list[int], out_len: int, delay: float) -> dict:
+        await asyncio.sleep(delay)
+        body = {"input_ids": ids, "stream": True,
+                "sampling_params": {"max_new_tokens": out_len, "temperature": 0, "ignore_eos": True}}
+        t0 = time.perf_counter()
+        times, meta = [], {}
+        async with client.stream("POST", url + "/generate", json=body) as resp:
+            if resp.status_code != 200:
+                return {"ok": False}
+            async for line in resp.aiter_lines():
+                if line.startswith("data:") and line.strip() != "data: [DONE]":
+                    times.append(time.perf_counter())
+                    meta = json.loads(line[5:])["meta_info"]
+        ok = bool(times) and meta.get("finish_reason") is not None
+        return {"ok": ok, "ttft": times[0] - t0 if times else None, "itl": list(np.diff(times)),
+                "out": meta.get("completion_tokens", 0), "in": len(ids)}
+
+    async def run() -> tuple[list[dict], float]:
+        limits = httpx.Limits(max_connections=len(rows) + 8, max_keepalive_connections=len(rows) + 8)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(3600, connect=60), limits=limits) as client:
+            t0 = time.perf_counter()
+            res = await asyncio.gather(*(one(client, ids, n, d) for (ids, n), d in zip(rows, np.cumsum(gaps))))
+            return res, time.perf_counter() - t0
+
+    res, duration = asyncio.run(run())
+    done = [x for x in res if x["ok"]]
+    ttft = np.array([x["ttft"] for x in done]) * 1e3
+    itl = np.array([g for x in done for g in x["itl"]] or [0.0]) * 1e3
+    out_tok = sum(x["out"] for x in done)
+    return {"output_throughput": out_tok / duration, "request_throughput": len(done) / duration,
+            "median_ttft_ms": float(np.median(ttft)) if len(done) else None,
+            "p99_ttft_ms": float(np.percentile(ttft, 99)) if len(done) else None,
+            "median_itl_ms": float(np.median(itl)), "p99_itl_ms": float(np.percentile(itl, 99)),
+            "completed": len(done), "total_input_tokens": sum(x["in"] for x in done),
+            "total_output_tokens": out_tok, "duration": duration}
+
+
+def workload_rows(name: str, args: argparse.Namespace, tokenizer, vocab: int) -> list[tuple[list[int], int]]:
+    """The (prompt ids, output length) rows of a dataset, the same for the builtin client and in-process."""
+    if name == "random":
+        rng = np.random.default_rng(1)
+        return [(rng.integers(10, vocab - 10, args.input_len).tolist(), args.output_len)
+                for _ in range(args.num_prompts)]
+    return sharegpt_rows(tokenizer, args.num_prompts)
 
 
 def sharegpt_rows(tokenizer, n: int) -> list[tuple[list[int], int]]:
@@ -77,15 +152,10 @@ def in_process(args: argparse.Namespace, engine_kwargs: dict, datasets: list[str
     from jaxsgl.engine.engine import Engine
 
     eng = Engine(args.model, **engine_kwargs)
-    rng = np.random.default_rng(1)
     out = {}
     try:
         for name in datasets:
-            if name == "random":
-                rows = [(rng.integers(10, eng.cfg.vocab_size - 10, args.input_len).tolist(), args.output_len)
-                        for _ in range(args.num_prompts)]
-            else:
-                rows = sharegpt_rows(eng.tokenizer, args.num_prompts)
+            rows = workload_rows(name, args, eng.tokenizer, eng.cfg.vocab_size)
             ids = [r[0] for r in rows]
             sps = [{"max_new_tokens": r[1], "temperature": 0, "ignore_eos": True} for r in rows]
             for _ in range(2):
@@ -110,6 +180,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--num-prompts", type=int, default=64)
     p.add_argument("--input-len", type=int, default=256)
     p.add_argument("--output-len", type=int, default=64)
+    p.add_argument("--max-duration", type=float, default=0.0,
+                   help="finite rates send at most rate x this many seconds of requests (0: --num-prompts)")
+    p.add_argument("--client", default="auto", choices=["auto", "sglang", "builtin"],
+                   help="bench_serving (sglang) or the builtin httpx client; auto: sglang if installed")
     p.add_argument("--smoke", action="store_true", help="tiny dummy model, few prompts, rate inf")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
@@ -118,20 +192,39 @@ def main(argv: list[str] | None = None) -> dict:
 
         args.model, args.load_format = str(tiny_model_dir(with_tokenizer=True)), "dummy"
         args.num_prompts, args.input_len, args.output_len, args.rates = 8, 32, 8, ["inf"]
+    if args.client == "auto":
+        args.client = "sglang" if importlib.util.find_spec("sglang") is not None else "builtin"
     extra = shlex.split(args.server_args)
     flags = ["--load-format", args.load_format, *extra] + (["--model-path", args.model] if args.model else [])
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     tmp = Path(tempfile.mkdtemp(prefix="jaxsgl-serving-"))
     proc = launch(["--port", str(port), *flags], log=tmp / "server.log")
-    results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "server": {}, "in_process": {}}
+    results: dict = {"client": args.client, "args": {k: str(v) for k, v in vars(args).items()}, "server": {}, "in_process": {}}
     try:
-        wait_healthy(url, 1800, proc)
+        results["server_start_s"] = wait_healthy(url, 1800, proc)
+        rows_of = {}
+        if args.client == "builtin":
+            from jaxsgl.model.config import ModelConfig
+            from jaxsgl.tokenizer import load_tokenizer
+
+            model_dir = httpx_get_json(url + "/get_model_info")["tokenizer_path"]
+            vocab = ModelConfig.from_dir(model_dir).vocab_size
+            tok = load_tokenizer(Path(model_dir)) if "sharegpt" in args.datasets else None
+            rows_of = {ds: workload_rows(ds, args, tok, vocab) for ds in args.datasets}
+
+        def run(ds: str, rate: str, out: Path) -> dict:
+            if args.client == "sglang":
+                return bench(url, ds, rate, args, out)
+            return builtin_bench(url, rows_of[ds][:num_prompts(rate, args)], rate)
+
         for ds in args.datasets:
-            bench(url, ds, "inf", args, tmp / f"{ds}-warm.jsonl")  # untimed: compiles what the batches need
+            run(ds, "inf", tmp / f"{ds}-warm.jsonl")  # untimed: compiles what the batches need
             for rate in args.rates:
-                rec = bench(url, ds, rate, args, tmp / f"{ds}-{rate}.jsonl")
+                rec = run(ds, rate, tmp / f"{ds}-{rate}.jsonl")
                 results["server"][f"{ds}@{rate}"] = rec
+                if args.out:  # partial results survive a timeout
+                    args.out.write_text(json.dumps(results, indent=1))
                 print(f"{ds:9s} rate {rate:>4s}: {rec['output_throughput']:9.1f} out tok/s  TTFT p50/p99 "
                       f"{rec['median_ttft_ms']:8.1f}/{rec['p99_ttft_ms']:8.1f} ms  ITL p50/p99 "
                       f"{rec['median_itl_ms']:6.1f}/{rec['p99_itl_ms']:6.1f} ms", flush=True)
@@ -154,6 +247,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
     return results
+
+
+def httpx_get_json(url: str) -> dict:
+    import httpx
+
+    return httpx.get(url, timeout=60).json()
 
 
 def _engine_fields() -> set[str]:

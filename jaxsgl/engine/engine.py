@@ -41,6 +41,25 @@ from jaxsgl.tokenizer import eos_token_ids, load_tokenizer
 
 log = logging.getLogger(__name__)
 CPU_DEFAULT_TOTAL_TOKENS = 16384
+GEN_THROUGHPUT_WINDOW_S = 10.0  # get_load()["gen_throughput"]: generated tokens/s over this window
+
+
+def _with_times(st: RequestState, out: dict) -> dict:
+    """Add SGLang's per-request timing fields to a result's meta_info (mutates and returns out):
+    first_token_latency once a token was delivered; request_received_ts (wall clock); when finished,
+    request_finished_ts and decode_throughput (tokens/s after the first); num_retractions."""
+    meta = out["meta_info"]
+    wall = time.time() - time.perf_counter()  # perf_counter -> epoch seconds
+    meta["request_received_ts"] = st.created + wall
+    meta["num_retractions"] = st.req.num_retractions
+    if st.first_token_time is not None:
+        meta["first_token_latency"] = st.first_token_time - st.created
+    if meta.get("finish_reason") is not None:
+        meta["request_finished_ts"] = st.created + meta["e2e_latency"] + wall
+        decode_s = meta["e2e_latency"] - meta.get("first_token_latency", meta["e2e_latency"])
+        if meta["completion_tokens"] > 1 and decode_s > 0:
+            meta["decode_throughput"] = (meta["completion_tokens"] - 1) / decode_s
+    return out
 
 
 class Engine:
@@ -118,7 +137,7 @@ class Engine:
         self._submit(states)
         if stream:
             return self._stream(states[0])
-        results = [s.wait() for s in states]
+        results = [_with_times(s, s.wait()) for s in states]
         return results[0] if single and len(results) == 1 else results
 
     async def async_generate(self, prompt: str | list[str] | None = None,
@@ -141,7 +160,7 @@ class Engine:
         if stream:
             return self._astream(states[0])
         try:
-            results = [await s.async_wait() for s in states]
+            results = [_with_times(s, await s.async_wait()) for s in states]
         finally:
             for s in states:
                 if not s.done:
@@ -187,7 +206,7 @@ class Engine:
     async def _astream(self, st: RequestState) -> AsyncIterator[dict]:
         try:
             async for ev in st.aiter_events():
-                yield ev
+                yield _with_times(st, ev)
         finally:
             if not st.done:
                 self.abort(st.req.rid)
@@ -195,7 +214,8 @@ class Engine:
     def _stream(self, st: RequestState) -> Iterator[dict]:
         """Increments of one request; closing the iterator early (a client that went away) aborts it."""
         try:
-            yield from st.iter_events()
+            for ev in st.iter_events():
+                yield _with_times(st, ev)
         finally:
             if not st.done:
                 self.abort(st.req.rid)
@@ -212,13 +232,17 @@ class Engine:
                 "evicted_pages": self.scheduler.cache.stats.evicted_pages}
 
     def get_load(self) -> dict[str, Any]:
-        """A snapshot for metrics and load balancing (read from any thread; values may be one step old)."""
+        """A snapshot for metrics and load balancing (read from any thread; values may be one step old).
+        gen_throughput: sampled output tokens per second over the last GEN_THROUGHPUT_WINDOW_S (the
+        engine's own count, all requests); num_generated_tokens: their total since start."""
         sched, pool = self.scheduler, self.scheduler.pool
         used = pool.capacity - pool.num_free - self.scheduler.cache.evictable_pages
         return {"num_running_reqs": len(sched.running), "num_queue_reqs": len(sched.waiting),
                 "num_used_tokens": used * pool.page_size, "max_total_num_tokens": pool.capacity * pool.page_size,
                 "token_usage": used / pool.capacity if pool.capacity else 0.0,
-                "cache_hit_rate": sched.stats.hit_rate}
+                "cache_hit_rate": sched.stats.hit_rate,
+                "gen_throughput": self.tracker.gen_throughput(GEN_THROUGHPUT_WINDOW_S),
+                "num_generated_tokens": self.tracker.generated_tokens}
 
     def get_server_info(self) -> dict[str, Any]:
         return {"model_path": str(self.model_dir), "options": vars(self.options), "attention_backend": self.attn_impl,
@@ -250,6 +274,8 @@ class Engine:
             self._stopping = True
             self._cv.notify()
         self._thread.join(timeout=60)
+        if not self._thread.is_alive():
+            self.runner.release_kv()  # the pool holds most of the accelerator: free it now, not at GC
 
     def __enter__(self) -> "Engine":
         return self

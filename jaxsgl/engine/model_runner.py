@@ -29,6 +29,7 @@ from jaxsgl import kernels
 from jaxsgl.engine.grammar_tables import GrammarTables
 from jaxsgl.engine.sampling import SampleOutput, SamplingFlags, SamplingInput, output_layout, sample
 from jaxsgl.engine.packing import Layout, pack, pack_device, unpack, unpack_host
+from jaxsgl.model.compile_cache import persistent_jit
 from jaxsgl.model.config import ModelConfig
 from jaxsgl.model.forward import KVCache, forward, init_kv_cache, kv_bytes_per_token
 from jaxsgl.model.step_input import StepInput, step_input_fields
@@ -129,16 +130,21 @@ class ModelRunner:
         """Fresh zeroed KV pages (after a failed step may have consumed the donated ones). The old
         pages are released first: the pool fills most of the accelerator, two would not fit."""
         num_pages = self.kv.num_pages
+        self.release_kv()
+        self.kv = init_kv_cache(self.cfg, num_pages, self.page_size, self.kv_dtype)
+
+    def release_kv(self) -> None:
+        """Free the KV pages now (sets self.kv to None), so that a next engine in this process
+        sizes its pool from the memory they held."""
         for leaf in jax.tree_util.tree_leaves(self.kv):
             if not leaf.is_deleted():
                 leaf.delete()
         self.kv = None
-        self.kv = init_kv_cache(self.cfg, num_pages, self.page_size, self.kv_dtype)
 
     def _fn(self, flags: SamplingFlags):
         if flags not in self._fns:
             fn = functools.partial(_step, cfg=self.cfg, attn_impl=self.attn_impl, flags=flags)
-            self._fns[flags] = jax.jit(fn, donate_argnums=(1,), static_argnames=("layout", "hint"))
+            self._fns[flags] = persistent_jit(fn, donate_argnums=(1,), static_argnames=("layout", "hint"))
         return self._fns[flags]
 
     def run(self, step: StepInput, si: SamplingInput, flags: SamplingFlags,
@@ -163,11 +169,11 @@ class ModelRunner:
             if (src >= 0).any():
                 raise ValueError("run_async: src refers to a previous step but none was given")
             if self._no_prev is None:
-                self._no_prev = jnp.zeros((2, self.max_seqs), jnp.int32)
+                self._no_prev = jax.device_put(np.zeros((2, self.max_seqs), np.int32))  # no compile, unlike jnp.zeros
         flat, layout = pack({**_inputs(step, si), "src": np.asarray(src, np.int32)})
         if flags not in self._overlap_fns:
             fn = functools.partial(_step_overlap, cfg=self.cfg, attn_impl=self.attn_impl, flags=flags)
-            self._overlap_fns[flags] = jax.jit(fn, donate_argnums=(1,), static_argnames=("layout", "hint"))
+            self._overlap_fns[flags] = persistent_jit(fn, donate_argnums=(1,), static_argnames=("layout", "hint"))
         out, tokens, self.kv = self._overlap_fns[flags](self.weights, self.kv, flat,
                                                         self._no_prev if prev is None else prev.tokens,
                                                         grammar if flags.grammar else None, layout=layout,

@@ -22,6 +22,8 @@ from jaxsgl.model.step_input import StepInput
 from jaxsgl.scheduler import Req, ScheduledBatch, Scheduler
 from jaxsgl.scheduler.records import RequestTimes
 
+GEN_SAMPLE_S = 0.1  # gen_history keeps one (time, count) sample per this many seconds of steps
+
 
 class RequestTracker:
     """Live RequestStates by rid, and every decision about their outputs. Loop thread only
@@ -33,6 +35,9 @@ class RequestTracker:
         self.grammar = grammar
         self.states: dict[str, RequestState] = {}
         self.finished: deque[tuple[Req, RequestTimes]] = deque(maxlen=100_000)  # ring buffer for records
+        self.generated_tokens = 0  # sampled output tokens delivered since construction (jump-forward excluded)
+        # (perf_counter, generated_tokens) after steps that generated, >= GEN_SAMPLE_S apart: gen_throughput()
+        self.gen_history: deque[tuple[float, int]] = deque([(time.perf_counter(), 0)], maxlen=1024)
 
     def states_of(self, batch: ScheduledBatch) -> list[RequestState]:
         return [self.states[s.req.rid] for s in batch.seqs]
@@ -48,12 +53,38 @@ class RequestTracker:
             st = self.states.get(req.rid)
             if st is not None and st.req is req and not st.done:
                 self._on_token(st, row_of[id(req)], out)
+        self._sample_generated()
+
+    def _sample_generated(self) -> None:
+        h, n = self.gen_history, self.generated_tokens
+        if n == h[-1][1]:
+            return
+        now = time.perf_counter()
+        if len(h) >= 2 and now - h[-2][0] < GEN_SAMPLE_S:
+            h[-1] = (now, n)
+        else:
+            h.append((now, n))
+
+    def gen_throughput(self, window_s: float = 10.0) -> float:
+        """Generated tokens per second over the last window_s seconds (shorter if the engine is younger);
+        0 after window_s idle. Any thread (reads a copy of gen_history)."""
+        h = list(self.gen_history)
+        now = time.perf_counter()
+        start = now - window_s
+        base_t, base_n = h[0]
+        for t, n in reversed(h):
+            if t <= start:
+                base_t, base_n = t, n
+                break
+        span = now - max(start, base_t)
+        return (h[-1][1] - base_n) / span if span > 0 else 0.0
 
     def _on_token(self, st: RequestState, row: int, out: StepOutputHost) -> None:
         req, p = st.req, st.params
         if req.max_new_tokens == 0:
             return self.finish(st, {"type": "length", "length": 0})
         tok = req.output_ids[req.num_generated - 1]
+        self.generated_tokens += 1
         if st.first_token_time is None:
             st.first_token_time = time.perf_counter()
         if st.return_logprob:

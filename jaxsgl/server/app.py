@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,12 +20,23 @@ from jaxsgl.server.state import ServerState
 
 log = logging.getLogger("jaxsgl.server")
 LOG_BODY_CHARS = 2000
-OPEN_PATHS = ("/health", "/health_generate", "/metrics")  # answered without an API key
+# answered without the API key, matched by prefix as SGLang does (k8s probes, Prometheus scrapes)
+OPEN_PREFIXES = ("/health", "/ready", "/metrics")
+
+
+def authorized(method: str, path: str, authorization: str | None, api_key: str | None) -> bool:
+    """SGLang's rule (srt/utils/auth.py, normal endpoints): without a key everything is open; with one,
+    OPTIONS and the OPEN_PREFIXES paths are open and every other request needs `Authorization: Bearer
+    KEY` (scheme case-insensitive, key compared in constant time)."""
+    if not api_key or method == "OPTIONS" or path.startswith(OPEN_PREFIXES):
+        return True
+    scheme, _, token = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and secrets.compare_digest(token.encode(), api_key.encode())
 
 
 class GuardMiddleware:
-    """Pure ASGI middleware: 413 for bodies over the limit (Content-Length or counted), 401 without the
-    API key, and one log line per request (with --log-requests, also the body, truncated)."""
+    """Pure ASGI middleware: 401 without the API key (checked first), 413 for bodies over the limit
+    (Content-Length or counted), and one log line per request (with --log-requests, also the body, truncated)."""
 
     def __init__(self, app: ASGIApp, state: ServerState) -> None:
         self.app, self.state = app, state
@@ -34,6 +46,10 @@ class GuardMiddleware:
             return await self.app(scope, receive, send)
         cfg = self.state.config
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if not authorized(scope.get("method", ""), scope.get("path", ""), headers.get("authorization"), cfg.api_key):
+            msg = ("invalid API key" if "authorization" in headers else "missing API key") + \
+                  " (send the header `Authorization: Bearer KEY`)"
+            return await error_response(401, msg, code="invalid_api_key")(scope, receive, send)
         limit = cfg.max_request_bytes
         length = headers.get("content-length")
         if length is not None:
@@ -42,10 +58,6 @@ class GuardMiddleware:
             if int(length) > limit:
                 return await error_response(413, f"the request body ({int(length)} bytes) exceeds the limit of "
                                                  f"{limit} bytes", code="request_too_large")(scope, receive, send)
-        if cfg.api_key and scope.get("path") not in OPEN_PATHS and \
-                headers.get("authorization", "") != f"Bearer {cfg.api_key}":
-            return await error_response(401, "missing or invalid API key (Authorization: Bearer ...)")(
-                scope, receive, send)
         received, body_log, status = 0, bytearray(), [0]
         t0 = time.perf_counter()
 

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -85,8 +86,13 @@ def validate(model: type[M], obj: dict[str, Any]) -> M:
 
 
 async def parse_body(request: Request, model: type[M]) -> M:
-    """Read, decode and validate the request body as `model` (raises APIError 400/413)."""
-    return validate(model, parse_json(await request.body()))
+    """Read, decode and validate the request body as `model` (raises APIError 400/413; 499, which
+    nobody reads, when the client hung up before its body arrived: not an error of the server)."""
+    try:
+        raw = await request.body()
+    except ClientDisconnect:
+        raise APIError(499, "the client disconnected before sending its request body") from None
+    return validate(model, parse_json(raw))
 
 
 def install_handlers(app: FastAPI) -> None:

@@ -1,13 +1,11 @@
 """Prometheus metrics with SGLang's names (one registry per server, so tests can run several).
 
-Gauges are read from Engine.get_load() at scrape time; counters and histograms are fed by the
-request handlers (`observe_*`). gen_throughput is generated tokens per second over a sliding window.
+Gauges are read from Engine.get_load() at scrape time, gen_throughput included (the engine's own count
+of sampled tokens over its last 10 s, every request, as SGLang's scheduler reports it); counters and
+histograms are fed by the request handlers (`observe_*`).
 """
 from __future__ import annotations
 
-import collections
-import threading
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -17,15 +15,13 @@ from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, float("inf"))
 ITL_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5, float("inf"))
-THROUGHPUT_WINDOW_S = 10.0
 
 
 class _LoadCollector(Collector):
     """sglang:num_running_reqs, num_queue_reqs, token_usage, cache_hit_rate, gen_throughput, from a load snapshot."""
 
-    def __init__(self, load: Callable[[], dict[str, Any] | None], throughput: Callable[[], float],
-                 labels: dict[str, str]) -> None:
-        self.load, self.throughput, self.labels = load, throughput, labels
+    def __init__(self, load: Callable[[], dict[str, Any] | None], labels: dict[str, str]) -> None:
+        self.load, self.labels = load, labels
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         snap = self.load() or {}
@@ -35,8 +31,8 @@ class _LoadCollector(Collector):
                                   snap.get("token_usage", 0.0)),
                   "cache_hit_rate": ("Prefix cache hit rate (cached / prompt tokens).",
                                      snap.get("cache_hit_rate", 0.0)),
-                  "gen_throughput": (f"Generated tokens per second over the last {THROUGHPUT_WINDOW_S:.0f}s.",
-                                     self.throughput())}
+                  "gen_throughput": ("Generated tokens per second (the engine's count over its last 10s).",
+                                     snap.get("gen_throughput", 0.0))}
         for name, (doc, value) in values.items():
             g = GaugeMetricFamily(f"sglang:{name}", doc, labels=list(self.labels))
             g.add_metric(list(self.labels.values()), float(value))
@@ -62,26 +58,11 @@ class Metrics:
                              buckets=ITL_BUCKETS, **kw)
         self.e2e = Histogram("sglang:e2e_request_latency_seconds", "End-to-end request latency.",
                              buckets=LATENCY_BUCKETS, **kw)
-        self._window: collections.deque[tuple[float, int]] = collections.deque()
-        self._lock = threading.Lock()
-        self.registry.register(_LoadCollector(load, self.gen_throughput, self.labels))
+        self.registry.register(_LoadCollector(load, self.labels))
 
     def _add_generated(self, n: int) -> None:
-        if n <= 0:
-            return
-        now = time.monotonic()
-        with self._lock:
-            self._window.append((now, n))
-            while self._window and self._window[0][0] < now - THROUGHPUT_WINDOW_S:
-                self._window.popleft()
-        self.generation_tokens.labels(**self.labels).inc(n)
-
-    def gen_throughput(self) -> float:
-        now = time.monotonic()
-        with self._lock:
-            while self._window and self._window[0][0] < now - THROUGHPUT_WINDOW_S:
-                self._window.popleft()
-            return sum(n for _, n in self._window) / THROUGHPUT_WINDOW_S
+        if n > 0:
+            self.generation_tokens.labels(**self.labels).inc(n)
 
     def observe_stream_step(self, first: bool, elapsed: float, new_tokens: int) -> None:
         """One streamed increment: TTFT on the first, else inter-token latency spread over new_tokens."""

@@ -161,8 +161,9 @@ async def get_server_info(request: Request) -> JSONResponse:
     state = _state(request)
     engine = state.require_engine()
     info = engine.get_server_info()
-    internal = {**engine.get_load(), "cache": engine.cache_stats(), "avg_spec_accept_length": None,
-                "last_gen_throughput": state.metrics.gen_throughput()}
+    load = engine.get_load()
+    internal = {**load, "cache": engine.cache_stats(), "avg_spec_accept_length": None,
+                "last_gen_throughput": load.get("gen_throughput", 0.0)}
     out = {**info, "served_model_name": state.model_name, "host": state.config.host, "port": state.config.port,
            "log_requests": state.config.log_requests, "startup_time": state.started,
            "internal_states": [internal], "version": getattr(jaxsgl, "__version__", "0"), "frontend": "jaxsgl"}

@@ -172,3 +172,42 @@ def test_constraint_params_pass_through(served):
     out = post(served, "/generate", {"text": "Answer yes or no:", "sampling_params": {
         "max_new_tokens": 4, "temperature": 0, "regex": "(yes|no)"}})
     assert out.status_code == 200 and out.json()["text"] in ("yes", "no")
+
+
+def test_meta_info_timing_fields(served):
+    """SGLang's per-request timing fields (0.5.x, srt/observability/req_time_stats.py): first_token_latency,
+    request_received_ts / request_finished_ts (epoch seconds), decode_throughput, e2e_latency."""
+    t0 = time.time()
+    meta = post(served, "/generate", {"text": PROMPTS[0], "sampling_params": GREEDY}).json()["meta_info"]
+    t1 = time.time()
+    assert 0 < meta["first_token_latency"] <= meta["e2e_latency"]
+    assert t0 - 0.01 <= meta["request_received_ts"] <= meta["request_finished_ts"] <= t1 + 0.01
+    assert abs(meta["request_finished_ts"] - meta["request_received_ts"] - meta["e2e_latency"]) < 1e-3
+    decode_s = meta["e2e_latency"] - meta["first_token_latency"]
+    assert abs(meta["decode_throughput"] - 11 / decode_s) < 1e-6 * meta["decode_throughput"]
+    assert meta["num_retractions"] == 0
+    with httpx.stream("POST", served.url + "/generate", json={"text": PROMPTS[1], "sampling_params": GREEDY,
+                                                               "stream": True}, timeout=TIMEOUT) as r:
+        events = sse_events(r)[:-1]
+    firsts = {e["meta_info"]["first_token_latency"] for e in events}
+    assert len(firsts) == 1 and 0 < firsts.pop() <= events[-1]["meta_info"]["e2e_latency"]
+    assert "request_finished_ts" in events[-1]["meta_info"] and "request_finished_ts" not in events[0]["meta_info"]
+
+
+def test_gen_throughput_is_the_engines(served):
+    """sglang:gen_throughput comes from the engine's own token count (get_load), not the server's guess:
+    it moves for requests the server never saw (Engine.generate in-process) too."""
+    def scrape() -> float:
+        for line in httpx.get(served.url + "/metrics", timeout=10).text.splitlines():
+            if line.startswith("sglang:gen_throughput"):
+                return float(line.rsplit(" ", 1)[1])
+        raise AssertionError("no sglang:gen_throughput")
+
+    wait_idle(served.engine)
+    before = served.engine.get_load()["num_generated_tokens"]
+    served.engine.generate(PROMPTS, GREEDY)  # not through the server
+    load = served.engine.get_load()
+    assert load["num_generated_tokens"] - before == 4 * 12
+    assert load["gen_throughput"] > 0 and scrape() > 0
+    info = httpx.get(served.url + "/get_server_info", timeout=10).json()["internal_states"][0]
+    assert info["last_gen_throughput"] > 0
