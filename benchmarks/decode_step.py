@@ -8,7 +8,12 @@ For each batch size it times, on one fixed decode StepInput (context --context t
   sync_ms     the same with a device->host copy of the outputs after every call
   runner_ms   ModelRunner.run from host arrays: pack, one transfer, step, one transfer back (the engine's path)
 and with the page table as wide as the engine makes it (--context-length of the model) and as narrow
-as the batch needs, so the cost of the table width shows. Prints a table, writes JSON.
+as the batch needs, so the cost of the table width shows. With --grammar, also (narrow table only):
+  async_ms    the overlap step (ModelRunner.run_async, the engine's path) unconstrained, back to back
+  grammar_ms  the same with every row under its own JSON schema (distinct automata in the pooled device
+              tables, each row in the state with the most allowed tokens: inside its string), so the
+              mask + next-state cost shows without requests that finish (grammar_pct = the difference)
+Prints a table, writes JSON.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import tiny_model_dir  # noqa: E402
 from jaxsgl import kernels  # noqa: E402
+from jaxsgl.engine.grammar_tables import GrammarTables, apply_upload, init_tables  # noqa: E402
 from jaxsgl.engine.model_runner import ModelRunner  # noqa: E402
 from jaxsgl.engine.sampling import SamplingFlags  # noqa: E402
 from jaxsgl.engine.step_sampling import greedy_sampling_input  # noqa: E402
@@ -46,6 +52,26 @@ def time_calls(fn, n: int, sync_each: bool) -> float:
     return (time.perf_counter() - t0) / n * 1e3
 
 
+def grammar_rows(model_dir: Path, cfg, n: int) -> tuple[GrammarTables, list[int]]:
+    """Device tables holding n distinct JSON-schema automata; per automaton, the global state with the
+    most allowed tokens (inside its string: the widest mask and most exceptions)."""
+    from jaxsgl.constrained import ConstraintSpec, TokenVocab, compile_constraint
+    from jaxsgl.constrained.table_pool import AutomatonPool
+    from jaxsgl.tokenizer import load_tokenizer
+
+    vocab = TokenVocab.from_tokenizer(load_tokenizer(model_dir), cfg.vocab_size, cfg.eos_token_ids)
+    limits = (65536, 2048, 1 << 22)  # EngineOptions' grammar_max_* defaults
+    words = (cfg.vocab_size + 31) // 32
+    pool, tables, states = AutomatonPool(*limits, words), init_tables(*limits, words), []
+    for i in range(n):
+        schema = {"type": "object", "properties": {f"field_{i}": {"type": "string"}}, "required": [f"field_{i}"]}
+        fsm = compile_constraint(ConstraintSpec("json_schema", json.dumps(schema)), vocab)
+        placement, upload = pool.acquire(i, fsm)
+        tables = apply_upload(tables, upload) if upload is not None else tables
+        states.append(placement.state_base + max(range(fsm.num_states), key=fsm.num_allowed))
+    return tables, states
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None, help="HF directory or config dir (with --load-format dummy)")
@@ -56,21 +82,23 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--attention-backend", default="auto")
     ap.add_argument("--narrow-only", action="store_true", help="skip the model-context-wide page table")
+    ap.add_argument("--grammar", action="store_true", help="also time the step with every row under its own JSON schema")
     ap.add_argument("--smoke", action="store_true", help="tiny random model, batches 1 2, context 32, 3 iters")
     ap.add_argument("--out", default="decode_step.json")
     args = ap.parse_args()
     if args.smoke:
-        args.model, args.load_format = str(tiny_model_dir()), "dummy"
-        args.batches, args.context, args.iters = [1, 2], 32, 3
+        args.model, args.load_format = str(tiny_model_dir(with_tokenizer=True)), "dummy"
+        args.batches, args.context, args.iters, args.grammar = [1, 2], 32, 3, True
     if args.model is None:
         ap.error("--model is required (or --smoke)")
-    cfg, weights, _ = load_model(args.model, load_format=args.load_format)
+    cfg, weights, model_dir = load_model(args.model, load_format=args.load_format)
     ps = args.page_size
     pages_per_seq = -(-(args.context + 1) // ps)
     wide = -(-cfg.max_position_embeddings // ps)
     runner = ModelRunner(cfg, weights, num_pages=max(args.batches) * pages_per_seq + 1, page_size=ps,
-                         attn_impl=kernels.resolve_impl(args.attention_backend))
+                         attn_impl=kernels.resolve_impl(args.attention_backend), max_seqs=max(args.batches))
     flags = SamplingFlags()
+    tables, gstates = grammar_rows(model_dir, cfg, max(args.batches)) if args.grammar else (None, [])
     rows = []
     for S in args.batches:
         seqs = [([7], args.context, list(range(1 + i * pages_per_seq, 1 + (i + 1) * pages_per_seq))) for i in range(S)]
@@ -92,14 +120,24 @@ def main() -> None:
                    "device_ms": time_calls(device_only, args.iters, False),
                    "sync_ms": time_calls(device_only, args.iters, True),
                    "runner_ms": time_calls(lambda: runner.run(step, si, flags).token_ids, args.iters, False)}
+            if args.grammar and width == pages_per_seq:
+                src = np.full(step.num_tokens, -1, np.int32)
+                gsi = dataclasses.replace(si, grammar_state=np.asarray(gstates[:S], np.int32))
+                for name, sinput, f, g in (("async_ms", si, flags, None),
+                                           ("grammar_ms", gsi, SamplingFlags(grammar=True), tables)):
+                    run = lambda: runner.run_async(step, sinput, f, None, src, grammar=g).out  # noqa: E731
+                    row[name] = time_calls(run, args.iters, False)
+                row["grammar_pct"] = 100 * (row["grammar_ms"] / row["async_ms"] - 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
     Path(args.out).write_text(json.dumps({"model": args.model, "device": jax.devices()[0].device_kind,
                                           "argv": sys.argv, "rows": rows}, indent=2))
-    print(f"{'batch':>6}{'P width':>9}{'device ms':>11}{'sync ms':>9}{'runner ms':>11}")
+    print(f"{'batch':>6}{'P width':>9}{'device ms':>11}{'sync ms':>9}{'runner ms':>11}{'async ms':>10}"
+          f"{'grammar ms':>12}{'grammar %':>11}")
     for r in rows:
+        g = (f"{r['async_ms']:>10.2f}{r['grammar_ms']:>12.2f}{r['grammar_pct']:>10.1f}%" if "grammar_ms" in r else "")
         print(f"{r['batch']:>6}{r['page_table_width']:>9}{r['device_ms']:>11.2f}{r['sync_ms']:>9.2f}"
-              f"{r['runner_ms']:>11.2f}")
+              f"{r['runner_ms']:>11.2f}{g}")
 
 
 if __name__ == "__main__":

@@ -60,30 +60,30 @@ def apply_upload(t: GrammarTables, up: Upload) -> GrammarTables:
     return GrammarTables(*out)
 
 
+def unpack_bits(words: jax.Array, vocab: int) -> jax.Array:
+    """bool[S, vocab] from uint32[S, W] bitmask rows (bit t % 32 of word t // 32)."""
+    bits = (words[:, :, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
+    return bits.reshape(words.shape[0], -1)[:, :vocab] != 0
+
+
 def allowed_tokens(t: GrammarTables, state: jax.Array, vocab: int) -> jax.Array:
     """bool[S, vocab]: tokens each row may sample (every token where state < 0)."""
-    words = t.masks[t.states[jnp.maximum(state, 0), 0]]  # [S, W]
-    bits = (words[:, :, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
-    allowed = bits.reshape(state.shape[0], -1)[:, :vocab] != 0
-    return allowed | (state < 0)[:, None]
+    return unpack_bits(t.masks[t.states[jnp.maximum(state, 0), 0]], vocab) | (state < 0)[:, None]
 
 
-def next_states(t: GrammarTables, state: jax.Array, tokens: jax.Array) -> jax.Array:
+def next_states(t: GrammarTables, state: jax.Array, tokens: jax.Array, vocab: int) -> jax.Array:
     """int32[S]: the global state after each row's token (-1 where state < 0). A vectorised
-    lower-bound binary search over the state's exceptions, log2(E_cap) fixed iterations."""
+    lower-bound binary search over the state's exceptions (at most `vocab` per state), unrolled:
+    a device while loop would cost a launch and a host round trip of its predicate per iteration."""
     info = t.states[jnp.maximum(state, 0)]
     start, count = info[:, 2], info[:, 3]
     lo, hi = start, start + count
     cap = t.exc.shape[0]
-
-    def body(_, bounds):
-        lo, hi = bounds
+    for _ in range(max(1, math.ceil(math.log2(min(cap, vocab) + 1)))):
         active = lo < hi
         mid = (lo + hi) // 2
-        less = t.exc[jnp.clip(mid, 0, cap - 1), 0] < tokens
-        return jnp.where(active & less, mid + 1, lo), jnp.where(active & ~less, mid, hi)
-
-    lo, _ = jax.lax.fori_loop(0, max(1, math.ceil(math.log2(cap + 1))), body, (lo, hi))
+        less = t.exc[jnp.clip(mid, 0, cap - 1), 0] < tokens  # one gather, no column copy
+        lo, hi = jnp.where(active & less, mid + 1, lo), jnp.where(active & ~less, mid, hi)
     hit = t.exc[jnp.clip(lo, 0, cap - 1)]
     found = (lo < start + count) & (hit[:, 0] == tokens)
     nxt = jnp.where(found, hit[:, 1], info[:, 1])

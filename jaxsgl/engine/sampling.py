@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsgl.engine.grammar_tables import GrammarTables, allowed_tokens, next_states
+from jaxsgl.engine.grammar_tables import GrammarTables, allowed_tokens, next_states, unpack_bits
 
 
 @functools.partial(jax.tree_util.register_dataclass,
@@ -140,12 +140,6 @@ def _filtered_sample(logits: jax.Array, si: SamplingInput, keys: jax.Array, flag
     return jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
 
-def unpack_bits(words: jax.Array, vocab: int) -> jax.Array:
-    """bool[S, vocab] from uint32[S, W] bitmask rows (bit t % 32 of word t // 32)."""
-    bits = (words[:, :, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
-    return bits.reshape(words.shape[0], -1)[:, :vocab] != 0
-
-
 def sample(logits: jax.Array, si: SamplingInput, flags: SamplingFlags,
            all_logits: jax.Array | None = None, grammar: GrammarTables | None = None) -> SampleOutput:
     """Choose one token per row of logits [S, V] (fp32); all_logits [T, V] feeds input logprobs.
@@ -175,5 +169,5 @@ def sample(logits: jax.Array, si: SamplingInput, flags: SamplingFlags,
         in_lp = jnp.take_along_axis(lp, nxt[:, None], axis=-1)[:, 0]
         if flags.top_logprobs:
             in_top_lp, in_top_ids = jax.lax.top_k(lp, flags.top_logprobs)
-    nxt = next_states(grammar, si.grammar_state, tokens) if flags.grammar else None
+    nxt = next_states(grammar, si.grammar_state, tokens, V) if flags.grammar else None
     return SampleOutput(tokens, chosen_lp, top_ids, top_lp, in_lp, in_top_ids, in_top_lp, nxt)

@@ -59,7 +59,7 @@ def test_device_tables_agree_with_the_host_automata(vocab):
             want_allowed.append(allowed)
     state = jnp.asarray(rows_state + [-1], jnp.int32)
     got_allowed = np.asarray(allowed_tokens(tables, state, 49152))
-    got_next = np.asarray(next_states(tables, state, jnp.asarray(rows_tok + [5], jnp.int32)))
+    got_next = np.asarray(next_states(tables, state, jnp.asarray(rows_tok + [5], jnp.int32), 49152))
     for i, want in enumerate(want_allowed):
         assert np.array_equal(np.flatnonzero(got_allowed[i]), want)
     assert got_allowed[-1].all() and got_next[-1] == -1
