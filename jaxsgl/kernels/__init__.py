@@ -8,6 +8,8 @@ implementation:
                       (kernels/paged_extend_mosaic.py; bf16/f16, head_dim 64/128, page >= 8)
   "pallas_cudnn"      the kernel, plus cuDNN dense attention for steps that are one fresh
                       prefill of >= 1024 padded tokens (kernels/dense_prefill.py); NVIDIA only
+  "pallas_triton"     "pallas_cudnn" without the Mosaic kernel: Triton kernels and cuDNN only,
+                      which is what "auto" runs on an A100; on Hopper it measures that path
   "pallas_interpret"  the Pallas kernel in interpret mode; any backend, slow (tests)
   "auto"              "pallas" on Hopper (the Mosaic kernel is within 1.1x of cuDNN, and the
                       dense path's K/V gather and runtime cond cost more than that: docs/perf.md),
@@ -27,7 +29,7 @@ from jaxsgl.kernels.paged_extend_mosaic import MOSAIC_MIN_Q, on_hopper
 from jaxsgl.kernels.ragged_paged_attention import BlockConfig, ragged_paged_attention_pallas
 from jaxsgl.kernels.reference import ragged_paged_attention_ref, write_kv_ref
 
-ATTENTION_IMPLS = ("reference", "pallas", "pallas_cudnn", "pallas_interpret", "auto")
+ATTENTION_IMPLS = ("reference", "pallas", "pallas_cudnn", "pallas_triton", "pallas_interpret", "auto")
 
 __all__ = ["ATTENTION_IMPLS", "BlockConfig", "DECODE_HINT", "PREFILL_HINT", "QLenHint", "on_nvidia_gpu",
            "ragged_paged_attention", "resolve_impl", "step_hint", "step_hints", "write_kv"]
@@ -79,7 +81,7 @@ def resolve_impl(impl: str) -> str:
         if not on_nvidia_gpu():
             return "reference"
         return "pallas" if on_hopper() else "pallas_cudnn"
-    if impl in ("pallas", "pallas_cudnn") and not on_nvidia_gpu():
+    if impl in ("pallas", "pallas_cudnn", "pallas_triton") and not on_nvidia_gpu():
         raise ValueError(f"attention impl {impl!r} needs an NVIDIA GPU (Triton lowering), but JAX's "
                          f"default backend is {jax.default_backend()!r}; use 'reference', 'auto', or "
                          "'pallas_interpret' (slow) instead")
@@ -99,8 +101,10 @@ def ragged_paged_attention(q, k_pages, v_pages, query_start, kv_lens, page_table
     if impl == "reference":
         return ragged_paged_attention_ref(q, k_pages, v_pages, query_start, kv_lens, page_table, **kw)
     paged = functools.partial(ragged_paged_attention_pallas, interpret=impl == "pallas_interpret",
-                              min_q_len=hint.min_q_len, max_q_len=hint.max_q_len)
-    if impl == "pallas_cudnn" and (hint.max_q_len is None or hint.max_q_len >= DENSE_PREFILL_MIN_TOKENS):
+                              min_q_len=hint.min_q_len, max_q_len=hint.max_q_len,
+                              use_mosaic=impl != "pallas_triton")
+    dense_ok = hint.max_q_len is None or hint.max_q_len >= DENSE_PREFILL_MIN_TOKENS
+    if impl in ("pallas_cudnn", "pallas_triton") and dense_ok:
         paged = with_dense_prefill(paged, "cudnn")
     return paged(q, k_pages, v_pages, query_start, kv_lens, page_table, **kw)
 

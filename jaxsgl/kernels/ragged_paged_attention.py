@@ -245,7 +245,7 @@ def default_configs(num_tokens: int, num_seqs: int, pages_per_seq: int, page_siz
 
 
 _STATIC = ("sm_scale", "soft_cap", "sliding_window", "short_config", "long_config", "interpret",
-           "min_q_len", "max_q_len")
+           "min_q_len", "max_q_len", "use_mosaic")
 _DONATE = ("out_init",)
 
 
@@ -256,6 +256,7 @@ def ragged_paged_attention_pallas(
     sliding_window: int | None = None, short_config: BlockConfig | None = None,
     long_config: BlockConfig | MosaicConfig | None = None, interpret: bool = False,
     out_init: jax.Array | None = None, min_q_len: int | None = None, max_q_len: int | None = None,
+    use_mosaic: bool = True,
 ) -> jax.Array:
     """Pallas version of jaxsgl.kernels.reference.ragged_paged_attention_ref (same contract).
 
@@ -268,6 +269,7 @@ def ragged_paged_attention_pallas(
     min_q_len / max_q_len: promises that every sequence with new tokens has at least / at most
     this many (max 1: a decode step; min 64: a prefill batch). Classes no such sequence falls
     into are not launched, so rows of padding tokens (past query_start[-1]) may be left unwritten.
+    use_mosaic=False keeps the default long class on Triton on Hopper too (what other GPUs run).
     """
     T, H, D = q.shape
     if k_pages.ndim != 4 or k_pages.shape != v_pages.shape:
@@ -293,7 +295,7 @@ def ragged_paged_attention_pallas(
     mosaic, mosaic_min = None, 0
     if long is not None and isinstance(long_config, MosaicConfig):  # every long sequence
         mosaic, long_config = long_config, None
-    elif (long is not None and long_config is None and not interpret and T >= MOSAIC_MIN_Q
+    elif (use_mosaic and long is not None and long_config is None and not interpret and T >= MOSAIC_MIN_Q
           and _mosaic_applies(q.dtype, D, page_size, soft_cap, sliding_window)):
         mosaic, mosaic_min = MosaicConfig(), MOSAIC_MIN_Q  # shorter extends stay on Triton
     short, long = short_config or short, (long_config or long) if long is not None else None

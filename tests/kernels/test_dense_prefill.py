@@ -74,3 +74,21 @@ def test_auto_uses_the_dense_path_only_off_hopper(monkeypatch, hopper, want):
     monkeypatch.setattr(kernels, "on_nvidia_gpu", lambda: True)
     monkeypatch.setattr(kernels, "on_hopper", lambda: hopper)
     assert kernels.resolve_impl("auto") == want
+
+
+@pytest.mark.parametrize("impl, mosaic", [("pallas", True), ("pallas_cudnn", True), ("pallas_triton", False)])
+def test_pallas_triton_keeps_hopper_extends_off_mosaic(monkeypatch, impl, mosaic):
+    """"pallas_triton" is the A100's path measured on Hopper: the paged kernel without the Mosaic class."""
+    seen = {}
+
+    def fake_kernel(*args, **kw):
+        seen.update(kw)
+        return args[0]
+
+    monkeypatch.setattr(kernels, "on_nvidia_gpu", lambda: True)
+    monkeypatch.setattr(kernels, "ragged_paged_attention_pallas", fake_kernel)
+    q = jnp.zeros((4, 2, 8), jnp.float32)
+    pages = jnp.zeros((2, 4, 1, 8), jnp.float32)
+    kernels.ragged_paged_attention(q, pages, pages, jnp.array([0, 4]), jnp.array([4]), jnp.zeros((1, 1), jnp.int32),
+                                   sm_scale=1.0, impl=impl, hint=kernels.DECODE_HINT)
+    assert seen["use_mosaic"] is mosaic and seen["interpret"] is False
