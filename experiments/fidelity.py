@@ -45,6 +45,24 @@ def build_workload(name: str, tokenize: Any, size: int | None = None) -> Workloa
     raise ValueError(f"unknown workload {name!r}")
 
 
+def workload_size(items: Sequence[str] | None, name: str) -> int | None:
+    """--size: "N" for every workload, or "name=N" items (unnamed workloads keep their default)."""
+    for item in items or ():
+        key, _, value = item.rpartition("=")
+        if key in ("", name):
+            return int(value)
+    return None
+
+
+def model_tokenize(model_path: str | None) -> Any:
+    """encode() of the model's own tokenizer (the embedded default model's without --model-path)."""
+    if model_path is None:
+        return default_tokenize()
+    from jaxsgl.tokenizer import load_tokenizer
+    tok = load_tokenizer(model_path)
+    return lambda text: list(tok.encode(text))
+
+
 def root_arrivals(wl: Workload, rate: float | None, seed: int = 0) -> list[float]:
     n = sum(r.after is None for r in wl.requests)
     return offline(n) if rate is None else poisson(n, rate, seed=seed)
@@ -101,7 +119,8 @@ def main() -> None:
     ap.add_argument("--attention-backend", default="auto")
     ap.add_argument("--profile", required=True, help="step profile JSON (benchmarks/step_profile.py)")
     ap.add_argument("--workloads", nargs="+", default=["mmlu", "react", "agents"])
-    ap.add_argument("--size", type=int, default=None, help="requests / questions / calls per workload")
+    ap.add_argument("--size", nargs="+", default=None,
+                    help="requests / questions / calls per workload: N for all, or name=N items")
     ap.add_argument("--rates", nargs="+", default=["offline"], help="requests/s, or 'offline'")
     ap.add_argument("--max-total-tokens", type=int, default=None)
     ap.add_argument("--max-running-requests", type=int, default=64)
@@ -122,14 +141,14 @@ def main() -> None:
     seq_buckets = args.seq_buckets or profile.get("engine_options", {}).get("seq_buckets")
     if seq_buckets:
         seq_buckets = [b for b in seq_buckets if b < args.max_running_requests]
-    tokenize = default_tokenize()
+    tokenize = model_tokenize(args.model_path)
     rows = []
     # a compile inside a measured run would be timed: the untimed pass compiles what it meets, --warmup all shapes
     with Engine(args.model_path, load_format=args.load_format, attention_backend=args.attention_backend,
                 skip_tokenizer_init=True, seq_buckets=seq_buckets, warmup=args.warmup, **opts) as eng:
         opts["max_total_tokens"] = eng.scheduler.pool.capacity * eng.scheduler.page_size  # the sim's pool = the engine's
         for name in args.workloads:
-            wl = build_workload(name, tokenize, args.size)
+            wl = build_workload(name, tokenize, workload_size(args.size, name))
             for rate_s in args.rates:
                 rate = None if rate_s == "offline" else float(rate_s)
                 arr = root_arrivals(wl, rate)

@@ -16,9 +16,9 @@ from jaxsgl.sim.arrivals import from_trace, gamma, offline, poisson
 from jaxsgl.sim.cost_model import (CANDIDATE_FEATURES, FEATURES, ConstantCost, LinearCost, Padding, ReplayCost,
                                    StepCost, batch_features, fit_best, fit_linear, load_profile, step_features)
 from jaxsgl.sim.metrics import summarize
-from jaxsgl.sim.simulator import SimResult, Simulator, simulate
+from jaxsgl.sim.simulator import SimResult, SimRun, Simulator, simulate
 
-__all__ = ["Simulator", "SimResult", "simulate", "StepCost", "LinearCost", "ConstantCost", "ReplayCost", "Padding",
+__all__ = ["Simulator", "SimResult", "SimRun", "simulate", "StepCost", "LinearCost", "ConstantCost", "ReplayCost", "Padding",
            "FEATURES", "CANDIDATE_FEATURES", "step_features", "batch_features", "fit_linear", "fit_best",
            "load_profile", "offline", "poisson", "gamma", "from_trace", "summarize", "REQUEST_COLUMNS",
            "RequestTimes", "request_records", "as_frame"]

@@ -19,7 +19,8 @@ when that request finishes (plus think_time), unless `arrivals` gives it a time.
 running the clock jumps to the next arrival. Output tokens are fake ids below 1000 (or `outputs`,
 recorded ids to replay). Options are the Engine's (EngineOptions names: schedule_policy,
 radix_eviction_policy, max_total_tokens, chunked_prefill_size, ...); `scheduler_options` sets any
-other SchedulerConfig field. Host only, no JAX.
+other SchedulerConfig field. `Simulator.start()` gives the same loop one iteration at a time
+(SimRun), so a caller can advance several simulated replicas on one clock. Host only, no JAX.
 """
 from __future__ import annotations
 
@@ -98,16 +99,17 @@ class Simulator:
         return Scheduler.create(num_pages, o.page_size, eviction_policy=o.radix_eviction_policy,
                                 disable_radix_cache=o.disable_radix_cache, clock=clock, **cfg)
 
+    def start(self, *, outputs: Mapping[str, Sequence[int]] | None = None,
+              max_steps: int = 10_000_000) -> SimRun:
+        """A fresh simulation advanced by the caller, one loop iteration at a time (SimRun):
+        several on one clock make a multi-replica simulation (experiments/multi_instance.py)."""
+        return SimRun(self, outputs=outputs, max_steps=max_steps)
+
     def run(self, requests: Sequence[WorkloadRequest], arrivals: Sequence[float] | Mapping[str, float] | None = None,
             *, outputs: Mapping[str, Sequence[int]] | None = None, max_steps: int = 10_000_000) -> SimResult:
         """Simulate `requests` to completion. arrivals: one time per request without `after`, in
         order (a sequence), or rid -> time for any request (a mapping); None = all at t = 0."""
-        now = [0.0]
-        sched = self.make_scheduler(lambda: now[0])
-        overlap = not self.opts.disable_overlap_schedule
-        by_rid = {r.rid: r for r in requests}
-        children: dict[str, list[WorkloadRequest]] = {}
-        heap: list[tuple[float, int, str]] = []
+        run = self.start(outputs=outputs, max_steps=max_steps)
         timed = dict(arrivals) if isinstance(arrivals, Mapping) else {}
         roots = [r for r in requests if r.rid in timed or getattr(r, "after", None) is None]
         if arrivals is None or isinstance(arrivals, Mapping):
@@ -116,85 +118,14 @@ class Simulator:
             if len(arrivals) != len(roots):
                 raise ValueError(f"{len(arrivals)} arrival times for {len(roots)} requests without `after`")
             times = list(arrivals)
-        for i, (r, t) in enumerate(zip(roots, times)):
-            heapq.heappush(heap, (t, i, r.rid))
+        for r, t in zip(roots, times):
+            run.submit(r, t)
         for r in requests:
             if r.rid not in timed and getattr(r, "after", None) is not None:
-                children.setdefault(r.after, []).append(r)  # type: ignore[attr-defined]
-        seq = [len(roots)]
-        live: dict[str, tuple[Req, RequestTimes]] = {}
-        done: list[tuple[Req, RequestTimes]] = []
-        wall0 = time.perf_counter()
-
-        def add_arrivals() -> None:
-            while heap and heap[0][0] <= now[0]:
-                t, _, rid = heapq.heappop(heap)
-                r = by_rid[rid]
-                req = Req(rid, list(r.prompt_ids), max_new_tokens=r.max_new_tokens,
-                          priority=getattr(r, "priority", 0), arrival_time=t)
-                sched.add_request(req)
-                live[rid] = (req, RequestTimes(t))
-
-        def end_request(req: Req, t: float) -> None:
-            sched.finish(req, "length")
-            _, times = live.pop(req.rid)
-            times.finish = t
-            done.append((req, times))
-            for child in children.get(req.rid, ()):
-                heapq.heappush(heap, (t + self.think_time, seq[0], child.rid))
-                seq[0] += 1
-
-        def complete(f: _InFlight) -> None:
-            f.batch.trace.step_time = f.end - f.dispatch
-            f.batch.trace.end_time = f.end
-            for req in sched.fill(f.batch, f.ids):
-                if req.is_done:
-                    continue
-                times = live[req.rid][1]
-                if req.max_new_tokens > 0 and times.first_token is None:
-                    times.first_token = f.end
-                if req.num_generated >= req.max_new_tokens:
-                    end_request(req, f.end)
-            if self.check:
-                sched.check_integrity()
-
-        inflight: _InFlight | None = None
-        while heap or sched.has_work() or inflight is not None:
-            if not sched.has_work() and inflight is None:
-                now[0] = max(now[0], heap[0][0])  # idle: jump to the next arrival
-            add_arrivals()
-            if sched.step >= max_steps:
-                raise RuntimeError(f"no progress after {max_steps} steps")
-            batch = sched.schedule()
-            if not batch:
-                sched.cancel_pending()
-                if inflight is not None:
-                    now[0] = max(now[0], inflight.end)
-                    complete(inflight)
-                    inflight = None
-                elif heap:
-                    now[0] = max(now[0], heap[0][0])
-                else:
-                    raise RuntimeError(f"step {sched.step}: {len(sched.waiting)} waiting requests can never be "
-                                       "admitted")
-                continue
-            ids = [self._token(s.req, outputs) if s.need_logits else -1 for s in batch.seqs]
-            start = max(now[0], inflight.end) if inflight is not None else now[0]
-            cur = _InFlight(batch, ids, now[0], start + float(self.cost(batch, start)))
-            sched.advance(batch)
-            if overlap:
-                if inflight is not None:
-                    now[0] = max(now[0], inflight.end)
-                    complete(inflight)
-                inflight = cur
-            else:
-                now[0] = cur.end
-                complete(cur)
-        steps = sched.trace_records()
-        recs = request_records(done, steps)
-        summary = summarize(recs, steps, sched)
-        summary["sim_wall_s"] = time.perf_counter() - wall0
-        return SimResult(recs, steps, summary, sched)
+                run.children.setdefault(r.after, []).append(r)  # type: ignore[attr-defined]
+        while run.next_time() is not None:
+            run.step()
+        return run.result()
 
     @staticmethod
     def _token(req: Req, outputs: Mapping[str, Sequence[int]] | None) -> int:
@@ -205,6 +136,138 @@ class Simulator:
         if outputs is not None and req.rid in outputs and k < len(outputs[req.rid]):
             return int(outputs[req.rid][k])
         return 1 + (req.seq_no * 7919 + k * 104729) % 999
+
+
+class SimRun:
+    """One simulation in progress: a fresh Scheduler on its own clock, advanced one iteration of
+    the engine's loop at a time. Simulator.run drives one to completion; a caller can also drive
+    several on one clock (a router in front of replicas):
+
+        run = sim.start()
+        run.submit(request, t)                # arrives at time t
+        while (t := run.next_time()) is not None:
+            finished = run.step()             # [(rid, finish time)] of this iteration
+        res = run.result()
+
+    next_time() is the simulated time of the next iteration (None: idle, nothing queued). An
+    iteration at time t admits every submitted request with arrival <= t, so a caller that
+    submits everything arriving up to t before stepping at t sees what the single run sees.
+    `children[rid]`: requests that arrive when `rid` finishes (plus think_time); empty unless
+    the caller fills it. `live[rid]`: the (Req, RequestTimes) of a submitted, unfinished request
+    that has arrived; `queued()` the rids submitted that have not arrived yet."""
+
+    def __init__(self, sim: Simulator, *, outputs: Mapping[str, Sequence[int]] | None = None,
+                 max_steps: int = 10_000_000) -> None:
+        self.sim = sim
+        self.now = 0.0
+        self.sched = sim.make_scheduler(lambda: self.now)
+        self.outputs = outputs
+        self.max_steps = max_steps
+        self.overlap = not sim.opts.disable_overlap_schedule
+        self.children: dict[str, list[WorkloadRequest]] = {}
+        self.live: dict[str, tuple[Req, RequestTimes]] = {}
+        self.done: list[tuple[Req, RequestTimes]] = []
+        self._by_rid: dict[str, WorkloadRequest] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = 0
+        self._inflight: _InFlight | None = None
+        self._finished: list[tuple[str, float]] = []
+        self._wall0 = time.perf_counter()
+
+    def submit(self, request: WorkloadRequest, t: float) -> None:
+        """`request` arrives at time t (ties: in submission order)."""
+        self._by_rid[request.rid] = request
+        heapq.heappush(self._heap, (t, self._seq, request.rid))
+        self._seq += 1
+
+    def queued(self) -> list[str]:
+        """rids submitted that have not arrived yet."""
+        return [rid for _, _, rid in self._heap]
+
+    def next_time(self) -> float | None:
+        """Time of the next loop iteration; None when there is nothing to do until a submit."""
+        if self.sched.has_work() or self._inflight is not None:
+            return self.now
+        if self._heap:
+            return max(self.now, self._heap[0][0])
+        return None
+
+    def step(self) -> list[tuple[str, float]]:
+        """One iteration of the engine's loop (see the module docstring); returns the (rid,
+        finish time) of the requests it finished."""
+        self._finished = []
+        sched = self.sched
+        if not sched.has_work() and self._inflight is None:
+            self.now = max(self.now, self._heap[0][0])  # idle: jump to the next arrival
+        self._add_arrivals()
+        if sched.step >= self.max_steps:
+            raise RuntimeError(f"no progress after {self.max_steps} steps")
+        batch = sched.schedule()
+        if not batch:
+            sched.cancel_pending()
+            if self._inflight is not None:
+                self.now = max(self.now, self._inflight.end)
+                self._complete(self._inflight)
+                self._inflight = None
+            elif self._heap:
+                self.now = max(self.now, self._heap[0][0])
+            else:
+                raise RuntimeError(f"step {sched.step}: {len(sched.waiting)} waiting requests can never be "
+                                   "admitted")
+            return self._finished
+        ids = [self.sim._token(s.req, self.outputs) if s.need_logits else -1 for s in batch.seqs]
+        start = max(self.now, self._inflight.end) if self._inflight is not None else self.now
+        cur = _InFlight(batch, ids, self.now, start + float(self.sim.cost(batch, start)))
+        sched.advance(batch)
+        if self.overlap:
+            if self._inflight is not None:
+                self.now = max(self.now, self._inflight.end)
+                self._complete(self._inflight)
+            self._inflight = cur
+        else:
+            self.now = cur.end
+            self._complete(cur)
+        return self._finished
+
+    def result(self) -> SimResult:
+        """Records and summary of the requests finished so far."""
+        steps = self.sched.trace_records()
+        recs = request_records(self.done, steps)
+        summary = summarize(recs, steps, self.sched)
+        summary["sim_wall_s"] = time.perf_counter() - self._wall0
+        return SimResult(recs, steps, summary, self.sched)
+
+    def _add_arrivals(self) -> None:
+        while self._heap and self._heap[0][0] <= self.now:
+            t, _, rid = heapq.heappop(self._heap)
+            r = self._by_rid[rid]
+            req = Req(rid, list(r.prompt_ids), max_new_tokens=r.max_new_tokens,
+                      priority=getattr(r, "priority", 0), arrival_time=t)
+            self.sched.add_request(req)
+            self.live[rid] = (req, RequestTimes(t))
+
+    def _end_request(self, req: Req, t: float) -> None:
+        self.sched.finish(req, "length")
+        _, times = self.live.pop(req.rid)
+        times.finish = t
+        self.done.append((req, times))
+        self._finished.append((req.rid, t))
+        for child in self.children.get(req.rid, ()):
+            self.submit(child, t + self.sim.think_time)
+
+    def _complete(self, f: _InFlight) -> None:
+        f.batch.trace.step_time = f.end - f.dispatch
+        f.batch.trace.end_time = f.end
+        for req in self.sched.fill(f.batch, f.ids):
+            if req.is_done:
+                continue
+            times = self.live[req.rid][1]
+            if req.max_new_tokens > 0 and times.first_token is None:
+                times.first_token = f.end
+            if req.num_generated >= req.max_new_tokens:
+                self._end_request(req, f.end)
+        if self.sim.check:
+            self.sched.check_integrity()
 
 
 def simulate(requests: Sequence[WorkloadRequest], arrivals: Sequence[float] | Mapping[str, float] | None = None,

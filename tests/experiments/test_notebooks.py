@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
-NOTEBOOKS = ["fairness.ipynb", "overlap_sweep.ipynb", "eviction.ipynb"]
+NOTEBOOKS = ["fairness.ipynb", "overlap_sweep.ipynb", "eviction.ipynb", "paper_workloads.ipynb", "ablation.ipynb",
+             "multi_instance.ipynb", "tokenization.ipynb"]
 
 
 def _needs() -> None:
@@ -27,7 +28,8 @@ def test_notebook_is_committed_with_outputs(name: str) -> None:
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]
 
 
-NEEDS_DATA = {"eviction.ipynb"}
+NEEDS_DATA = {"eviction.ipynb", "paper_workloads.ipynb", "ablation.ipynb", "multi_instance.ipynb",
+              "tokenization.ipynb"}
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
