@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.workloads import REACT_HEAD, _mmlu_example, _mmlu_rows, _react_steps, data_dir
+from experiments.workloads import _mmlu_example, _mmlu_rows, _react_steps, data_dir, react_traces
 
 Encode = Callable[[str], tuple[list[int], list[int]]]
 
@@ -127,16 +127,10 @@ def react_calls(data: str | os.PathLike | None = None, *, num_questions: int = 2
     """(group, prompt, generated text) of every call of `num_questions` ReAct traces (workloads.py's layout):
     call j ends "Thought j:" and generates " <thought>\\nAction j: <action>\\n"; the tool appends the
     observation. trailing_space: the prompt ends "Thought j: " and the generation has no leading space."""
-    path = data_dir(data) / "sglang_bench" / "react_hotpotqa_100.jsonl"
-    traces = [next(iter(json.loads(line).items())) for line in open(path, encoding="utf-8") if line.strip()]
-    prefix = REACT_HEAD + "".join(f"{q}\n{_react_steps(s, len(s))}\n" for q, s in traces[:shots])
-    rng = np.random.default_rng(seed)
-    picks = sorted(rng.choice(np.arange(shots, len(traces)), size=min(num_questions, len(traces) - shots),
-                              replace=False).tolist())
+    prefix, picked = react_traces(data, num_questions=num_questions, shots=shots, seed=seed)
     sp = " " if trailing_space else ""
     calls = []
-    for qi in picks:
-        question, steps = traces[qi]
+    for qi, question, steps in picked:
         for j in range(1, len(steps) + 1):
             s = steps[j - 1]
             prompt = f"{prefix}{question}\n{_react_steps(steps, j - 1)}Thought {j}:{sp}"

@@ -185,26 +185,33 @@ def _react_steps(steps: Sequence[dict], upto: int) -> str:
                     for k, s in enumerate(steps[:upto], 1))
 
 
-def react_workload(tokenize: Tokenize, data: str | os.PathLike | None = None, *, num_questions: int = 16,
-                   shots: int = 2, output_mean: float = 40.0, seed: int = 0) -> Workload:
-    """ReAct traces: the first `shots` traces of the file are the few-shot prefix; `num_questions`
-    seeded-random others are replayed, one call per step, each call chained after the previous."""
+def react_traces(data: str | os.PathLike | None = None, *, num_questions: int = 16, shots: int = 2,
+                 seed: int = 0) -> tuple[str, list[tuple[int, str, list]]]:
+    """(few-shot prefix, [(index, question, steps)] of `num_questions` seeded-random other traces) of the
+    ReAct HotpotQA file: the first `shots` traces make the prefix."""
     path = data_dir(data) / "sglang_bench" / "react_hotpotqa_100.jsonl"
     traces = [next(iter(json.loads(line).items())) for line in open(path, encoding="utf-8") if line.strip()]
     prefix = REACT_HEAD + "".join(f"{q}\n{_react_steps(s, len(s))}\n" for q, s in traces[:shots])
     rng = np.random.default_rng(seed)
     picks = sorted(rng.choice(np.arange(shots, len(traces)), size=min(num_questions, len(traces) - shots),
                               replace=False).tolist())
+    return prefix, [(i, *traces[i]) for i in picks]
+
+
+def react_workload(tokenize: Tokenize, data: str | os.PathLike | None = None, *, num_questions: int = 16,
+                   shots: int = 2, output_mean: float = 40.0, seed: int = 0) -> Workload:
+    """ReAct traces: the first `shots` traces of the file are the few-shot prefix; `num_questions`
+    seeded-random others are replayed, one call per step, each call chained after the previous."""
+    prefix, picked = react_traces(data, num_questions=num_questions, shots=shots, seed=seed)
     texts: list[tuple[str, str, str | None]] = []
-    for qi in picks:
-        question, steps = traces[qi]
+    for qi, question, steps in picked:
         for j in range(1, len(steps) + 1):
             prev = f"react{qi}.{j - 1}" if j > 1 else None
             texts.append((f"react{qi}.{j}", f"{prefix}{question}\n{_react_steps(steps, j - 1)}Thought {j}:", prev))
     outs = output_lengths(len(texts), output_mean, max_len=128, seed=seed)
     reqs = [Request(rid, tokenize(t), n, after=prev, group=rid.split(".")[0])
             for (rid, t, prev), n in zip(texts, outs)]
-    return Workload("react", reqs, meta={"questions": len(picks), "shots": shots})
+    return Workload("react", reqs, meta={"questions": len(picked), "shots": shots})
 
 
 # ------------------------------------------------------------------ Generative Agents
