@@ -2,11 +2,13 @@
 
 regex / JSON schema / choices compile to a `TokenAutomaton` (numpy tables the engine moves to the
 device); EBNF/Lark grammars compile to an `EbnfGrammar` whose per-request `EbnfMatcher` fills masks
-on the host. `GrammarCompiler` compiles off the caller's thread and caches; `plan_jump_forward`
-turns an automaton's forced strings into retokenized extend steps. See docs/constrained.md.
+on the host (with `backend="llguidance"`, every kind takes that path). `GrammarCompiler` compiles
+off the caller's thread and caches; `plan_jump_forward` turns an automaton's forced strings into
+retokenized extend steps. See docs/constrained.md.
 """
 from jaxsgl.constrained.automaton import TokenAutomaton
-from jaxsgl.constrained.compiler import CompiledConstraint, CompilerStats, GrammarCompiler, compile_constraint
+from jaxsgl.constrained.compiler import (GRAMMAR_BACKENDS, CompiledConstraint, CompilerStats, GrammarCompiler,
+                                        check_backend, compile_constraint, host_side)
 from jaxsgl.constrained.ebnf import EbnfGrammar, EbnfMatcher
 from jaxsgl.constrained.errors import ConstraintError
 from jaxsgl.constrained.jump_forward import JumpForward, plan_jump_forward
@@ -34,6 +36,7 @@ __all__ = [
     "DEFAULT_MAX_TRANSITIONS",
     "EbnfGrammar",
     "EbnfMatcher",
+    "GRAMMAR_BACKENDS",
     "GrammarCompiler",
     "JSON_OBJECT_GRAMMAR",
     "JumpForward",
@@ -43,11 +46,13 @@ __all__ = [
     "REGEX_STR",
     "TokenAutomaton",
     "TokenVocab",
+    "check_backend",
     "choices_regex",
     "compile_constraint",
     "compile_regex",
     "constraint_from_params",
     "escape_regex_literal",
+    "host_side",
     "plan_jump_forward",
     "spec_from_response_format",
 ]

@@ -12,7 +12,13 @@ the parent's `__main__` module, so a script that makes an Engine must keep its t
 points with that guard are fine).
 
 The cache is an LRU bounded by the tables' bytes; concurrent submits of one spec share one
-compile; compile errors are cached too (bounded by count).
+compile; compile errors are cached too (bounded by count). The cache key is (spec, vocabulary,
+compile options): the backend and the JSON whitespace pattern change what a spec compiles to.
+
+Backends (EngineOptions.grammar_backend, SGLang's `--grammar-backend` names):
+    "outlines"    regex / json_schema / choices -> TokenAutomaton (outlines-core; device tables,
+                  compressed-FSM jump-forward); ebnf -> EbnfGrammar (llguidance)
+    "llguidance"  every kind -> EbnfGrammar (llguidance compiles lazily: milliseconds; masks on the host)
 """
 from __future__ import annotations
 
@@ -34,25 +40,41 @@ from jaxsgl.constrained.spec import ConstraintSpec
 from jaxsgl.constrained.vocab import TokenVocab
 
 CompiledConstraint = Union[TokenAutomaton, EbnfGrammar]
+GRAMMAR_BACKENDS: tuple[str, ...] = ("outlines", "llguidance")
 MAX_CACHED_ERRORS = 256
+_Key = tuple  # (ConstraintSpec, vocabulary key, sorted compile options)
 DEFAULT_WORKER_MEMORY = 8 * 1024**3  # address-space cap of a compile process: a runaway regex kills it, not us
+
+
+def check_backend(backend: str) -> str:
+    """backend if it is one of GRAMMAR_BACKENDS, else ValueError listing them."""
+    if backend not in GRAMMAR_BACKENDS:
+        raise ValueError(f"unknown grammar_backend {backend!r}; choices: {', '.join(GRAMMAR_BACKENDS)}")
+    return backend
+
+
+def host_side(spec: ConstraintSpec, backend: str = "outlines") -> bool:
+    """True if spec compiles to an EbnfGrammar (a host mask per step), False for device tables."""
+    return spec.kind == "ebnf" or check_backend(backend) == "llguidance"
 
 
 def compile_constraint(
     spec: ConstraintSpec,
     vocab: TokenVocab,
     *,
+    backend: str = "outlines",
     max_states: int = DEFAULT_MAX_STATES,
     max_transitions: int = DEFAULT_MAX_TRANSITIONS,
     json_whitespace_pattern: str | None = None,
 ) -> CompiledConstraint:
-    """Tables for a regex / json_schema / choices spec, an EbnfGrammar for ebnf; ConstraintError if bad.
+    """Tables for a regex / json_schema / choices spec, an EbnfGrammar for ebnf (or for every kind
+    with backend="llguidance"); ConstraintError if bad, ValueError for an unknown backend.
 
     json_whitespace_pattern: the whitespace allowed between JSON tokens (None: outlines' `[ ]?`,
     as SGLang; "" gives compact JSON, whose keys and punctuation are then all forced).
     """
-    if spec.kind == "ebnf":
-        return EbnfGrammar(spec.source, vocab)
+    if host_side(spec, backend):
+        return EbnfGrammar(spec.source, vocab, kind=spec.kind, json_whitespace_pattern=json_whitespace_pattern)
     if spec.kind == "json_schema":
         regex = schema_to_regex(spec.source, json_whitespace_pattern)
     else:
@@ -127,17 +149,19 @@ class GrammarCompiler:
         self.processes = processes
         self.worker_memory_limit = worker_memory_limit
         self.compile_options = compile_options
+        self.backend = check_backend(compile_options.get("backend", "outlines"))
+        self._options_key = tuple(sorted(compile_options.items()))  # part of every cache key
         self.stats = CompilerStats()
         self._threads = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="jaxsgl-grammar")
         self._pool: ProcessPoolExecutor | None = None  # started on the first table compile
         self._lock = threading.Lock()
-        self._cache: OrderedDict[tuple[ConstraintSpec, str], CompiledConstraint] = OrderedDict()
-        self._errors: OrderedDict[tuple[ConstraintSpec, str], BaseException] = OrderedDict()
-        self._inflight: dict[tuple[ConstraintSpec, str], Future] = {}
+        self._cache: OrderedDict[_Key, CompiledConstraint] = OrderedDict()
+        self._errors: OrderedDict[_Key, BaseException] = OrderedDict()
+        self._inflight: dict[_Key, Future] = {}
         self._closed = False
 
-    def _key(self, spec: ConstraintSpec) -> tuple[ConstraintSpec, str]:
-        return (spec, self.vocab.key)
+    def _key(self, spec: ConstraintSpec) -> _Key:
+        return (spec, self.vocab.key, self._options_key)
 
     def get(self, spec: ConstraintSpec) -> CompiledConstraint | None:
         """The cached result for spec, or None (never compiles; marks the entry recently used)."""
@@ -167,7 +191,7 @@ class GrammarCompiler:
             future: Future = Future()
             future.set_running_or_notify_cancel()
             self._inflight[key] = future
-            pool = self._process_pool_locked() if self.processes and spec.kind != "ebnf" else None
+            pool = self._process_pool_locked() if self.processes and not host_side(spec, self.backend) else None
         if pool is None:
             self._threads.submit(self._compile_on_thread, key)
         else:
@@ -197,7 +221,7 @@ class GrammarCompiler:
             )
         return self._pool
 
-    def _compile_on_thread(self, key: tuple[ConstraintSpec, str]) -> None:
+    def _compile_on_thread(self, key: _Key) -> None:
         start = time.perf_counter()
         try:
             result = compile_constraint(key[0], self.vocab, **self.compile_options)
@@ -206,7 +230,7 @@ class GrammarCompiler:
             return
         self._finish(key, result, None, time.perf_counter() - start)
 
-    def _finish_from_process(self, key: tuple[ConstraintSpec, str], done: Future) -> None:
+    def _finish_from_process(self, key: _Key, done: Future) -> None:
         try:
             fsm, seconds = done.result()
         except BrokenProcessPool as e:
@@ -221,7 +245,7 @@ class GrammarCompiler:
         fsm.token_bytes = self.vocab.token_bytes
         self._finish(key, fsm, None, seconds)
 
-    def _finish(self, key: tuple[ConstraintSpec, str], result: CompiledConstraint | None,
+    def _finish(self, key: _Key, result: CompiledConstraint | None,
                 error: BaseException | None, seconds: float, cache_error: bool = True) -> None:
         """Record a finished compile in the cache and stats, then resolve its future."""
         with self._lock:
@@ -255,7 +279,7 @@ class GrammarCompiler:
     def cached_specs(self) -> list[ConstraintSpec]:
         """Cached specs, least recently used first."""
         with self._lock:
-            return [spec for spec, _ in self._cache]
+            return [key[0] for key in self._cache]
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop accepting submits and stop the workers (waiting for running compiles if wait)."""

@@ -1,10 +1,14 @@
-"""EBNF / Lark grammars through llguidance: a compiled grammar plus a per-request matcher.
+"""Grammars held by llguidance: a compiled grammar plus a per-request matcher (host masks).
 
 Context-free grammars have no finite token automaton, so they cannot become device tables; each
 request keeps an llguidance matcher on the host and its mask is computed per step (tens of
 microseconds per request at vocab 49152, see docs/constrained.md). Accepted syntax: Lark (llguidance
 dialect, `start: ...`, `/regex/` terminals, `%json {...}`) and GBNF (`root ::= ...`, as SGLang's
 `ebnf` parameter and llama.cpp use), converted to Lark by llguidance.
+
+With `grammar_backend="llguidance"` regexes, choices and JSON schemas take this path too
+(`EbnfGrammar(source, vocab, kind=...)`): llguidance compiles lazily (milliseconds where
+outlines-core's token index takes seconds), at the price of a host mask per step.
 """
 from __future__ import annotations
 
@@ -14,7 +18,14 @@ from collections import OrderedDict
 import numpy as np
 
 from jaxsgl.constrained.errors import ConstraintError
+from jaxsgl.constrained.spec import JSON_OBJECT_GRAMMAR
 from jaxsgl.constrained.vocab import TokenVocab
+
+# Whitespace between JSON tokens when json_whitespace_pattern is None: outlines-core's default
+# (`outlines_core.json_schema.WHITESPACE`, as SGLang's outlines backend), used for both backends
+# so that one schema means one language whichever backend compiles it.
+DEFAULT_JSON_WHITESPACE = r"[ ]?"
+_LABELS = {"ebnf": "grammar", "regex": "regex", "choices": "choices", "json_schema": "JSON schema"}
 
 _tokenizer_cache: OrderedDict[str, object] = OrderedDict()
 _tokenizer_lock = threading.Lock()
@@ -54,20 +65,46 @@ def ll_tokenizer(vocab: TokenVocab) -> object:
     return built
 
 
+def serialize_grammar(kind: str, source: str, json_whitespace_pattern: str | None = None) -> str:
+    """llguidance's grammar text for a constraint of `kind` (ConstraintSpec kinds); ValueError if malformed.
+
+    json_whitespace_pattern applies to JSON schemas (None: DEFAULT_JSON_WHITESPACE; "": compact) and,
+    when set, to OpenAI's json_object grammar (whose default stays llguidance's flexible whitespace).
+    A schema's own "x-guidance" options override the pattern, as in SGLang's llguidance backend.
+    """
+    from llguidance import LLMatcher, grammar_from
+
+    if kind in ("regex", "choices"):
+        return LLMatcher.grammar_from_regex(source)
+    if kind == "json_schema" or (source == JSON_OBJECT_GRAMMAR and json_whitespace_pattern is not None):
+        schema = source if kind == "json_schema" else '{"type": "object"}'
+        pattern = DEFAULT_JSON_WHITESPACE if json_whitespace_pattern is None else json_whitespace_pattern
+        return LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_pattern": pattern})
+    if kind == "ebnf":
+        return grammar_from("ebnf", source)
+    raise ConstraintError(f"unknown constraint kind {kind!r}")
+
+
 class EbnfGrammar:
-    """A validated grammar bound to one vocabulary; immutable and shareable across requests."""
+    """A validated llguidance grammar bound to one vocabulary; immutable and shareable across requests.
 
-    def __init__(self, source: str, vocab: TokenVocab) -> None:
-        from llguidance import LLMatcher, grammar_from
+    kind: "ebnf" (GBNF or Lark source), or "regex" / "choices" / "json_schema" (the llguidance backend).
+    """
 
+    def __init__(self, source: str, vocab: TokenVocab, *, kind: str = "ebnf",
+                 json_whitespace_pattern: str | None = None) -> None:
+        from llguidance import LLMatcher
+
+        label = _LABELS.get(kind, kind)
         try:
-            serialized = grammar_from("ebnf", source)
+            serialized = serialize_grammar(kind, source, json_whitespace_pattern)
         except ValueError as e:
-            raise ConstraintError(f"invalid grammar: {e}") from None
+            raise ConstraintError(f"invalid {label}: {e}") from None
         tokenizer = ll_tokenizer(vocab)
         is_error, messages = LLMatcher.validate_grammar_with_warnings(serialized, tokenizer)
         if is_error:
-            raise ConstraintError(f"invalid grammar: {messages[0] if messages else 'rejected by llguidance'}")
+            raise ConstraintError(f"invalid {label}: {messages[0] if messages else 'rejected by llguidance'}")
+        self.kind = kind
         self.source = source
         self.vocab_size = vocab.vocab_size
         self.eos_ids = vocab.eos_ids
@@ -76,8 +113,13 @@ class EbnfGrammar:
         self._tokenizer = tokenizer
         # Matchers are made by copying this one (microseconds) rather than re-parsing the grammar.
         self._template = LLMatcher(tokenizer, serialized, log_level=0)
-        if self._template.is_error():
-            raise ConstraintError(f"invalid grammar: {self._template.get_error()}")
+        # The first mask, here on the compile thread: llguidance finds an empty language (a regex no
+        # text matches) only then, and a matcher error while the engine builds a step is not per-request.
+        mask = np.zeros((vocab.vocab_size + 31) // 32, np.uint32)
+        self._template.unsafe_compute_mask_ptr(mask.ctypes.data, mask.nbytes)
+        if self._template.is_error() or not mask.any():
+            first_line = (self._template.get_error().splitlines() or ["no token allowed"])[0]
+            raise ConstraintError(f"invalid {label}: no output can satisfy it (llguidance: {first_line})")
         self._template_lock = threading.Lock()
 
     @property

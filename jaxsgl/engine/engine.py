@@ -403,7 +403,9 @@ class Engine:
                 vocab = TokenVocab.from_tokenizer(self.tokenizer, self.cfg.vocab_size, self.eos_ids)
                 rt = GrammarRuntime(vocab, max_states=o.grammar_max_states, max_mask_rows=o.grammar_max_mask_rows,
                                     max_exceptions=o.grammar_max_exceptions,
-                                    enable_jump_forward=not o.disable_regex_jump_forward, wake=self._wake)
+                                    enable_jump_forward=not o.disable_regex_jump_forward, wake=self._wake,
+                                    backend=o.grammar_backend,
+                                    json_whitespace_pattern=o.constrained_json_whitespace_pattern)
                 self.tracker.grammar = self.loop.grammar = rt
                 self.grammar = rt
         return self.grammar

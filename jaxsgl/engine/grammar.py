@@ -14,7 +14,8 @@ Regex / JSON-schema / choices automata run on the device (mask + next state in t
 sampler). EBNF grammars (llguidance, a stack machine) compute their mask on the host while
 building the step; such a request is not scheduled while its previous token is still on the
 device (Req.needs_known_tokens), so it decodes every other step under overlap and never stalls
-the other requests.
+the other requests. With backend="llguidance" (EngineOptions.grammar_backend) every constraint
+takes the host path; its jump-forward is llguidance's fast-forward tokens, as for EBNF.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from collections.abc import Callable
 import numpy as np
 
 from jaxsgl.constrained import (ConstraintSpec, EbnfGrammar, GrammarCompiler, JumpForward, TokenAutomaton,
-                                TokenVocab, plan_jump_forward)
+                                TokenVocab, check_backend, host_side, plan_jump_forward)
 from jaxsgl.constrained.table_pool import AutomatonPool, PoolFull
 from jaxsgl.engine import grammar_tables
 from jaxsgl.engine.request_state import GrammarState, RequestState
@@ -32,19 +33,23 @@ from jaxsgl.engine.request_state import GrammarState, RequestState
 log = logging.getLogger(__name__)
 
 
-_COMPILERS: dict[str, GrammarCompiler] = {}
+_COMPILERS: dict[tuple[str, str, str | None], GrammarCompiler] = {}
 _COMPILERS_LOCK = threading.Lock()
 
 
-def shared_compiler(vocab: TokenVocab) -> GrammarCompiler:
-    """One GrammarCompiler (and compile cache) per vocabulary in the process: engines over the same
-    tokenizer share compiled constraints. Compiles run on a thread (outlines-core releases the GIL
-    while indexing; turning the index into tables holds it for up to ~0.2 s per new constraint):
-    worker processes would re-import a user's unguarded script."""
+def shared_compiler(vocab: TokenVocab, *, backend: str = "outlines",
+                    json_whitespace_pattern: str | None = None) -> GrammarCompiler:
+    """One GrammarCompiler (and compile cache) per (vocabulary, backend, JSON whitespace pattern) in
+    the process: engines over the same tokenizer and options share compiled constraints. Compiles
+    run on a thread (outlines-core releases the GIL while indexing; turning the index into tables
+    holds it for up to ~0.2 s per new constraint): worker processes would re-import a user's
+    unguarded script."""
+    key = (vocab.key, check_backend(backend), json_whitespace_pattern)
     with _COMPILERS_LOCK:
-        if vocab.key not in _COMPILERS:
-            _COMPILERS[vocab.key] = GrammarCompiler(vocab, processes=False)
-        return _COMPILERS[vocab.key]
+        if key not in _COMPILERS:
+            _COMPILERS[key] = GrammarCompiler(vocab, processes=False, backend=backend,
+                                              json_whitespace_pattern=json_whitespace_pattern)
+        return _COMPILERS[key]
 
 
 class GrammarRuntime:
@@ -52,9 +57,11 @@ class GrammarRuntime:
     the compile callbacks, which only call `wake`."""
 
     def __init__(self, vocab: TokenVocab, *, max_states: int, max_mask_rows: int, max_exceptions: int,
-                 enable_jump_forward: bool, wake: Callable[[], None]) -> None:
+                 enable_jump_forward: bool, wake: Callable[[], None], backend: str = "outlines",
+                 json_whitespace_pattern: str | None = None) -> None:
         self.vocab = vocab
-        self.compiler = shared_compiler(vocab)
+        self.backend = backend
+        self.compiler = shared_compiler(vocab, backend=backend, json_whitespace_pattern=json_whitespace_pattern)
         self.words = (vocab.vocab_size + 31) // 32
         self.pool = AutomatonPool(max_states, max_mask_rows, max_exceptions, self.words)
         self._limits = (max_states, max_mask_rows, max_exceptions)
@@ -65,7 +72,10 @@ class GrammarRuntime:
 
     # ------------------------------------------------------------------ queue
     def submit(self, st: RequestState, spec: ConstraintSpec) -> None:
-        """Start compiling st's constraint; st waits in the grammar queue until poll() admits it."""
+        """Start compiling st's constraint; st waits in the grammar queue until poll() admits it.
+        A host-side constraint (EBNF, or any with the llguidance backend) marks st.req as needing
+        known tokens (before the scheduler ever sees it)."""
+        st.req.needs_known_tokens = st.req.needs_known_tokens or host_side(spec, self.backend)
         st.grammar = GrammarState(spec, future=self.compiler.submit(spec))
         st.grammar.future.add_done_callback(lambda _: self._wake())
         self.waiting.append(st)

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+GRAMMAR_BACKENDS = ("outlines", "llguidance")  # = jaxsgl.constrained.GRAMMAR_BACKENDS (not imported: no numpy here)
+
 
 @dataclass
 class EngineOptions:
@@ -33,6 +35,15 @@ class EngineOptions:
     grammar_max_states: int = 65536  # device grammar tables: automaton states of all resident constraints
     grammar_max_mask_rows: int = 2048  # ... distinct allowed-token bitmask rows (shared across constraints)
     grammar_max_exceptions: int = 1 << 22  # ... transitions that leave a state's default next state
+    # Constrained-decoding backend (SGLang's --grammar-backend; its xgrammar is not offered):
+    # "outlines": regex / json_schema / choices -> outlines-core token automata masked on the device,
+    # with compressed-FSM jump-forward; ebnf -> llguidance. "llguidance": every constraint compiled
+    # lazily by llguidance (milliseconds, where outlines-core can take seconds) and masked on the host
+    # per step; jump-forward uses llguidance's fast-forward tokens. See docs/constrained.md.
+    grammar_backend: str = "outlines"
+    # Regex of the whitespace allowed between JSON tokens in json_schema constraints (SGLang's
+    # --constrained-json-whitespace-pattern). None: outlines' `[ ]?` (both backends); "": compact JSON.
+    constrained_json_whitespace_pattern: str | None = None
     debug_check_integrity: bool = False  # assert cache/scheduler invariants after every step (tests)
 
     @classmethod
@@ -42,6 +53,9 @@ class EngineOptions:
         if unknown:
             raise ValueError(f"unknown Engine options {sorted(unknown)}; known: {sorted(known)}")
         opts = cls(model_path=model_path, **kwargs)
+        if opts.grammar_backend not in GRAMMAR_BACKENDS:
+            raise ValueError(f"unknown grammar_backend {opts.grammar_backend!r}; "
+                             f"choices: {', '.join(GRAMMAR_BACKENDS)}")
         if opts.page_size < 1:
             raise ValueError(f"page_size must be >= 1, got {opts.page_size}")
         chunk = opts.chunked_prefill_size

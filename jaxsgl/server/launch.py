@@ -120,11 +120,16 @@ def serve(state: ServerState, factory: Callable[[], Any], log_level: str = "info
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m jaxsgl.launch_server` (and `jaxsgl serve`)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     config = config_from_args(args)
+    try:  # bad option values fail here, with the usage line, not later in the background load
+        EngineOptions.from_kwargs(config.model_path, config.engine_options)
+    except ValueError as e:
+        parser.error(str(e))
     state = ServerState(config)
     log.info("jaxsgl server on http://%s:%d (model loading in the background)", config.host, config.port)
     return serve(state, engine_factory(config), args.log_level, args.timeout_graceful_shutdown)

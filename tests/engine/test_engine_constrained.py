@@ -1,5 +1,6 @@
 """Constrained decoding through the Engine: soundness over a generated corpus (a random model at
-temperature 1 explores the automata), jump-forward, and equivalence across loops and the cache."""
+temperature 1 explores the automata), jump-forward, and equivalence across loops and the cache; the
+grammar_backend and constrained_json_whitespace_pattern options."""
 from __future__ import annotations
 
 import json
@@ -222,3 +223,107 @@ def test_ebnf_outputs_parse(tiny_model_dir, overlap):
         with pytest.raises(ValueError):
             eng.generate("x", {"max_new_tokens": 4, "ebnf": "root ::= ( unclosed"})
         eng.scheduler.check_integrity()
+
+
+# ---- options: grammar_backend and constrained_json_whitespace_pattern ------------------------------------
+
+FREE_REGEXES = [r"[0-9]{2,4}", r"[a-z]{1,8}", r"(-)?[0-9]{1,3}(\.[0-9]{1,2})?", r"[A-Z][a-z]{0,6}"]
+CARD = {"type": "object", "properties": {"character_name": {"type": "string", "maxLength": 12},
+                                         "hit_points": {"type": "integer"},
+                                         "alignment": {"enum": ["lawful good", "chaotic evil"]}},
+        "required": ["character_name", "hit_points", "alignment"]}
+_JSON_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def test_llguidance_backend_outputs_satisfy_the_corpus(tiny_model_dir):
+    """grammar_backend="llguidance": regexes and schemas compiled by llguidance, masked on the host per
+    step (overlap on, jump-forward = llguidance's fast-forward tokens), at temperature 1."""
+    from jaxsgl.engine.engine import Engine
+
+    regexes, schemas = regex_corpus(300)[::10], schema_corpus(100)[::10]
+    with Engine(str(tiny_model_dir), dtype="float32", grammar_backend="llguidance", max_running_requests=32,
+                max_total_tokens=8192, debug_check_integrity=True) as eng:
+        params = [{"max_new_tokens": MAX_NEW, "temperature": 1.0, "seed": i, "regex": r} for i, r in enumerate(regexes)]
+        params += [{"max_new_tokens": 3 * MAX_NEW, "temperature": 1.0, "seed": 7 + i, "json_schema": json.dumps(s)}
+                   for i, s in enumerate(schemas)]
+        params += [{"max_new_tokens": 200, "temperature": 1.0, "seed": s, "regex": CHARACTER} for s in range(2)]
+        t0 = time.perf_counter()
+        outs = eng.generate([f"Item {i}:" for i in range(len(params))], params)
+        print(f"{len(outs)} llguidance-constrained requests in {time.perf_counter() - t0:.1f}s; "
+              f"compiler {eng.grammar.compiler.stats}")
+        for r, o in zip(regexes, outs):
+            check_regex(r, o)
+        for s, o in zip(schemas, outs[len(regexes):]):
+            check_schema(s, o)
+        for o in outs[-2:]:
+            check_regex(CHARACTER, o)
+        finished = sum(o["meta_info"]["finish_reason"]["type"] == "stop" for o in outs)
+        assert finished >= len(outs) // 3, f"only {finished}/{len(outs)} constrained outputs completed"
+        assert sum(o["meta_info"]["jump_forward_tokens"] for o in outs[-2:]) >= 20  # the card's keys, fast-forwarded
+        assert eng.grammar.tables is None  # nothing went to the device tables
+        with pytest.raises(ValueError, match="invalid regex") as e:  # a bad regex fails its request only
+            eng.generate("x", {"max_new_tokens": 8, "regex": "(unclosed"})
+        assert "unclosed group" in str(e.value)
+        with pytest.raises(ValueError, match="no output can satisfy"):  # an empty language, found at compile time
+            eng.generate("x", {"max_new_tokens": 8, "regex": r"[^\x00-\x{10FFFF}]"})
+        good = {"max_new_tokens": 8, "temperature": 0, "regex": "(ok|fine)"}
+        assert eng.generate("x", good)["text"] in ("ok", "fine")
+        eng.scheduler.check_integrity()
+        assert not eng.scheduler.running
+
+
+def test_backends_agree_greedy_where_nothing_is_forced(tiny_model_dir):
+    """Jump-forward off, greedy: the same tokens from both backends on regexes that never force a
+    multi-byte string. (Where bytes are forced, llguidance allows only their canonical tokenization,
+    e.g. `Answer` but not `A`, so a model that prefers `A` legitimately diverges: see
+    tests/constrained/test_backends.py.)"""
+    from jaxsgl.engine.engine import Engine
+
+    prompts = [f"Question {i}: pick" for i in range(2 * len(FREE_REGEXES))]
+    params = [{"max_new_tokens": 24, "temperature": 0, "regex": r} for r in FREE_REGEXES] * 2
+    results = {}
+    for backend in ("outlines", "llguidance"):
+        with Engine(str(tiny_model_dir), dtype="float32", grammar_backend=backend, disable_regex_jump_forward=True,
+                    debug_check_integrity=True, max_total_tokens=4096) as eng:
+            outs = eng.generate(prompts, params)
+        for r, o in zip(params, outs):
+            check_regex(r["regex"], o)
+        results[backend] = [o["output_ids"] for o in outs]
+    assert results["outlines"] == results["llguidance"]
+
+
+def test_compact_json_whitespace_pattern_forces_more_tokens(tiny_model_dir):
+    """constrained_json_whitespace_pattern="" (SGLang's flag): compact JSON, still valid; its keys and
+    punctuation are forced, so jump-forward appends more tokens than with the default `[ ]?`."""
+    from jaxsgl.engine.engine import Engine
+
+    params = [{"max_new_tokens": 80, "temperature": 1.0, "seed": s, "json_schema": json.dumps(CARD)} for s in range(6)]
+    jumped, steps = {}, {}
+    for pattern in (None, ""):
+        with Engine(str(tiny_model_dir), dtype="float32", constrained_json_whitespace_pattern=pattern,
+                    debug_check_integrity=True, max_total_tokens=4096) as eng:
+            before = len(eng.trace())
+            outs = eng.generate(["A character card:"] * len(params), params)
+            steps[pattern] = len(eng.trace()) - before
+        done = [o for o in outs if o["meta_info"]["finish_reason"]["type"] == "stop"]
+        assert len(done) >= 3
+        for o in done:
+            jsonschema.validate(json.loads(o["text"]), CARD)
+            if pattern == "":
+                assert not re.search(r"\s", _JSON_STRINGS.sub("", o["text"])), o["text"]
+        jumped[pattern] = sum(o["meta_info"]["jump_forward_tokens"] for o in outs)
+    print(f"jump-forward tokens: default {jumped[None]}, compact {jumped['']}; steps {steps}")
+    assert jumped[""] > jumped[None]
+
+
+def test_shared_compiler_per_backend_and_pattern():
+    from jaxsgl.constrained import TokenVocab
+    from jaxsgl.engine.grammar import shared_compiler
+
+    vocab = TokenVocab([b"", b"a", b"b", b"{", b"}"], [0])
+    default = shared_compiler(vocab)
+    assert shared_compiler(vocab) is default
+    assert shared_compiler(vocab, json_whitespace_pattern="") is not default
+    assert shared_compiler(vocab, backend="llguidance") is not default
+    with pytest.raises(ValueError, match="outlines, llguidance"):
+        shared_compiler(vocab, backend="xgrammar")

@@ -8,10 +8,11 @@ import threading
 import time
 
 import httpx
+import pytest
 from harness import free_port, launch, stop, wait_healthy
 
 from jaxsgl.engine.options import EngineOptions
-from jaxsgl.server.launch import build_parser, config_from_args
+from jaxsgl.server.launch import build_parser, config_from_args, main
 
 
 def test_every_engine_option_is_a_flag():
@@ -97,3 +98,10 @@ def test_two_servers_start_at_once_on_a_fresh_cache(tmp_path):
     finally:
         for proc in procs:
             stop(proc)
+
+
+def test_bad_option_values_fail_at_once_with_the_usage_line(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--grammar-backend", "xgrammar"])
+    assert exc.value.code == 2
+    assert "unknown grammar_backend 'xgrammar'; choices: outlines, llguidance" in capsys.readouterr().err
