@@ -4,8 +4,13 @@
 for a single request: one sequence bucket, prefill in page-sized chunks (so every step of a
 prompt, whatever its length, pads to the same token bucket), and a fixed KV pool (its shape is
 part of the compiled step). With JAX's persistent compilation cache under `$JAXSGL_CACHE/xla`
-a second run, with any prompt length, reuses the first run's compiled step. The tokenizer loads
-on a background thread while the engine starts. Logs and timings go to stderr.
+(and jaxsgl's executable cache in it: `jaxsgl.model.compile_cache.persistent_jit`) a second run,
+with any prompt length, reuses the first run's compiled step without tracing it again. The
+tokenizer loads while the engine starts: in a forked child process on Linux (transformers'
+import and the engine's start are both Python-bound, so a thread would take turns with the
+engine on the GIL; a child runs on the other core), else on a thread. Logs and timings go to
+stderr. Once the text is written, the process ends without the interpreter's teardown (JAX's
+and transformers' modules take ~0.5 s to tear down).
 
 `serve` hands its arguments to `jaxsgl.server.launch.main` (SGLang's launch_server options).
 """
@@ -24,13 +29,114 @@ CLI_TOTAL_TOKENS = 4096  # default KV pool of `generate`: constant, so its compi
 
 
 def _tokenize(model_dir: Any, prompt: str, chat: bool) -> tuple[Any, list[int], float]:
-    """(tokenizer, prompt ids, seconds): runs on a worker thread while the engine starts."""
+    """(tokenizer, prompt ids, seconds): runs while the engine starts."""
     t0 = time.perf_counter()
     from jaxsgl.tokenizer import chat_prompt_ids, load_tokenizer
 
     tok = load_tokenizer(model_dir)
     ids = chat_prompt_ids(tok, [{"role": "user", "content": prompt}]) if chat else tok.encode(prompt)
     return tok, list(ids), time.perf_counter() - t0
+
+
+def _tokenizer_eos(tok: Any) -> set[int]:
+    """The tokenizer's part of jaxsgl.tokenizer.eos_token_ids (the config's eos ids are added by the caller)."""
+    from jaxsgl.tokenizer import eos_token_ids
+
+    return eos_token_ids(tok, ())
+
+
+class _Tokenizer:
+    """The prompt's ids, the eos id and the output's text, from a tokenizer loading in the
+    background: a forked child process (Linux), or a thread elsewhere or if fork fails.
+    Errors raised while loading or encoding are raised again here, by result()."""
+
+    def __init__(self, model_dir: Any, prompt: str, chat: bool) -> None:
+        self._pid = 0
+        self._tok: Any = None
+        self._replied = False
+        # Fork only a process with no thread pools of its own yet (a first start's GGUF conversion
+        # may have loaded torch): the child then only has the interpreter and what it imports.
+        if sys.platform.startswith("linux") and "torch" not in sys.modules and "jax" not in sys.modules:
+            try:
+                self._fork(model_dir, prompt, chat)
+                return
+            except OSError as e:
+                log.debug("tokenizer: fork failed (%s), loading it on a thread", e)
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxsgl-tokenizer")
+        self._future = self._pool.submit(_tokenize, model_dir, prompt, chat)
+
+    def _fork(self, model_dir: Any, prompt: str, chat: bool) -> None:
+        import pickle
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        up_r, up_w = os.pipe()      # child -> parent
+        down_r, down_w = os.pipe()  # parent -> child
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            status = 1
+            try:
+                os.close(up_r)
+                os.close(down_w)
+                with os.fdopen(up_w, "wb") as out, os.fdopen(down_r, "rb") as inp:
+                    try:
+                        tok, ids, seconds = _tokenize(model_dir, prompt, chat)
+                        reply: tuple = ("ok", ids, sorted(_tokenizer_eos(tok)), seconds)
+                    except Exception as e:  # noqa: BLE001 - raised again in the parent
+                        reply, tok = ("error", type(e).__name__, str(e)), None
+                    pickle.dump(reply, out)
+                    out.flush()
+                    while tok is not None:  # decode requests until the parent closes the pipe
+                        try:
+                            out_ids = pickle.load(inp)
+                        except EOFError:
+                            break
+                        pickle.dump(tok.decode(out_ids, skip_special_tokens=True), out)
+                        out.flush()
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(up_w)
+        os.close(down_r)
+        self._pid, self._pickle = pid, pickle
+        self._from_child, self._to_child = os.fdopen(up_r, "rb"), os.fdopen(down_w, "wb")
+
+    def result(self) -> tuple[list[int], list[int], float]:
+        """(prompt ids, the tokenizer's stop ids, seconds it took)."""
+        if not self._pid:
+            self._tok, ids, seconds = self._future.result()
+            self._pool.shutdown()
+            return ids, sorted(_tokenizer_eos(self._tok)), seconds
+        try:
+            reply = self._pickle.load(self._from_child)
+            self._replied = True
+        except EOFError:
+            raise RuntimeError("the tokenizer process ended without a reply (see its error above)") from None
+        if reply[0] == "error":
+            _, kind, message = reply
+            raise (ValueError if kind == "ValueError" else FileNotFoundError if kind == "FileNotFoundError"
+                   else RuntimeError)(message if kind in ("ValueError", "FileNotFoundError") else
+                                      f"tokenizer: {kind}: {message}")
+        return reply[1], reply[2], reply[3]
+
+    def decode(self, ids: list[int]) -> str:
+        if not self._pid:
+            return self._tok.decode(ids, skip_special_tokens=True)
+        self._pickle.dump(list(ids), self._to_child)
+        self._to_child.flush()
+        return self._pickle.load(self._from_child)
+
+    def close(self) -> None:
+        """Stop the child (at once if its reply was never read: the engine failed) and reap it."""
+        if self._pid:
+            if not self._replied:
+                import signal
+
+                os.kill(self._pid, signal.SIGKILL)
+            self._to_child.close()
+            self._from_child.close()
+            os.waitpid(self._pid, 0)
+            self._pid = 0
 
 
 def _pow2_at_least(n: int) -> int:
@@ -58,33 +164,34 @@ def _generate(args: argparse.Namespace) -> int:
     from jaxsgl.model.resolve import resolve_model_dir
 
     model_dir = resolve_model_dir(args.model)  # a GGUF file is converted once (progress bar on a TTY)
-    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxsgl-tokenizer")
-    tokenized = pool.submit(_tokenize, model_dir, args.prompt, args.chat)
-    import jax
-
-    from jaxsgl.engine.engine import Engine
-
-    eng = Engine(str(model_dir), **engine_options(args, jax.default_backend() == "cpu"))
+    tokenizer = _Tokenizer(model_dir, args.prompt, args.chat)
     try:
-        t_engine = time.perf_counter() - t0
-        tok, ids, t_tok = tokenized.result()
-        pool.shutdown()
-        from jaxsgl.tokenizer import eos_token_ids
+        import jax
 
-        stop_ids = [] if args.ignore_eos else sorted(eos_token_ids(tok, eng.cfg.eos_token_ids))
-        t1 = time.perf_counter()
-        out = eng.generate(input_ids=ids, sampling_params={
-            "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
-            "seed": args.seed, "ignore_eos": args.ignore_eos, "stop_token_ids": stop_ids})
-        t_gen = time.perf_counter() - t1
+        from jaxsgl.engine.engine import Engine
+
+        t_import = time.perf_counter() - t0
+        eng = Engine(str(model_dir), **engine_options(args, jax.default_backend() == "cpu"))
+        try:
+            t_engine = time.perf_counter() - t0
+            ids, tok_eos, t_tok = tokenizer.result()
+            stop_ids = [] if args.ignore_eos else sorted(set(eng.cfg.eos_token_ids) | set(tok_eos))
+            t1 = time.perf_counter()
+            out = eng.generate(input_ids=ids, sampling_params={
+                "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
+                "seed": args.seed, "ignore_eos": args.ignore_eos, "stop_token_ids": stop_ids})
+            t_gen = time.perf_counter() - t1
+        finally:
+            eng.shutdown()
+        out_ids = [t for t in out["output_ids"] if t not in stop_ids]
+        text = tokenizer.decode(out_ids)
     finally:
-        eng.shutdown()
-    out_ids = [t for t in out["output_ids"] if t not in stop_ids]
-    sys.stdout.write(tok.decode(out_ids, skip_special_tokens=True) + "\n")
+        tokenizer.close()
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
-    log.info("model %s: engine ready in %.2fs (tokenizer %.2fs, in parallel), %d prompt + %d new tokens in "
-             "%.2fs; whole command %.2fs", model_dir, t_engine, t_tok, len(ids), len(out_ids), t_gen,
-             time.perf_counter() - t0)
+    log.info("model %s: engine ready in %.2fs (%.2fs of it importing jax and the engine; tokenizer %.2fs, in "
+             "parallel), %d prompt + %d new tokens in %.2fs; whole command %.2fs", model_dir, t_engine, t_import,
+             t_tok, len(ids), len(out_ids), t_gen, time.perf_counter() - t0)
     return 0
 
 
@@ -131,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`jaxsgl ARGV`. As the program (argv None: the console script, `python -m jaxsgl.cli`),
+    `generate` ends the process itself once its text is written (see the module docstring)."""
+    as_program = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "serve":  # every later argument (--help too) belongs to the server
         return _serve(argv[1:])
@@ -139,10 +249,22 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        rc = args.func(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"jaxsgl: error: {e}", file=sys.stderr)
-        return 2
+        rc = 2
+    if as_program and args.func is _generate:
+        _exit_now(rc)
+    return rc
+
+
+def _exit_now(rc: int) -> None:
+    """End the process without the interpreter's teardown: `generate` has written and flushed what
+    it had to, and nothing it started is left running (engine thread joined, tokenizer child reaped)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
 
 
 if __name__ == "__main__":

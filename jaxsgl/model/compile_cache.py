@@ -1,13 +1,35 @@
-"""JAX's persistent compilation cache, kept beside the converted checkpoints.
+"""JAX's persistent compilation cache, kept beside the converted checkpoints, and an executable
+cache for the model step on top of it.
 
-With it a second start reuses the compiled step functions instead of recompiling
-every layer (seconds on a CPU, more on a GPU).
+With JAX's cache a second start reuses the compiled step functions instead of recompiling
+every layer (seconds on a CPU, more on a GPU). But JAX finds its entry by the lowered program,
+so every start still traces the step (30 unrolled layers) and lowers it to MLIR: about 2 s of
+a CPU start. `persistent_jit` keeps the compiled executable itself on disk (JAX's
+`serialize_executable`), keyed by everything the program is made from: the jaxsgl sources, the
+jax/jaxlib versions, the backend and its devices, jax's configuration, XLA_FLAGS, the function
+with its bound (static) arguments, and the argument shapes and dtypes. A later process calls
+that executable directly: no tracing, no lowering.
 """
 from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import pickle
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
 
 import jax
 
 from jaxsgl.model.gguf_convert import cache_root
+
+log = logging.getLogger(__name__)
+_FORMAT = 1  # bump when what an entry holds changes
+EXECUTABLES_DIR = "jaxsgl-executables"  # under jax_compilation_cache_dir
 
 
 def enable_compilation_cache() -> None:
@@ -16,3 +38,137 @@ def enable_compilation_cache() -> None:
         return
     jax.config.update("jax_compilation_cache_dir", str(cache_root() / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+@functools.lru_cache(maxsize=1)
+def _sources_fingerprint() -> str:
+    """A hash of every jaxsgl source file: any code change makes new keys."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _environment_key() -> str:
+    import jaxlib
+
+    devices = jax.devices()
+    client = devices[0].client
+    config = sorted((k, repr(v)) for k, v in jax.config.values.items())
+    return repr((_FORMAT, _sources_fingerprint(), jax.__version__, getattr(jaxlib, "__version__", None),
+                 client.platform, client.platform_version, [(d.id, d.device_kind) for d in devices],
+                 jax.process_index(), config, os.environ.get("XLA_FLAGS"), os.environ.get("LIBTPU_INIT_ARGS")))
+
+
+_HIT, _MISS = "/jax/compilation_cache/cache_hits", "/jax/compilation_cache/cache_misses"
+_events = threading.local()  # this thread's counts of JAX's compilation-cache events
+_listening = False
+
+
+def _compile_events() -> dict[str, int]:
+    """This thread's running counts of JAX's cache hits and misses (a miss is recorded when a fresh
+    compile is written to the cache)."""
+    global _listening
+    if not _listening:
+        def listen(event: str, **_: Any) -> None:
+            if event in (_HIT, _MISS):
+                counts = _compile_events_here()
+                counts[event] = counts.get(event, 0) + 1
+
+        jax.monitoring.register_event_listener(listen)
+        _listening = True
+    return _compile_events_here()
+
+
+def _compile_events_here() -> dict[str, int]:
+    if not hasattr(_events, "counts"):
+        _events.counts = {}
+    return _events.counts
+
+
+def _arg_key(x: Any) -> tuple:
+    """What an argument's executable depends on, with one device (a hashable tuple, cheap to make)."""
+    if isinstance(x, jax.Array):
+        return x.shape, x.dtype, x.weak_type, x.committed
+    aval = jax.typeof(x)
+    return aval.shape, aval.dtype, aval.weak_type, None
+
+
+class PersistentJit:
+    """jax.jit(fn, donate_argnums=..., static_argnames=...) whose executables are also kept on
+    disk (see the module docstring). Called like the jitted function, static arguments by keyword.
+
+    Entries go to `<jax_compilation_cache_dir>/jaxsgl-executables`, written only after a fresh
+    compile that JAX wrote to its own cache (so under JAX's policy: at least
+    jax_persistent_cache_min_compile_time_secs): an executable that JAX loaded from its cache loses
+    code when serialized again (jaxlib 0.10, CPU: "Function ... not found" when run), so a step
+    that JAX's cache already holds, but this one does not (a cache from before this one existed,
+    or a source edit that left the program unchanged), keeps being traced, lowered and loaded from
+    JAX's cache. Without a compilation cache directory, with more than one device, or off the CPU
+    (not yet tried on a GPU: serialized GPU executables, Triton and Mosaic kernels included, are
+    untested here), it is exactly the jitted function.
+    `fn` should be a functools.partial whose keywords are part of the key (their repr)."""
+
+    def __init__(self, fn: Callable, *, donate_argnums: tuple[int, ...] = (),
+                 static_argnames: tuple[str, ...] = ()) -> None:
+        self._jit = jax.jit(fn, donate_argnums=donate_argnums, static_argnames=static_argnames)
+        base = fn.func if isinstance(fn, functools.partial) else fn
+        bound = sorted(fn.keywords.items()) if isinstance(fn, functools.partial) else []
+        self._fn_key = repr((f"{base.__module__}.{base.__qualname__}", bound, donate_argnums, static_argnames))
+        self._static_argnames = static_argnames
+        self._compiled: dict[Any, Any] = {}
+
+    def _cache_size(self) -> int:
+        return self._jit._cache_size() + len(self._compiled)
+
+    def __call__(self, *args: Any, **static: Any) -> Any:
+        cache_dir = jax.config.jax_compilation_cache_dir
+        if (not cache_dir or jax.device_count() != 1 or jax.default_backend() != "cpu"
+                or set(static) - set(self._static_argnames)):
+            return self._jit(*args, **static)
+        leaves, treedef = jax.tree_util.tree_flatten(args)
+        sig = (tuple(sorted(static.items())), treedef, tuple(map(_arg_key, leaves)))
+        compiled = self._compiled.get(sig)
+        if compiled is None:
+            compiled = self._compiled[sig] = self._load_or_compile(Path(cache_dir) / EXECUTABLES_DIR, sig,
+                                                                   args, static)
+        return compiled(*args)
+
+    def _load_or_compile(self, directory: Path, sig: tuple, args: tuple, static: dict) -> Any:
+        from jax.experimental import serialize_executable as se
+
+        key = repr((_environment_key(), self._fn_key, sig[0], str(sig[1]),
+                    [(tuple(shape), str(dtype), weak, committed) for shape, dtype, weak, committed in sig[2]]))
+        path = directory / (hashlib.sha256(key.encode()).hexdigest() + ".pkl")
+        try:
+            with open(path, "rb") as f:
+                payload, in_tree, out_tree = pickle.load(f)
+            t0 = time.perf_counter()
+            compiled = se.deserialize_and_load(payload, in_tree, out_tree)
+            log.debug("loaded executable %s in %.2fs", path.name, time.perf_counter() - t0)
+            return compiled
+        except FileNotFoundError:
+            pass
+        except Exception as e:  # noqa: BLE001 - a stale or damaged entry: compile again and replace it
+            log.warning("ignoring the cached executable %s (%s: %s)", path, type(e).__name__, e)
+        events = _compile_events()
+        before = dict(events)
+        compiled = self._jit.lower(*args, **static).compile()
+        fresh = events.get(_MISS, 0) > before.get(_MISS, 0) and events.get(_HIT, 0) == before.get(_HIT, 0)
+        if fresh:  # compiled here and written to JAX's cache (so it took long enough to be worth it)
+            try:
+                data = pickle.dumps(se.serialize(compiled))
+                directory.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)  # atomic: concurrent starts read a whole entry or none
+            except Exception as e:  # noqa: BLE001 - not serializable here, or a read-only cache
+                log.debug("not caching the executable %s: %s: %s", path.name, type(e).__name__, e)
+        return compiled
+
+
+def persistent_jit(fn: Callable, *, donate_argnums: tuple[int, ...] = (),
+                   static_argnames: tuple[str, ...] = ()) -> PersistentJit:
+    return PersistentJit(fn, donate_argnums=donate_argnums, static_argnames=static_argnames)

@@ -72,14 +72,18 @@ class SafetensorsIndex:
 
 
 def _load_one(index: SafetensorsIndex, spec: ParamSpec) -> jax.Array:
-    parts = []
-    for name in spec.hf_names:
-        t = index.get(name)
-        parts.append(t.T if spec.transpose else t)
-    arr = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+    parts = [index.get(name) for name in spec.hf_names]
+    if spec.transpose and all(t.ndim == 2 for t in parts):
+        # concatenate([t.T ...], -1) == concatenate([t ...], 0).T, without numpy's slow strided copy: the
+        # transposed view goes to device_put, which lays it out (fast) as it copies it to the device.
+        arr = (parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)).T
+    else:
+        parts = [t.T if spec.transpose else t for t in parts]
+        arr = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
     if arr.shape != spec.shape:
         raise ValueError(f"{spec.hf_names}: checkpoint shape {arr.shape} != expected {spec.shape}")
-    out = jnp.asarray(arr.astype(spec.dtype, copy=False))
+    # device_put, not jnp.asarray: the latter compiles a small jit per weight shape (~0.1 s each on a CPU).
+    out = jax.device_put(arr.astype(spec.dtype, copy=False))
     del arr, parts
     return out
 

@@ -1,0 +1,83 @@
+"""What a second start reuses: the tokenizer class AutoTokenizer picked (so no AutoConfig, no torch
+import) and the compiled step itself (`persistent_jit`: no tracing, no lowering). Each check runs in
+fresh processes, as a second `jaxsgl generate` would."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(code: str, cache: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAXSGL_CACHE": str(cache), "TRANSFORMERS_VERBOSITY": "error"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+TOKENIZER = """
+import json, random, sys
+from jaxsgl.tokenizer import load_tokenizer
+tok = load_tokenizer({dir!r})
+r = random.Random(0)
+texts = ["The capital of France is", "héllo  wörld\\n\\n", "<|im_start|>user hi<|im_end|>"]
+texts += ["".join(r.choice("ab cdé\\n<|>中") for _ in range(40)) for _ in range(20)]
+ids = [r.randrange(tok.vocab_size) for _ in range(300)]
+chat = tok.apply_chat_template([{{"role": "user", "content": "hi"}}], tokenize=False, add_generation_prompt=True)
+print(json.dumps({{"cls": type(tok).__name__, "torch": "torch" in sys.modules, "enc": [tok.encode(t) for t in texts],
+                  "dec": [tok.decode(ids, skip_special_tokens=s) for s in (True, False)], "chat": chat,
+                  "eos": tok.eos_token_id}}))
+"""
+
+
+def test_second_tokenizer_load_skips_autoconfig_and_gives_the_same_tokenizer(default_model_dir, tmp_path):
+    code = TOKENIZER.format(dir=str(default_model_dir))
+    first, second = _run(code, tmp_path), _run(code, tmp_path)
+    assert list((tmp_path / "tokenizers").glob("*.json")), "the first load recorded no tokenizer class"
+    assert not second["torch"], "the second load still went through AutoConfig (it imported torch)"
+    assert {k: v for k, v in first.items() if k != "torch"} == {k: v for k, v in second.items() if k != "torch"}
+
+
+STEP = """
+import functools, json, logging
+import jax, jax.numpy as jnp, numpy as np
+from jaxsgl.model import compile_cache
+compile_cache.enable_compilation_cache()
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+traced = []
+
+def step(w, kv, x, *, n, scale):
+    traced.append(1)
+    h = x
+    for i in range(n):
+        h = jnp.tanh(h @ w) * scale + jnp.exp(-h)
+    return h.sum(0), kv.at[0].add(h.sum(0))
+
+f = compile_cache.persistent_jit(functools.partial(step, scale=0.5), donate_argnums=(1,), static_argnames=("n",))
+w = jax.device_put(np.linspace(-1, 1, 64 * 64, dtype=np.float32).reshape(64, 64))
+kv = jax.device_put(np.zeros((4, 64), np.float32))
+outs = []
+for n in (3, 3, 5):
+    out, kv = f(w, kv, np.full((8, 64), 0.01, np.float32), n=n)
+    outs.append(np.asarray(out).tolist())
+d = compile_cache.Path(jax.config.jax_compilation_cache_dir) / compile_cache.EXECUTABLES_DIR
+print(json.dumps({"outs": outs, "kv": np.asarray(kv).tolist(), "traced": len(traced),
+                  "entries": sorted(p.name for p in d.glob("*.pkl")) if d.exists() else []}))
+"""
+
+
+def test_persistent_jit_reuses_its_executables_in_a_new_process(tmp_path):
+    first = _run(STEP, tmp_path)
+    assert first["traced"] == 2 and len(first["entries"]) == 2  # one per shape variant, written after a fresh compile
+    second = _run(STEP, tmp_path)
+    assert second["traced"] == 0, "the second process traced the function again"
+    assert second["outs"] == first["outs"] and second["kv"] == first["kv"]  # donation and results as before
+    # An executable that JAX loaded from its own cache is not written (serializing it again loses code).
+    for p in (tmp_path / "xla" / "jaxsgl-executables").glob("*.pkl"):
+        p.unlink()
+    third = _run(STEP, tmp_path)
+    assert third["traced"] == 2 and third["entries"] == [] and third["outs"] == first["outs"]
