@@ -84,6 +84,9 @@ def next_states(t: GrammarTables, state: jax.Array, tokens: jax.Array, vocab: in
         mid = (lo + hi) // 2
         less = t.exc[jnp.clip(mid, 0, cap - 1), 0] < tokens  # one gather, no column copy
         lo, hi = jnp.where(active & less, mid + 1, lo), jnp.where(active & ~less, mid, hi)
+        # each step's bounds are materialized: XLA would otherwise inline the whole dependent chain
+        # into every use (jax 0.12: minutes of compile; with the barrier 0.6 s)
+        lo, hi = jax.lax.optimization_barrier((lo, hi))
     hit = t.exc[jnp.clip(lo, 0, cap - 1)]
     found = (lo < start + count) & (hit[:, 0] == tokens)
     nxt = jnp.where(found, hit[:, 1], info[:, 1])

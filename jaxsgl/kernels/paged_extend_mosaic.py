@@ -297,13 +297,19 @@ def _scores(q_smem, k_slot, after_issue, interpret: bool) -> jax.Array:
     """q @ k^T (f32) with both operands in SMEM; after_issue runs while the wgmma is in flight.
 
     Pallas' GPU interpret mode cannot take a transposed SMEM ref as a wgmma operand, so
-    there the product is a plain dot of the loaded tiles.
+    there the product is a plain dot of the loaded tiles. Those loads are generic-proxy
+    reads of a slot the TMA (async proxy) refills once it is released, so they are fenced
+    (`commit_smem`: fence.proxy.async) before the caller's release; wgmma on the GPU
+    reads through the async proxy itself and needs no fence (jax >= 0.12's race detector
+    tracks the two proxies apart and reports the unfenced loads).
     """
     from jax.experimental.pallas import mosaic_gpu as plgpu
     if interpret:
         after_issue()
-        return lax.dot_general(q_smem[...], k_slot[...], (((1,), (1,)), ((), ())),
-                               preferred_element_type=jnp.float32)
+        s = lax.dot_general(q_smem[...], k_slot[...], (((1,), (1,)), ((), ())),
+                            preferred_element_type=jnp.float32)
+        plgpu.commit_smem()
+        return s
 
     def scope(acc_ref):
         plgpu.wgmma(acc_ref, q_smem, k_slot.transpose((1, 0)))
@@ -316,12 +322,15 @@ def _accumulate_pv(acc: jax.Array, p16: jax.Array, v_slot, interpret: bool) -> j
     """acc + p16 @ v_slot, accumulated in place by wgmma on the GPU.
 
     Pallas' GPU interpret mode takes only SMEM refs as wgmma operands (p16 lives in
-    registers), so there it is a plain dot of the loaded tile.
+    registers), so there it is a plain dot of the loaded tile, its loads fenced before the
+    slot is released as in `_scores`.
     """
     from jax.experimental.pallas import mosaic_gpu as plgpu
     if interpret:
-        return acc + lax.dot_general(p16, v_slot[...], (((1,), (0,)), ((), ())),
-                                     preferred_element_type=jnp.float32)
+        acc = acc + lax.dot_general(p16, v_slot[...], (((1,), (0,)), ((), ())),
+                                    preferred_element_type=jnp.float32)
+        plgpu.commit_smem()
+        return acc
 
     def in_place(acc_ref):
         plgpu.wgmma(acc_ref, p16, v_slot)

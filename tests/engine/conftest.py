@@ -13,7 +13,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 def tiny_model_dir(tmp_path_factory, default_model_dir) -> Path:
     """2-layer Llama, vocab 49152 + SmolLM2's tokenizer. initializer_range 0.2 gives logit gaps far above
     float noise, so greedy outputs do not depend on batch composition."""
-    import torch
     import transformers
 
     out = tmp_path_factory.mktemp("tiny_llama")
@@ -21,12 +20,47 @@ def tiny_model_dir(tmp_path_factory, default_model_dir) -> Path:
                                    num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                                    max_position_embeddings=1024, tie_word_embeddings=True, initializer_range=0.2,
                                    bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
+    try:
+        import torch
+    except ImportError:  # CI's Python 3.12 leg (setup.sh --test-core) has no torch: PyPI only has its CUDA build
+        save_random_llama(cfg, out)
+    else:
+        torch.manual_seed(0)
+        transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
     for f in TOKENIZER_FILES:
         if (Path(default_model_dir) / f).exists():
             shutil.copy(Path(default_model_dir) / f, out / f)
     return out
+
+
+def save_random_llama(cfg, out: Path, seed: int = 0) -> None:
+    """The checkpoint `AutoModelForCausalLM.from_config(cfg).save_pretrained(out)` writes, made with numpy:
+    HF's Llama init (matrices and embeddings ~ N(0, initializer_range), unit norms), fp32, tied embeddings."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    H, D = cfg.hidden_size, cfg.head_dim
+
+    def mat(*shape):
+        return rng.normal(0.0, cfg.initializer_range, shape).astype(np.float32)
+
+    tensors = {"model.embed_tokens.weight": mat(cfg.vocab_size, H), "model.norm.weight": np.ones(H, np.float32)}
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        tensors |= {p + "self_attn.q_proj.weight": mat(cfg.num_attention_heads * D, H),
+                    p + "self_attn.k_proj.weight": mat(cfg.num_key_value_heads * D, H),
+                    p + "self_attn.v_proj.weight": mat(cfg.num_key_value_heads * D, H),
+                    p + "self_attn.o_proj.weight": mat(H, cfg.num_attention_heads * D),
+                    p + "mlp.gate_proj.weight": mat(cfg.intermediate_size, H),
+                    p + "mlp.up_proj.weight": mat(cfg.intermediate_size, H),
+                    p + "mlp.down_proj.weight": mat(H, cfg.intermediate_size),
+                    p + "input_layernorm.weight": np.ones(H, np.float32),
+                    p + "post_attention_layernorm.weight": np.ones(H, np.float32)}
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    cfg.architectures = ["LlamaForCausalLM"]
+    cfg.dtype = "float32"
+    cfg.save_pretrained(out)
 
 
 @pytest.fixture(scope="session")
