@@ -37,6 +37,7 @@ from jaxsgl.constrained.errors import ConstraintError
 from jaxsgl.constrained.json_schema import schema_to_regex
 from jaxsgl.constrained.regex_compile import DEFAULT_MAX_STATES, DEFAULT_MAX_TRANSITIONS, compile_regex
 from jaxsgl.constrained.spec import ConstraintSpec
+from jaxsgl.constrained.table_pool import compressed
 from jaxsgl.constrained.vocab import TokenVocab
 
 CompiledConstraint = Union[TokenAutomaton, EbnfGrammar]
@@ -247,7 +248,12 @@ class GrammarCompiler:
 
     def _finish(self, key: _Key, result: CompiledConstraint | None,
                 error: BaseException | None, seconds: float, cache_error: bool = True) -> None:
-        """Record a finished compile in the cache and stats, then resolve its future."""
+        """Record a finished compile in the cache and stats, then resolve its future. Device
+        tables are also compressed here (table_pool.compressed), off the engine's loop thread."""
+        if isinstance(result, TokenAutomaton):
+            start = time.perf_counter()
+            compressed(result)
+            seconds += time.perf_counter() - start
         with self._lock:
             future = self._inflight.pop(key, None)
             if future is None:  # already failed by shutdown(wait=False)

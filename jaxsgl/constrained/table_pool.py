@@ -20,6 +20,8 @@ recently used go. What must be written to the device is returned as an `Upload`.
 from __future__ import annotations
 
 import hashlib
+import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Hashable, NamedTuple
@@ -107,10 +109,29 @@ def compress(fsm: TokenAutomaton) -> Compressed:
     is_exc = nxt != default[state_of] if nxt.size else np.zeros(0, bool)
     exc_len = np.bincount(state_of[is_exc], minlength=S).astype(np.int32) if nxt.size else np.zeros(S, np.int32)
     exc_start = np.concatenate([[0], np.cumsum(exc_len)[:-1]]).astype(np.int32)
-    unique_rows, row_of_state = np.unique(fsm.mask, axis=0, return_inverse=True)
+    mask = np.ascontiguousarray(fsm.mask, dtype=np.uint32)
+    rows = mask.view(np.dtype((np.void, mask.shape[1] * 4))).reshape(-1)  # one opaque value per row: a
+    _, first, row_of_state = np.unique(rows, return_index=True, return_inverse=True)  # fast unique
+    unique_rows = mask[first]
     return Compressed(default, exc_start, exc_len, fsm.trans_token[is_exc].astype(np.int32),
                       fsm.trans_next[is_exc].astype(np.int32), row_of_state.reshape(-1).astype(np.int32),
                       np.ascontiguousarray(unique_rows, dtype=np.uint32))
+
+
+_COMPRESSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # TokenAutomaton -> Compressed
+_COMPRESSED_LOCK = threading.Lock()
+
+
+def compressed(fsm: TokenAutomaton) -> Compressed:
+    """compress(fsm), computed once per automaton and kept while it lives (for a large automaton
+    it takes a second or more: the compiler's thread calls this, so the engine's loop does not)."""
+    with _COMPRESSED_LOCK:
+        c = _COMPRESSED.get(fsm)
+    if c is None:
+        c = compress(fsm)
+        with _COMPRESSED_LOCK:
+            _COMPRESSED[fsm] = c
+    return c
 
 
 @dataclass
@@ -145,7 +166,7 @@ class AutomatonPool:
 
     def fits_ever(self, fsm: TokenAutomaton) -> bool:
         """Whether the automaton could be placed in an empty pool."""
-        c = compress(fsm)
+        c = compressed(fsm)
         return (fsm.num_states <= self.states.capacity and c.exc_token.size <= self.exc.capacity
                 and c.unique_rows.shape[0] <= self.max_mask_rows)
 
@@ -158,7 +179,7 @@ class AutomatonPool:
             p.refs += 1
             self.resident.move_to_end(key)
             return p, None
-        c = compress(fsm)
+        c = compressed(fsm)
         while True:
             placed = self._try_place(c)
             if placed is not None:

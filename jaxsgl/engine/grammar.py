@@ -24,8 +24,8 @@ import threading
 from collections.abc import Callable
 import numpy as np
 
-from jaxsgl.constrained import (ConstraintSpec, EbnfGrammar, GrammarCompiler, JumpForward, TokenAutomaton,
-                                TokenVocab, check_backend, host_side, plan_jump_forward)
+from jaxsgl.constrained import (DEFAULT_MAX_STATES, ConstraintSpec, EbnfGrammar, GrammarCompiler, JumpForward,
+                                TokenAutomaton, TokenVocab, check_backend, host_side, plan_jump_forward)
 from jaxsgl.constrained.table_pool import AutomatonPool, PoolFull
 from jaxsgl.engine import grammar_tables
 from jaxsgl.engine.request_state import GrammarState, RequestState
@@ -33,22 +33,23 @@ from jaxsgl.engine.request_state import GrammarState, RequestState
 log = logging.getLogger(__name__)
 
 
-_COMPILERS: dict[tuple[str, str, str | None], GrammarCompiler] = {}
+_COMPILERS: dict[tuple[str, str, str | None, int], GrammarCompiler] = {}
 _COMPILERS_LOCK = threading.Lock()
 
 
-def shared_compiler(vocab: TokenVocab, *, backend: str = "outlines",
-                    json_whitespace_pattern: str | None = None) -> GrammarCompiler:
+def shared_compiler(vocab: TokenVocab, *, backend: str = "outlines", json_whitespace_pattern: str | None = None,
+                    max_states: int = DEFAULT_MAX_STATES) -> GrammarCompiler:
     """One GrammarCompiler (and compile cache) per (vocabulary, backend, JSON whitespace pattern) in
     the process: engines over the same tokenizer and options share compiled constraints. Compiles
     run on a thread (outlines-core releases the GIL while indexing; turning the index into tables
     holds it for up to ~0.2 s per new constraint): worker processes would re-import a user's
-    unguarded script."""
-    key = (vocab.key, check_backend(backend), json_whitespace_pattern)
+    unguarded script. max_states bounds one constraint's automaton (the device pool's size: a
+    constraint larger than the pool could never be resident)."""
+    key = (vocab.key, check_backend(backend), json_whitespace_pattern, max_states)
     with _COMPILERS_LOCK:
         if key not in _COMPILERS:
             _COMPILERS[key] = GrammarCompiler(vocab, processes=False, backend=backend,
-                                              json_whitespace_pattern=json_whitespace_pattern)
+                                              json_whitespace_pattern=json_whitespace_pattern, max_states=max_states)
         return _COMPILERS[key]
 
 
@@ -61,7 +62,8 @@ class GrammarRuntime:
                  json_whitespace_pattern: str | None = None) -> None:
         self.vocab = vocab
         self.backend = backend
-        self.compiler = shared_compiler(vocab, backend=backend, json_whitespace_pattern=json_whitespace_pattern)
+        self.compiler = shared_compiler(vocab, backend=backend, json_whitespace_pattern=json_whitespace_pattern,
+                                        max_states=max_states)
         self.words = (vocab.vocab_size + 31) // 32
         self.pool = AutomatonPool(max_states, max_mask_rows, max_exceptions, self.words)
         self._limits = (max_states, max_mask_rows, max_exceptions)

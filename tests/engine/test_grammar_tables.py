@@ -82,3 +82,30 @@ def test_pool_pins_shares_and_evicts(vocab):
     assert "a" not in pool.resident and up1 is not None
     pool.release("b")
     pool.check_integrity()
+
+
+def test_compress_dedups_mask_rows_and_is_computed_once(vocab):
+    from jaxsgl.constrained.table_pool import compressed
+
+    fsm = compile_constraint(SPECS[1], vocab)
+    c = compressed(fsm)
+    # every state's mask is the unique row it points at; the rows are distinct
+    assert np.array_equal(c.unique_rows[c.row_of_state], fsm.mask)
+    assert len({r.tobytes() for r in c.unique_rows}) == c.unique_rows.shape[0]
+    assert compressed(fsm) is c  # cached per automaton: the loop thread never recomputes it
+    assert np.array_equal(compress(fsm).row_of_state, c.row_of_state)
+
+
+def test_one_constraint_may_use_the_whole_pool(vocab):
+    """The per-constraint state limit is the pool's (grammar_max_states), not a separate constant:
+    SGLang's character regex with Unicode classes needs ~25.7k states on SmolLM2's vocabulary."""
+    from jaxsgl.engine.grammar import GrammarRuntime
+
+    small = GrammarRuntime(vocab, max_states=8, max_mask_rows=64, max_exceptions=1 << 12, enable_jump_forward=True,
+                           wake=lambda: None)
+    with pytest.raises(Exception, match="max_states=8"):
+        small.compiler.compile(SPECS[0])
+    big = GrammarRuntime(vocab, max_states=1 << 16, max_mask_rows=64, max_exceptions=1 << 12,
+                         enable_jump_forward=True, wake=lambda: None)
+    assert big.compiler.compile_options["max_states"] == 1 << 16
+    assert big.compiler.compile(SPECS[0]).num_states > 8
