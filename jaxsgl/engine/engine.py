@@ -13,8 +13,10 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Iterator
 
 import numpy as np
@@ -286,22 +288,37 @@ class Engine:
     def warmup(self) -> int:
         """Compile the greedy step for every bucket shape under each attention hint the runner
         uses (kernels.step_hints: generic, decode-only, long extends only) for the shapes such a
-        batch pads to, by running all-padding steps (no KV is written). Call before serving (the
-        constructor does with warmup=True). Returns the number compiled."""
+        batch pads to: compiled ahead of time on warmup_compile_threads threads at once, then each
+        run once as an all-padding step (no KV is written). Call before serving (the constructor
+        does with warmup=True). Returns the number compiled."""
         variants = []
         for hint in self.runner.hints():
             shapes = self.builder.shapes_for(hint.min_q_len or 1, hint.max_q_len)
             if hint == QLenHint():
                 shapes = self.builder.shapes()
             variants += [(shape, hint) for shape in shapes]
-        t0 = time.perf_counter()
-        for (T, S, P), hint in progress(variants, desc="warm-up: compiling step variants", unit="variant"):
-            step = StepInput(np.zeros(T, np.int32), np.zeros(T, np.int32), np.zeros(S + 1, np.int32),
+        def padding_step(T: int, S: int, P: int) -> StepInput:
+            return StepInput(np.zeros(T, np.int32), np.zeros(T, np.int32), np.zeros(S + 1, np.int32),
                              np.zeros(S, np.int32), np.full((S, P), PAD_PAGE, np.int32),
                              np.full(T, PAD_SLOT, np.int32), np.zeros(S, np.int32))
-            self.runner.collect(self.runner.run_async(step, greedy_sampling_input(S, T), SamplingFlags(), None,
-                                                      np.full(T, -1, np.int32), hint=hint))
-        log.info("warm-up: compiled %d step variants in %.1fs", len(variants), time.perf_counter() - t0)
+
+        def compile_one(variant: tuple[tuple[int, int, int], QLenHint]) -> None:
+            (T, S, P), hint = variant
+            self.runner.precompile_async_step(padding_step(T, S, P), greedy_sampling_input(S, T), SamplingFlags(),
+                                              hint)
+
+        t0 = time.perf_counter()
+        workers = max(1, min(len(variants), self.options.warmup_compile_threads or (os.cpu_count() or 1)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="jaxsgl-warmup") as pool:  # XLA drops the GIL
+            for _ in progress(pool.map(compile_one, variants), total=len(variants),
+                              desc="warm-up: compiling step variants", unit="variant"):
+                pass
+        t1 = time.perf_counter()
+        for (T, S, P), hint in variants:  # run each once: executes what was compiled (no KV is written)
+            self.runner.collect(self.runner.run_async(padding_step(T, S, P), greedy_sampling_input(S, T),
+                                                      SamplingFlags(), None, np.full(T, -1, np.int32), hint=hint))
+        log.info("warm-up: compiled %d step variants in %.1fs (%d threads), ran them in %.1fs", len(variants),
+                 t1 - t0, workers, time.perf_counter() - t1)
         return len(variants)
 
     # ------------------------------------------------------------------ requests

@@ -171,14 +171,30 @@ class ModelRunner:
             if self._no_prev is None:
                 self._no_prev = jax.device_put(np.zeros((2, self.max_seqs), np.int32))  # no compile, unlike jnp.zeros
         flat, layout = pack({**_inputs(step, si), "src": np.asarray(src, np.int32)})
+        out, tokens, self.kv = self._overlap_fn(flags)(self.weights, self.kv, flat,
+                                                       self._no_prev if prev is None else prev.tokens,
+                                                       grammar if flags.grammar else None, layout=layout,
+                                                       hint=self._hint(step, hint))
+        return StepHandle(out, tokens, output_layout(step.num_seqs, step.num_tokens, flags))
+
+    def precompile_async_step(self, step: StepInput, si: SamplingInput, flags: SamplingFlags,
+                              hint: kernels.QLenHint) -> None:
+        """Compile the run_async executable for this step's shapes without running it (grammar-free
+        flags only). Thread-safe: warm-up compiles several variants at once. Mutates nothing else."""
+        if flags.grammar:
+            raise ValueError("precompile_async_step: grammar steps need the grammar tables")
+        if self._no_prev is None:
+            self._no_prev = jax.device_put(np.zeros((2, self.max_seqs), np.int32))
+        flat, layout = pack({**_inputs(step, si), "src": np.full(step.num_tokens, -1, np.int32)})
+        self._overlap_fn(flags).precompile(self.weights, self.kv, flat, self._no_prev, None, layout=layout,
+                                           hint=self._hint(step, hint))
+
+    def _overlap_fn(self, flags: SamplingFlags):
         if flags not in self._overlap_fns:
             fn = functools.partial(_step_overlap, cfg=self.cfg, attn_impl=self.attn_impl, flags=flags)
-            self._overlap_fns[flags] = persistent_jit(fn, donate_argnums=(1,), static_argnames=("layout", "hint"))
-        out, tokens, self.kv = self._overlap_fns[flags](self.weights, self.kv, flat,
-                                                        self._no_prev if prev is None else prev.tokens,
-                                                        grammar if flags.grammar else None, layout=layout,
-                                                        hint=self._hint(step, hint))
-        return StepHandle(out, tokens, output_layout(step.num_seqs, step.num_tokens, flags))
+            self._overlap_fns.setdefault(flags, persistent_jit(fn, donate_argnums=(1,),
+                                                               static_argnames=("layout", "hint")))
+        return self._overlap_fns[flags]
 
     def hints(self) -> tuple[kernels.QLenHint, ...]:
         """The attention hints a step can compile under (kernels.step_hints)."""

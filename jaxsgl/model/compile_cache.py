@@ -122,18 +122,32 @@ class PersistentJit:
     def _cache_size(self) -> int:
         return self._jit._cache_size() + len(self._compiled)
 
-    def __call__(self, *args: Any, **static: Any) -> Any:
-        cache_dir = jax.config.jax_compilation_cache_dir
-        if (not cache_dir or jax.device_count() != 1 or jax.default_backend() != "cpu"
-                or set(static) - set(self._static_argnames)):
-            return self._jit(*args, **static)
+    def _persistent(self, static: dict) -> bool:
+        return bool(jax.config.jax_compilation_cache_dir and jax.device_count() == 1
+                    and jax.default_backend() == "cpu" and not set(static) - set(self._static_argnames))
+
+    def _executable(self, args: tuple, static: dict) -> Any:
         leaves, treedef = jax.tree_util.tree_flatten(args)
         sig = (tuple(sorted(static.items())), treedef, tuple(map(_arg_key, leaves)))
         compiled = self._compiled.get(sig)
         if compiled is None:
-            compiled = self._compiled[sig] = self._load_or_compile(Path(cache_dir) / EXECUTABLES_DIR, sig,
-                                                                   args, static)
-        return compiled(*args)
+            directory = Path(jax.config.jax_compilation_cache_dir) / EXECUTABLES_DIR
+            compiled = self._compiled.setdefault(sig, self._load_or_compile(directory, sig, args, static))
+        return compiled
+
+    def __call__(self, *args: Any, **static: Any) -> Any:
+        if not self._persistent(static):
+            return self._jit(*args, **static)
+        return self._executable(args, static)(*args)
+
+    def precompile(self, *args: Any, **static: Any) -> None:
+        """Compile (or load) the executable a call with these arguments would run, without running
+        it: a later call finds it (jax.jit reuses an ahead-of-time compile of the same signature).
+        Thread-safe, and XLA compiles without the GIL: warm-up calls this from several threads."""
+        if self._persistent(static):
+            self._executable(args, static)
+        else:
+            self._jit.lower(*args, **static).compile()
 
     def _load_or_compile(self, directory: Path, sig: tuple, args: tuple, static: dict) -> Any:
         from jax.experimental import serialize_executable as se

@@ -128,9 +128,17 @@ def test_concurrent_callers_are_batched_and_get_their_own_results(tiny_engine):
     assert max(r["num_seqs"] for r in tiny_engine.trace()) > 1
 
 
-def test_warmup_compiles_every_bucket_without_touching_the_cache(tiny_model_dir, monkeypatch):
+@pytest.mark.parametrize("threads,persistent", [(1, True), (2, False)])
+def test_warmup_compiles_every_bucket_without_touching_the_cache(tiny_model_dir, monkeypatch, threads, persistent):
+    """Warm-up compiles the variants on `threads` threads (ahead of time), then runs each: the
+    requests after it compile nothing. persistent=False is the GPU's path (plain jax.jit, which
+    reuses the ahead-of-time compile); True the CPU's on-disk executables."""
     from jaxsgl import kernels
     from jaxsgl.engine.engine import Engine
+    from jaxsgl.model.compile_cache import PersistentJit
+
+    if not persistent:
+        monkeypatch.setattr(PersistentJit, "_persistent", lambda self, static: False)
 
     # the Pallas impls' three step variants (generic, decode-only, long-extend-only), with a
     # long-extend bound this engine's 32-token prefill chunks reach; the reference compiles
@@ -138,7 +146,8 @@ def test_warmup_compiles_every_bucket_without_touching_the_cache(tiny_model_dir,
     hints = (kernels.QLenHint(), kernels.DECODE_HINT, kernels.QLenHint(min_q_len=8))
     monkeypatch.setattr(kernels, "step_hints", lambda impl: hints)
     with Engine(str(tiny_model_dir), dtype="float32", max_running_requests=4, chunked_prefill_size=32,
-                max_prefill_tokens=32, context_length=256, warmup=True, debug_check_integrity=True) as eng:
+                max_prefill_tokens=32, context_length=256, warmup=True, warmup_compile_threads=threads,
+                debug_check_integrity=True) as eng:
         assert len(eng.builder.shapes()) > 1
         assert all(not np.any(np.asarray(k)) for k in eng.runner.kv.k)  # padding steps write no KV
         compiled = eng.runner.num_compiled()
