@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -120,4 +121,8 @@ def load_model(model_path: str | Path | None = None, *, dtype: str | Any = "auto
 
     model_dir = resolve_model_dir(model_path)
     cfg = ModelConfig.from_dir(model_dir)
-    return cfg, load_weights(model_dir, cfg, dtype, load_format, seed), model_dir
+    t0 = time.perf_counter()
+    weights = jax.block_until_ready(load_weights(model_dir, cfg, dtype, load_format, seed))
+    log.info("weights (%s): %.2f GB in %.1fs", load_format,
+             sum(x.nbytes for x in jax.tree_util.tree_leaves(weights)) / 1e9, time.perf_counter() - t0)
+    return cfg, weights, model_dir

@@ -11,6 +11,7 @@ layer is `x @ w`. q/k/v are fused into `wqkv` and gate/up into `w_gate_up`
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -111,23 +112,30 @@ def abstract_weights(specs: Weights) -> Weights:
 
 
 def random_weights(specs: Weights, seed: int = 0, scale: float = 0.02) -> Weights:
-    """Random weights of the right shapes, made on the default device (no files read)."""
+    """Random weights of the right shapes, made on the default device (no files read). One small
+    jitted generator per distinct (shape, dtype), called per leaf: a single jit over every leaf
+    took ~37 s to compile for an 8B tree (CPU), this one compiles the ~10 distinct shapes in ~1 s."""
     leaves, treedef = jax.tree_util.tree_flatten(specs, is_leaf=is_spec)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    out = []
+    for k, s in zip(keys, leaves):
+        if s.init == "ones":
+            out.append(_filled(s.shape, np.dtype(s.dtype), 1))
+        elif s.init == "zeros":
+            out.append(_filled(s.shape, np.dtype(s.dtype), 0))
+        else:
+            out.append(_normal(k, s.shape, np.dtype(s.dtype), scale))
+    return jax.tree_util.tree_unflatten(treedef, out)
 
-    @jax.jit
-    def make(key):
-        keys = jax.random.split(key, len(leaves))
-        out = []
-        for k, s in zip(keys, leaves):
-            if s.init == "ones":
-                out.append(jnp.ones(s.shape, s.dtype))
-            elif s.init == "zeros":
-                out.append(jnp.zeros(s.shape, s.dtype))
-            else:
-                out.append((scale * jax.random.normal(k, s.shape, jnp.float32)).astype(s.dtype))
-        return out
 
-    return jax.tree_util.tree_unflatten(treedef, make(jax.random.PRNGKey(seed)))
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _normal(key: jax.Array, shape: tuple[int, ...], dtype: Any, scale: float) -> jax.Array:
+    return (scale * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _filled(shape: tuple[int, ...], dtype: Any, value: int) -> jax.Array:
+    return jnp.full(shape, value, dtype)
 
 
 def param_count(specs: Weights) -> int:
