@@ -24,8 +24,9 @@ import threading
 from collections.abc import Callable
 import numpy as np
 
-from jaxsgl.constrained import (DEFAULT_MAX_STATES, ConstraintSpec, EbnfGrammar, GrammarCompiler, JumpForward,
-                                TokenAutomaton, TokenVocab, check_backend, host_side, plan_jump_forward)
+from jaxsgl.constrained import (DEFAULT_MAX_STATES, ConstraintError, ConstraintSpec, EbnfGrammar, GrammarCompiler,
+                                JumpForward, TokenAutomaton, TokenVocab, check_backend, host_side,
+                                plan_jump_forward)
 from jaxsgl.constrained.table_pool import AutomatonPool, PoolFull
 from jaxsgl.engine import grammar_tables
 from jaxsgl.engine.request_state import GrammarState, RequestState
@@ -140,11 +141,19 @@ class GrammarRuntime:
         return g.base + g.state if g is not None and g.fsm is not None else -1
 
     def host_mask(self, st: RequestState, out: np.ndarray) -> bool:
-        """Fill out (uint32[W]) with st's EBNF mask; False if st has no host-side constraint."""
+        """Fill out (uint32[W]) with st's EBNF mask; False if st has no host-side constraint. If the
+        matcher fails, records the error in st.grammar (the request fails at its next token, alone)
+        and allows only EOS, so that the step goes on for the batch."""
         g = st.grammar
         if g is None or g.matcher is None:
             return False
-        g.matcher.fill_mask(out)
+        try:
+            g.matcher.fill_mask(out)
+        except ConstraintError as e:
+            g.error = e
+            out[:] = 0
+            for t in self.vocab.eos_ids:
+                out[t >> 5] |= np.uint32(1 << (t & 31))
         return True
 
     def advance(self, st: RequestState, token: int, device_state: int) -> None:

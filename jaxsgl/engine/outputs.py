@@ -14,6 +14,7 @@ import time
 from collections import deque
 from typing import Any
 
+from jaxsgl.constrained import ConstraintError
 from jaxsgl.engine.grammar import GrammarRuntime
 from jaxsgl.engine.model_runner import StepOutputHost
 from jaxsgl.engine.request_state import RequestState
@@ -94,14 +95,19 @@ class RequestTracker:
                                       zip(out.top_logprobs[row][:st.top_logprobs_num], out.top_ids[row])])
         may_stop = req.num_generated >= p.min_new_tokens  # (eos is masked before that: sampling.py)
         g = st.grammar
+        if g is not None and g.error is not None:  # its host matcher failed while masking this token
+            return self.fail(st, g.error)
         if g is not None and tok in self.eos_ids:  # the mask allows eos only where the match is complete
             return self.finish(st, {"type": "stop", "matched": tok})
         if may_stop and (tok in p.stop_token_ids or (tok in self.eos_ids and not p.ignore_eos)):
             return self.finish(st, {"type": "stop", "matched": tok})
         jump = None
         if g is not None:
-            self.grammar.advance(st, tok, -1 if out.next_state is None else int(out.next_state[row]))
-            jump = self._plan_jump(st, tok)
+            try:
+                self.grammar.advance(st, tok, -1 if out.next_state is None else int(out.next_state[row]))
+                jump = self._plan_jump(st, tok)
+            except ConstraintError as e:  # a host matcher failed: this request alone fails
+                return self.fail(st, e)
         if jump is not None and jump.rollback:
             if st.return_logprob:  # the rolled-back token is not part of the output
                 st.output_logprobs.pop()
@@ -111,7 +117,10 @@ class RequestTracker:
             st.text.append(tok)
         if jump is not None:
             self.scheduler.jump_forward(req, jump.rollback, jump.tokens)
-            self.grammar.apply_jump_forward(st, jump)
+            try:
+                self.grammar.apply_jump_forward(st, jump)
+            except ConstraintError as e:
+                return self.fail(st, e)
             for t in jump.tokens:
                 st.text.append(t)
                 if st.return_logprob:  # appended without sampling: no logprob

@@ -30,6 +30,7 @@ class GrammarState:
     prev_state: int = 0                    # ... before the last one (for a jump-forward rollback)
     finished: bool = False                 # the match is complete: only EOS may follow
     jump_forward_tokens: int = 0           # tokens appended without decoding
+    error: BaseException | None = None     # the host matcher failed mid-decode: fails at the next token
     future: Future | None = field(default=None, repr=False)
 
 

@@ -225,6 +225,45 @@ def test_ebnf_outputs_parse(tiny_model_dir, overlap):
         eng.scheduler.check_integrity()
 
 
+@pytest.mark.parametrize("where", ["fill_mask", "consume"])
+def test_a_matcher_failing_mid_decode_fails_its_request_alone(tiny_model_dir, monkeypatch, where):
+    """A host matcher (EBNF) that errors while masking or advancing fails its own request with that
+    error; the other EBNF request and an unconstrained one, in the same batches, finish as they
+    would have; no page or grammar pin leaks."""
+    from jaxsgl.constrained import ConstraintError
+    from jaxsgl.constrained.ebnf import EbnfGrammar, EbnfMatcher
+    from jaxsgl.engine.engine import Engine
+
+    prompts = ["Compute:", "Compute: 2", "Hello"]
+    params = [{"max_new_tokens": 24, "temperature": 0, "ebnf": ARITH},
+              {"max_new_tokens": 24, "temperature": 0, "ebnf": ARITH + " "},  # its own grammar (cache key)
+              {"max_new_tokens": 24, "temperature": 0, "ignore_eos": True}]
+    with Engine(str(tiny_model_dir), dtype="float32", debug_check_integrity=True, max_total_tokens=4096) as eng:
+        want = eng.generate(prompts, params)
+        real_call, real_make, calls = getattr(EbnfMatcher, where), EbnfGrammar.matcher, {}
+
+        def matcher(self):  # the first request's grammar (ARITH exactly) makes doomed matchers
+            m = real_make(self)
+            m.doomed = self.source == ARITH
+            return m
+
+        def flaky(self, *a, **kw):
+            calls[id(self)] = n = calls.get(id(self), 0) + 1
+            if getattr(self, "doomed", False) and n == 3:
+                raise ConstraintError("simulated matcher failure")
+            return real_call(self, *a, **kw)
+
+        monkeypatch.setattr(EbnfGrammar, "matcher", matcher)
+        monkeypatch.setattr(EbnfMatcher, where, flaky)
+        with ThreadPoolExecutor(3) as pool:
+            futs = [pool.submit(eng.generate, p, sp) for p, sp in zip(prompts, params)]
+            with pytest.raises(ValueError, match="simulated matcher failure"):
+                futs[0].result(timeout=300)
+            assert [f.result(timeout=300)["output_ids"] for f in futs[1:]] == [w["output_ids"] for w in want[1:]]
+        eng.scheduler.check_integrity()
+        assert eng.grammar.pool.num_pinned == 0 and not eng.states
+
+
 # ---- options: grammar_backend and constrained_json_whitespace_pattern ------------------------------------
 
 FREE_REGEXES = [r"[0-9]{2,4}", r"[a-z]{1,8}", r"(-)?[0-9]{1,3}(\.[0-9]{1,2})?", r"[A-Z][a-z]{0,6}"]
