@@ -13,15 +13,20 @@ as the batch needs, so the cost of the table width shows. With --grammar, also (
   grammar_ms  the same with every row under its own JSON schema (distinct automata in the pooled device
               tables, each row in the state with the most allowed tokens: inside its string), so the
               mask + next-state cost shows without requests that finish (grammar_pct = the difference)
-Prints a table, writes JSON.
+With --roofline (issue 14's table: --batches 1 8 32 64 128 256 --contexts 512 2048 8192), each cell's
+device_ms next to its roofline: max(bytes of weights + KV read / --bandwidth, FLOPs / --peak-flops), and the
+fraction reached. Every shape is compiled first, ahead of time, on --compile-threads threads (an 8B step
+takes ~9 s to compile on the H200). Prints a table, writes JSON.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -32,10 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import tiny_model_dir  # noqa: E402
 from jaxsgl import kernels  # noqa: E402
 from jaxsgl.engine.grammar_tables import GrammarTables, apply_upload, init_tables  # noqa: E402
-from jaxsgl.engine.model_runner import ModelRunner  # noqa: E402
+from jaxsgl.engine.model_runner import ModelRunner, weights_nbytes  # noqa: E402
 from jaxsgl.engine.sampling import SamplingFlags  # noqa: E402
 from jaxsgl.engine.step_sampling import greedy_sampling_input  # noqa: E402
 from jaxsgl.engine.packing import pack  # noqa: E402
+from jaxsgl.model.forward import kv_bytes_per_token  # noqa: E402
 from jaxsgl.model.loader import load_model  # noqa: E402
 from jaxsgl.model.step_input import make_step_input, step_input_fields  # noqa: E402
 
@@ -72,17 +78,35 @@ def grammar_rows(model_dir: Path, cfg, n: int) -> tuple[GrammarTables, list[int]
     return tables, states
 
 
+def roofline_ms(cfg, weight_bytes: int, params: int, S: int, ctx: int, kv_bytes_tok: int, bandwidth: float,
+                peak_flops: float) -> tuple[float, float, float]:
+    """(roofline ms, bytes read, FLOPs) of one decode step: every weight and each row's KV read once
+    (bytes / bandwidth), or the matmuls + attention at peak (FLOPs / peak), whichever is larger."""
+    nbytes = weight_bytes + S * (ctx + 1) * kv_bytes_tok
+    flops = 2 * params * S + 4 * S * (ctx + 1) * cfg.num_heads * cfg.head_dim * cfg.num_layers
+    return 1e3 * max(nbytes / bandwidth, flops / peak_flops), nbytes, flops
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None, help="HF directory or config dir (with --load-format dummy)")
     ap.add_argument("--load-format", default="auto")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 64])
     ap.add_argument("--context", type=int, default=512)
+    ap.add_argument("--contexts", type=int, nargs="+", default=None, help="several contexts (default: --context)")
     ap.add_argument("--page-size", type=int, default=16)
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--attention-backend", default="auto")
     ap.add_argument("--narrow-only", action="store_true", help="skip the model-context-wide page table")
     ap.add_argument("--grammar", action="store_true", help="also time the step with every row under its own JSON schema")
+    ap.add_argument("--roofline", action="store_true",
+                    help="device_ms only, narrow table, with each cell's roofline and the fraction reached")
+    ap.add_argument("--bandwidth", type=float, default=4.3e12, help="bytes/s for the roofline (H200 measured copy)")
+    ap.add_argument("--peak-flops", type=float, default=790e12, help="FLOP/s for the roofline (H200 bf16 measured)")
+    ap.add_argument("--kv-pool-gb", type=float, default=40.0,
+                    help="physical KV pages; rows beyond it reuse pages (HBM traffic all the same: >> L2)")
+    ap.add_argument("--compile-threads", type=int, default=os.cpu_count() or 1,
+                    help="compile every (batch, context) step ahead of time on this many threads")
     ap.add_argument("--smoke", action="store_true", help="tiny random model, batches 1 2, context 32, 3 iters")
     ap.add_argument("--out", default="decode_step.json")
     args = ap.parse_args()
@@ -91,52 +115,77 @@ def main() -> None:
         args.batches, args.context, args.iters, args.grammar = [1, 2], 32, 3, True
     if args.model is None:
         ap.error("--model is required (or --smoke)")
+    contexts = args.contexts or [args.context]
+    narrow_only = args.narrow_only or args.roofline
     cfg, weights, model_dir = load_model(args.model, load_format=args.load_format)
     ps = args.page_size
-    pages_per_seq = -(-(args.context + 1) // ps)
+    kv_tok = kv_bytes_per_token(cfg, weights.embed.dtype)
+    need = max(args.batches) * -(-(max(contexts) + 1) // ps)
+    cap = max(1, min(need, int(args.kv_pool_gb * 1e9 // (ps * kv_tok))))
     wide = -(-cfg.max_position_embeddings // ps)
-    runner = ModelRunner(cfg, weights, num_pages=max(args.batches) * pages_per_seq + 1, page_size=ps,
+    runner = ModelRunner(cfg, weights, num_pages=cap + 1, page_size=ps,
                          attn_impl=kernels.resolve_impl(args.attention_backend), max_seqs=max(args.batches))
+    weight_bytes = weights_nbytes(weights)
+    params = sum(x.size for x in jax.tree_util.tree_leaves(weights))
     flags = SamplingFlags()
+    fn = runner._fn(flags)
     tables, gstates = grammar_rows(model_dir, cfg, max(args.batches)) if args.grammar else (None, [])
+    cells = []
+    for ctx in contexts:
+        pps = -(-(ctx + 1) // ps)
+        for S in args.batches:
+            seqs = [([7], ctx, [1 + (i * pps + j) % cap for j in range(pps)]) for i in range(S)]
+            for width in (pps,) if narrow_only else (pps, wide):
+                step = make_step_input(seqs, ps, num_tokens=max(S, 16), pages_per_seq=width)
+                si = greedy_sampling_input(S, step.num_tokens)
+                arrays = {"step." + n: getattr(step, n) for n in step_input_fields()}
+                arrays.update({"samp." + f.name: getattr(si, f.name) for f in dataclasses.fields(si)})
+                flat, layout = pack(arrays)
+                hint = kernels.step_hint(np.diff(step.query_start), runner.attn_impl)  # the engine's variant
+                cells.append((S, ctx, width, pps, step, si, jax.device_put(flat), layout, hint))
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max(1, args.compile_threads)) as pool:  # XLA compiles without the GIL
+        list(pool.map(lambda c: fn.precompile(runner.weights, runner.kv, c[6], layout=c[7], hint=c[8]), cells))
+    compile_s = time.perf_counter() - t0
+    print(f"compiled {len(cells)} step shapes in {compile_s:.1f}s on {args.compile_threads} threads", flush=True)
     rows = []
-    for S in args.batches:
-        seqs = [([7], args.context, list(range(1 + i * pages_per_seq, 1 + (i + 1) * pages_per_seq))) for i in range(S)]
-        for width in (pages_per_seq,) if args.narrow_only else (pages_per_seq, wide):
-            step = make_step_input(seqs, ps, num_tokens=max(S, 16), pages_per_seq=width)
-            si = greedy_sampling_input(S, step.num_tokens)
-            arrays = {"step." + n: getattr(step, n) for n in step_input_fields()}
-            arrays.update({"samp." + f.name: getattr(si, f.name) for f in dataclasses.fields(si)})
-            flat, layout = pack(arrays)
-            flat = jax.device_put(flat)
-            fn = runner._fn(flags)
-            hint = kernels.step_hint(np.diff(step.query_start), runner.attn_impl)  # the engine's variant
+    for S, ctx, width, pps, step, si, flat, layout, hint in cells:
+        def device_only():
+            out, runner.kv = fn(runner.weights, runner.kv, flat, layout=layout, hint=hint)
+            return out
 
-            def device_only():
-                out, runner.kv = fn(runner.weights, runner.kv, flat, layout=layout, hint=hint)
-                return out
-
-            row = {"batch": S, "page_table_width": width, "context": args.context,
-                   "device_ms": time_calls(device_only, args.iters, False),
-                   "sync_ms": time_calls(device_only, args.iters, True),
-                   "runner_ms": time_calls(lambda: runner.run(step, si, flags).token_ids, args.iters, False)}
-            if args.grammar and width == pages_per_seq:
-                src = np.full(step.num_tokens, -1, np.int32)
-                gsi = dataclasses.replace(si, grammar_state=np.asarray(gstates[:S], np.int32))
-                for name, sinput, f, g in (("async_ms", si, flags, None),
-                                           ("grammar_ms", gsi, SamplingFlags(grammar=True), tables)):
-                    run = lambda: runner.run_async(step, sinput, f, None, src, grammar=g).out  # noqa: E731
-                    row[name] = time_calls(run, args.iters, False)
-                row["grammar_pct"] = 100 * (row["grammar_ms"] / row["async_ms"] - 1)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+        row = {"batch": S, "page_table_width": width, "context": ctx,
+               "device_ms": time_calls(device_only, args.iters, False)}
+        if args.roofline:
+            row["roofline_ms"], row["bytes"], row["flops"] = roofline_ms(cfg, weight_bytes, params, S, ctx, kv_tok,
+                                                                         args.bandwidth, args.peak_flops)
+            row["fraction"] = row["roofline_ms"] / row["device_ms"]
+        else:
+            row["sync_ms"] = time_calls(device_only, args.iters, True)
+            row["runner_ms"] = time_calls(lambda: runner.run(step, si, flags).token_ids, args.iters, False)
+        if args.grammar and width == pps:
+            src = np.full(step.num_tokens, -1, np.int32)
+            gsi = dataclasses.replace(si, grammar_state=np.asarray(gstates[:S], np.int32))
+            for name, sinput, f, g in (("async_ms", si, flags, None),
+                                       ("grammar_ms", gsi, SamplingFlags(grammar=True), tables)):
+                run = lambda: runner.run_async(step, sinput, f, None, src, grammar=g).out  # noqa: E731
+                row[name] = time_calls(run, args.iters, False)
+            row["grammar_pct"] = 100 * (row["grammar_ms"] / row["async_ms"] - 1)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     Path(args.out).write_text(json.dumps({"model": args.model, "device": jax.devices()[0].device_kind,
-                                          "argv": sys.argv, "rows": rows}, indent=2))
-    print(f"{'batch':>6}{'P width':>9}{'device ms':>11}{'sync ms':>9}{'runner ms':>11}{'async ms':>10}"
+                                          "argv": sys.argv, "compile_s": compile_s, "rows": rows}, indent=2))
+    if args.roofline:
+        print(f"{'batch':>6}{'context':>9}{'step ms':>10}{'roofline ms':>13}{'fraction':>10}")
+        for r in rows:
+            print(f"{r['batch']:>6}{r['context']:>9}{r['device_ms']:>10.2f}{r['roofline_ms']:>13.2f}"
+                  f"{r['fraction']:>9.0%}")
+        return
+    print(f"{'batch':>6}{'context':>9}{'P width':>9}{'device ms':>11}{'sync ms':>9}{'runner ms':>11}{'async ms':>10}"
           f"{'grammar ms':>12}{'grammar %':>11}")
     for r in rows:
         g = (f"{r['async_ms']:>10.2f}{r['grammar_ms']:>12.2f}{r['grammar_pct']:>10.1f}%" if "grammar_ms" in r else "")
-        print(f"{r['batch']:>6}{r['page_table_width']:>9}{r['device_ms']:>11.2f}{r['sync_ms']:>9.2f}"
+        print(f"{r['batch']:>6}{r['context']:>9}{r['page_table_width']:>9}{r['device_ms']:>11.2f}{r['sync_ms']:>9.2f}"
               f"{r['runner_ms']:>11.2f}{g}")
 
 

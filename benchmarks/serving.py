@@ -17,7 +17,8 @@ Datasets: random (random-ids, fixed --input-len/--output-len) and sharegpt (the 
 in $JAXSGL_DATA/sharegpt, default ../shared/data/sharegpt: real prompts and reply lengths).
 
 --client builtin (where sglang is not installed, e.g. the GPU machine) replaces bench_serving with a small
-asyncio client over httpx that sends the in-process run's exact requests (token ids, ignore_eos) to
+asyncio client over httpx that flushes the radix cache (as bench_serving --flush-cache), then sends the
+in-process run's exact requests (token ids, ignore_eos) to
 /generate with stream=True at Poisson arrivals and computes bench_serving's metrics the same way
 (output tok/s = output tokens / duration; TTFT = first chunk; ITL = gaps between chunks). --client auto
 uses bench_serving when sglang imports. --max-duration bounds each finite rate's request count
@@ -85,7 +86,8 @@ def builtin_bench(url: str, rows: list[tuple[list[int], int]], rate: str, seed: 
     import httpx
     import numpy as np
 
-    rng = np.random.default_rng(seed)
+    httpx.post(url + "/flush_cache", timeout=60).raise_for_status()  # as bench_serving --flush-cache: the
+    rng = np.random.default_rng(seed)                                  # rows repeat across runs
     r = float(rate)
     gaps = rng.exponential(1.0 / r, len(rows)) if math.isfinite(r) and r > 0 else np.zeros(len(rows))
 
@@ -104,7 +106,7 @@ def builtin_bench(url: str, rows: list[tuple[list[int], int]], rate: str, seed: 
                     meta = json.loads(line[5:])["meta_info"]
         ok = bool(times) and meta.get("finish_reason") is not None
         return {"ok": ok, "ttft": times[0] - t0 if times else None, "itl": list(np.diff(times)),
-                "out": meta.get("completion_tokens", 0), "in": len(ids)}
+                "out": meta.get("completion_tokens", 0), "in": len(ids), "cached": meta.get("cached_tokens", 0)}
 
     async def run() -> tuple[list[dict], float]:
         limits = httpx.Limits(max_connections=len(rows) + 8, max_keepalive_connections=len(rows) + 8)
@@ -123,7 +125,8 @@ def builtin_bench(url: str, rows: list[tuple[list[int], int]], rate: str, seed: 
             "p99_ttft_ms": float(np.percentile(ttft, 99)) if len(done) else None,
             "median_itl_ms": float(np.median(itl)), "p99_itl_ms": float(np.percentile(itl, 99)),
             "completed": len(done), "total_input_tokens": sum(x["in"] for x in done),
-            "total_output_tokens": out_tok, "duration": duration}
+            "total_output_tokens": out_tok, "duration": duration,
+            "cached_tokens": sum(x["cached"] for x in done)}
 
 
 def workload_rows(name: str, args: argparse.Namespace, tokenizer, vocab: int) -> list[tuple[list[int], int]]:
@@ -164,7 +167,8 @@ def in_process(args: argparse.Namespace, engine_kwargs: dict, datasets: list[str
                 res = eng.generate(input_ids=ids, sampling_params=sps)
                 dt = time.perf_counter() - t0
             toks = sum(r["meta_info"]["completion_tokens"] for r in res)
-            out[name] = {"output_throughput": toks / dt, "duration": dt, "total_output_tokens": toks}
+            out[name] = {"output_throughput": toks / dt, "duration": dt, "total_output_tokens": toks,
+                         "cached_tokens": sum(r["meta_info"]["cached_tokens"] for r in res)}
     finally:
         eng.shutdown()
     return out
@@ -203,6 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"client": args.client, "args": {k: str(v) for k, v in vars(args).items()}, "server": {}, "in_process": {}}
     try:
         results["server_start_s"] = wait_healthy(url, 1800, proc)
+        print(f"server ready in {results['server_start_s']:.1f} s (log: {tmp / 'server.log'})", flush=True)
         rows_of = {}
         if args.client == "builtin":
             from jaxsgl.model.config import ModelConfig
