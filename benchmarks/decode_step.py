@@ -15,7 +15,8 @@ as the batch needs, so the cost of the table width shows. With --grammar, also (
               mask + next-state cost shows without requests that finish (grammar_pct = the difference)
 With --roofline (issue 14's table: --batches 1 8 32 64 128 256 --contexts 512 2048 8192), each cell's
 device_ms next to its roofline: max(bytes of weights + KV read / --bandwidth, FLOPs / --peak-flops), and the
-fraction reached. Every shape is compiled first, ahead of time, on --compile-threads threads (an 8B step
+fraction reached; --profile B,C traces that cell (per-kernel GPU time by kind: matmul, attention,
+layout copies, sampling). Every shape is compiled first, ahead of time, on --compile-threads threads (an 8B step
 takes ~9 s to compile on the H200). Prints a table, writes JSON.
 """
 from __future__ import annotations
@@ -87,6 +88,51 @@ def roofline_ms(cfg, weight_bytes: int, params: int, S: int, ctx: int, kv_bytes_
     return 1e3 * max(nbytes / bandwidth, flops / peak_flops), nbytes, flops
 
 
+KERNEL_KINDS = (("matmul", ("gemm", "cutlass", "nvjet", "xmma", "cublas", "matmul", "dot")),
+                ("attention", ("attention", "paged", "ragged", "mosaic", "pallas", "triton", "flash")),
+                ("layout copy", ("copy", "transpose")),
+                ("sampling / reductions", ("reduce", "sort", "topk", "argmax", "scan")))
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other fusions")
+
+
+def profile_kernels(run, iters: int) -> dict:
+    """GPU time per call of each kernel `run` launches (CUPTI via jax.profiler), grouped by kind."""
+    import collections
+    import glob
+    import tempfile
+
+    jax.block_until_ready(run())
+    d = tempfile.mkdtemp()
+    with jax.profiler.trace(d):
+        for _ in range(iters):
+            out = run()
+        jax.block_until_ready(out)
+    prof = jax.profiler.ProfileData.from_file(glob.glob(f"{d}/**/*.xplane.pb", recursive=True)[0])
+    per, lo, hi = collections.defaultdict(float), float("inf"), 0.0
+    for plane in prof.planes:
+        if not plane.name.startswith("/device:GPU"):
+            continue
+        for line in plane.lines:
+            if "Stream" not in line.name:  # the other lines (XLA Ops, Modules) repeat the kernels
+                continue
+            for ev in line.events:
+                per[ev.name[:80]] += ev.duration_ns
+                lo, hi = min(lo, ev.start_ns), max(hi, ev.end_ns)
+    if not per:
+        return {"error": f"no GPU kernels in the trace (planes: {[p.name for p in prof.planes][:6]})"}
+    kinds: dict[str, float] = collections.defaultdict(float)
+    for name, ns in per.items():
+        kinds[kernel_kind(name)] += ns
+    us = lambda ns: round(ns / iters / 1e3, 1)  # noqa: E731
+    return {"kinds_us": {k: us(v) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "kernels_us": {k: us(v) for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:40]},
+            "sum_us": us(sum(per.values())), "span_us": us(hi - lo)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None, help="HF directory or config dir (with --load-format dummy)")
@@ -107,6 +153,8 @@ def main() -> None:
                     help="physical KV pages; rows beyond it reuse pages (HBM traffic all the same: >> L2)")
     ap.add_argument("--compile-threads", type=int, default=os.cpu_count() or 1,
                     help="compile every (batch, context) step ahead of time on this many threads")
+    ap.add_argument("--profile", default=None, metavar="BATCH,CONTEXT",
+                    help="also trace that cell's step: GPU time per kernel and per kind (jax.profiler)")
     ap.add_argument("--smoke", action="store_true", help="tiny random model, batches 1 2, context 32, 3 iters")
     ap.add_argument("--out", default="decode_step.json")
     args = ap.parse_args()
@@ -171,10 +219,17 @@ def main() -> None:
                 run = lambda: runner.run_async(step, sinput, f, None, src, grammar=g).out  # noqa: E731
                 row[name] = time_calls(run, args.iters, False)
             row["grammar_pct"] = 100 * (row["grammar_ms"] / row["async_ms"] - 1)
+        if args.profile and tuple(map(int, args.profile.split(","))) == (S, ctx) and width == pps:
+            row["profile"] = profile_kernels(device_only, max(args.iters // 2, 3))
         rows.append(row)
         print(json.dumps(row), flush=True)
     Path(args.out).write_text(json.dumps({"model": args.model, "device": jax.devices()[0].device_kind,
                                           "argv": sys.argv, "compile_s": compile_s, "rows": rows}, indent=2))
+    for r in rows:
+        if "profile" in r and "kinds_us" in r["profile"]:
+            p = r["profile"]
+            print(f"batch {r['batch']}, context {r['context']}: kernels {p['sum_us']:.0f} us of a {p['span_us']:.0f} us "
+                  "span per step: " + ", ".join(f"{k} {v:.0f} us" for k, v in p["kinds_us"].items()))
     if args.roofline:
         print(f"{'batch':>6}{'context':>9}{'step ms':>10}{'roofline ms':>13}{'fraction':>10}")
         for r in rows:
