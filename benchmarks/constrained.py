@@ -80,7 +80,7 @@ def bench_mask(eng, batch: int, new_tokens: int) -> dict:
     return out
 
 
-def bench_compile(vocab, n_schemas: int, n_regexes: int) -> dict:
+def bench_compile(vocab, n_schemas: int, n_regexes: int, backend: str = "outlines") -> dict:
     from jaxsgl.constrained import ConstraintSpec, compile_constraint
     from tests.constrained.corpus import regex_corpus, schema_corpus
 
@@ -89,11 +89,11 @@ def bench_compile(vocab, n_schemas: int, n_regexes: int) -> dict:
     specs += [ConstraintSpec("regex", r) for r in regex_corpus(n_regexes)]
     for spec in specs:
         t0 = time.perf_counter()
-        compile_constraint(spec, vocab)
+        compile_constraint(spec, vocab, backend=backend)
         times.append(time.perf_counter() - t0)
-    card = compile_constraint(ConstraintSpec("json_schema", json.dumps(CARD_SCHEMA)), vocab)
+    card = compile_constraint(ConstraintSpec("json_schema", json.dumps(CARD_SCHEMA)), vocab, backend=backend)
     q = statistics.quantiles(times, n=100) if len(times) > 1 else times * 99
-    return {"n": len(times), "p50_s": q[49], "p99_s": q[98], "card_states": card.num_states,
+    return {"n": len(times), "p50_s": q[49], "p99_s": q[98], "card_states": getattr(card, "num_states", None),
             "card_table_bytes": card.nbytes}
 
 
@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--regexes", type=int, default=300)
     ap.add_argument("--names", type=int, default=50, help="json_jump_forward names (0: skip that part)")
     ap.add_argument("--jf-max-new", type=int, default=256)
+    ap.add_argument("--grammar-backend", default="outlines", choices=["outlines", "llguidance"],
+                    help="EngineOptions.grammar_backend (llguidance: host masks, its fast-forward tokens)")
     ap.add_argument("--grammar-max-states", type=int, default=None,
                     help="EngineOptions.grammar_max_states (also one constraint's limit)")
     ap.add_argument("--ascii", action="store_true", help="character regex with [a-zA-Z0-9 ] (fast to compile)")
@@ -149,16 +151,17 @@ def main(argv: list[str] | None = None) -> int:
     opts = dict(load_format=args.load_format, dtype=args.dtype, max_running_requests=max(batches + [args.names]))
     if args.smoke:
         opts["max_total_tokens"] = 8192
+    opts["grammar_backend"] = args.grammar_backend
     if args.grammar_max_states:
         opts["grammar_max_states"] = args.grammar_max_states
     make = lambda **kw: Engine(args.model_path, **opts, **kw)  # noqa: E731
-    result: dict = {"argv": sys.argv[1:], "mask": {}}
+    result: dict = {"argv": sys.argv[1:], "grammar_backend": args.grammar_backend, "mask": {}}
     eng = make(disable_regex_jump_forward=True)  # every constrained step a plain decode step: the mask's cost alone
     try:
         for b in batches:
             result["mask"][b] = bench_mask(eng, b, args.new_tokens)
             print(f"mask, batch {b}: {result['mask'][b]}", flush=True)
-        result["compile"] = bench_compile(eng.grammar.vocab, args.schemas, args.regexes)
+        result["compile"] = bench_compile(eng.grammar.vocab, args.schemas, args.regexes, args.grammar_backend)
         import jax
         result["device"] = str(jax.devices()[0])
     finally:
@@ -168,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         fmt = lambda x: f"{x:9.2f}" if x is not None else f"{'-':>9}"  # noqa: E731
         print(f"{b:>6} {fmt(m['free_ms'])} {fmt(m['json_ms'])} {fmt(m.get('overhead_pct'))}%")
     c = result["compile"]
-    print(f"compile: {c['n']} constraints, p50 {c['p50_s']:.3f}s p99 {c['p99_s']:.3f}s; character-card schema "
-          f"{c['card_states']} states, {c['card_table_bytes'] / 1e6:.1f} MB")
+    print(f"compile ({args.grammar_backend}): {c['n']} constraints, p50 {c['p50_s']:.3f}s p99 {c['p99_s']:.3f}s; "
+          f"character-card schema {c['card_states']} states, {c['card_table_bytes'] / 1e6:.1f} MB")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1, default=str))
     if args.names:
