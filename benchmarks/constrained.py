@@ -11,7 +11,8 @@
    bytes of a compiled character-card schema.
 3. jump-forward: SGLang's json_jump_forward workload (a character card regex for each of the 50
    names in ../shared/data/sglang_bench/json_jump_forward_dataset.txt) with jump-forward on and
-   off: decode steps and wall time of a second, timed pass (the first compiles the automaton and the step shapes).
+   off: decode steps and wall time of a second, timed pass (the first compiles the automaton and the step shapes);
+   then the same with a character-card JSON schema (CARD_SCHEMA) instead of the regex.
 Prints a table and writes JSON (--out).
 """
 from __future__ import annotations
@@ -97,14 +98,14 @@ def bench_compile(vocab, n_schemas: int, n_regexes: int, backend: str = "outline
             "card_table_bytes": card.nbytes}
 
 
-def bench_jump_forward(make_engine, names: list[str], regex: str, max_new: int) -> dict:
+def bench_jump_forward(make_engine, names: list[str], constraint: dict, max_new: int) -> dict:
     out = {}
     prompts = [f"{n} is a character in Harry Potter. Please fill in the following information about this "
                "character.\n" for n in names]
     for jf in (True, False):
         eng = make_engine(disable_regex_jump_forward=not jf)
         try:
-            sp = {"max_new_tokens": max_new, "temperature": 0, "regex": regex}
+            sp = {"max_new_tokens": max_new, "temperature": 0, **constraint}
             eng.generate(prompts, [sp] * len(prompts))  # untimed: the automaton and every step shape it meets
             eng.flush_cache()  # the timed run starts from an empty radix cache, as the untimed one did
             before = eng.scheduler.step
@@ -178,13 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.names:
         names = (data_dir(args.data) / "sglang_bench" / "json_jump_forward_dataset.txt").read_text().split("\n")
         names = [n for n in names if n.strip()][:args.names]
-        result["jump_forward"] = bench_jump_forward(make, names, character_regex(W_ASCII if args.ascii else W),
-                                                    args.jf_max_new)
-        j = result["jump_forward"]
-        print(f"jump-forward ({len(names)} cards): steps {j['on']['steps']} vs {j['off']['steps']} "
-              f"({j['step_ratio']:.2f}x fewer), wall {j['on']['wall_s']:.2f}s vs {j['off']['wall_s']:.2f}s "
-              f"({j['wall_ratio']:.2f}x)")
-        Path(args.out).write_text(json.dumps(result, indent=1, default=str))
+        for key, constraint in (("jump_forward", {"regex": character_regex(W_ASCII if args.ascii else W)}),
+                                ("jump_forward_schema", {"json_schema": json.dumps(CARD_SCHEMA)})):
+            result[key] = j = bench_jump_forward(make, names, constraint, args.jf_max_new)
+            print(f"{key} ({len(names)} cards): steps {j['on']['steps']} vs {j['off']['steps']} "
+                  f"({j['step_ratio']:.2f}x fewer), wall {j['on']['wall_s']:.2f}s vs {j['off']['wall_s']:.2f}s "
+                  f"({j['wall_ratio']:.2f}x)", flush=True)
+            Path(args.out).write_text(json.dumps(result, indent=1, default=str))
     return 0
 
 
