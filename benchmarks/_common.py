@@ -137,3 +137,33 @@ def workload_summary(work: Workload) -> dict:
     return {"requests": len(work), "input_tokens": sum(ins), "output_tokens": sum(outs),
             "input_len_mean": float(np.mean(ins)), "input_len_max": max(ins),
             "output_len_mean": float(np.mean(outs)), "output_len_max": max(outs)}
+
+
+def gpu_kernel_times(run, iters: int) -> tuple[dict[str, float], float]:
+    """Trace `iters` calls of run() with jax.profiler (CUPTI): total GPU ns per kernel name (first 80
+    characters) and the GPU's busy span in ns, over all calls ({} and 0 when no GPU kernels ran)."""
+    import collections
+    import glob
+
+    import jax
+
+    jax.block_until_ready(run())
+    d = tempfile.mkdtemp()
+    with jax.profiler.trace(d):
+        for _ in range(iters):
+            out = run()
+        jax.block_until_ready(out)
+    prof = jax.profiler.ProfileData.from_file(glob.glob(f"{d}/**/*.xplane.pb", recursive=True)[0])
+    per: dict[str, float] = collections.defaultdict(float)
+    lo, hi = float("inf"), 0.0
+    for plane in prof.planes:
+        if not plane.name.startswith("/device:GPU"):
+            continue
+        for line in plane.lines:
+            if "Stream" not in line.name:  # the other lines (XLA Ops, Modules) repeat the kernels
+                continue
+            for ev in line.events:
+                per[ev.name[:80]] += ev.duration_ns
+                lo, hi = min(lo, ev.start_ns), max(hi, ev.end_ns)
+    shutil.rmtree(d, ignore_errors=True)
+    return dict(per), (hi - lo if per else 0.0)

@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import tiny_model_dir  # noqa: E402
+from _common import gpu_kernel_times, tiny_model_dir  # noqa: E402
 from jaxsgl import kernels  # noqa: E402
 from jaxsgl.engine.grammar_tables import GrammarTables, apply_upload, init_tables  # noqa: E402
 from jaxsgl.engine.model_runner import ModelRunner, weights_nbytes  # noqa: E402
@@ -102,35 +102,17 @@ def kernel_kind(name: str) -> str:
 def profile_kernels(run, iters: int) -> dict:
     """GPU time per call of each kernel `run` launches (CUPTI via jax.profiler), grouped by kind."""
     import collections
-    import glob
-    import tempfile
 
-    jax.block_until_ready(run())
-    d = tempfile.mkdtemp()
-    with jax.profiler.trace(d):
-        for _ in range(iters):
-            out = run()
-        jax.block_until_ready(out)
-    prof = jax.profiler.ProfileData.from_file(glob.glob(f"{d}/**/*.xplane.pb", recursive=True)[0])
-    per, lo, hi = collections.defaultdict(float), float("inf"), 0.0
-    for plane in prof.planes:
-        if not plane.name.startswith("/device:GPU"):
-            continue
-        for line in plane.lines:
-            if "Stream" not in line.name:  # the other lines (XLA Ops, Modules) repeat the kernels
-                continue
-            for ev in line.events:
-                per[ev.name[:80]] += ev.duration_ns
-                lo, hi = min(lo, ev.start_ns), max(hi, ev.end_ns)
+    per, span = gpu_kernel_times(run, iters)
     if not per:
-        return {"error": f"no GPU kernels in the trace (planes: {[p.name for p in prof.planes][:6]})"}
+        return {"error": "no GPU kernels in the trace"}
     kinds: dict[str, float] = collections.defaultdict(float)
     for name, ns in per.items():
         kinds[kernel_kind(name)] += ns
     us = lambda ns: round(ns / iters / 1e3, 1)  # noqa: E731
     return {"kinds_us": {k: us(v) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
             "kernels_us": {k: us(v) for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:40]},
-            "sum_us": us(sum(per.values())), "span_us": us(hi - lo)}
+            "sum_us": us(sum(per.values())), "span_us": us(span)}
 
 
 def main() -> None:

@@ -37,6 +37,7 @@ from jaxsgl.kernels.paged_extend_mosaic import (MOSAIC_MIN_Q, TILE_TOKENS, Mosai
 from jaxsgl.kernels.ragged_paged_attention import ragged_paged_attention_pallas
 from jaxsgl.kernels.reference import ragged_paged_attention_ref
 
+from _common import gpu_kernel_times  # noqa: E402
 from attention import timeit  # benchmarks/attention.py (this script's directory is on sys.path)
 
 H, KVH, D = 32, 8, 128
@@ -176,31 +177,14 @@ def summarise(events: list[dict]) -> dict:
 def device_kernels(fn, sets, iters: int = 5) -> dict:
     """GPU time per call of each kernel fn launches (CUPTI trace via jax.profiler), plus the
     GPU's busy span per call: the calls run chained in one jit, `iters` times."""
-    import tempfile
     chained = jax.jit(lambda s: [fn(*a) for a in s])
-    jax.block_until_ready(chained(list(sets)))
-    d = tempfile.mkdtemp()
-    with jax.profiler.trace(d):
-        for _ in range(iters):
-            out = chained(list(sets))
-        jax.block_until_ready(out)
-    prof = jax.profiler.ProfileData.from_file(glob.glob(f"{d}/**/*.xplane.pb", recursive=True)[0])
-    per, lo, hi = collections.defaultdict(float), float("inf"), 0.0
-    for plane in prof.planes:
-        if not plane.name.startswith("/device:GPU"):
-            continue
-        for line in plane.lines:
-            if "Stream" not in line.name:  # the other lines (XLA Ops, Modules) repeat the kernels
-                continue
-            for ev in line.events:
-                per[ev.name[:60]] += ev.duration_ns
-                lo, hi = min(lo, ev.start_ns), max(hi, ev.end_ns)
+    per, span = gpu_kernel_times(lambda: chained(list(sets)), iters)
     if not per:
-        raise RuntimeError(f"no GPU kernels in the trace: planes {[p.name for p in prof.planes]}")
+        raise RuntimeError("no GPU kernels in the trace")
     n = iters * len(sets)
     res = {k: round(v / n / 1e3, 2) for k, v in sorted(per.items(), key=lambda kv: -kv[1])}
     return {"kernels_us": res, "sum_us": round(sum(per.values()) / n / 1e3, 2),
-            "span_us": round((hi - lo) / n / 1e3, 2)}
+            "span_us": round(span / n / 1e3, 2)}
 
 
 def bench_kernels(cases: list[tuple[int, int]]) -> list[dict]:
