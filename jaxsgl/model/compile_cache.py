@@ -30,6 +30,9 @@ from jaxsgl.model.gguf_convert import cache_root
 log = logging.getLogger(__name__)
 _FORMAT = 1  # bump when what an entry holds changes
 EXECUTABLES_DIR = "jaxsgl-executables"  # under jax_compilation_cache_dir
+# The executable cache is on for the CPU. On a GPU it is untested (Triton and Mosaic kernels inside
+# serialized executables): JAXSGL_GPU_EXECUTABLE_CACHE=1 turns it on there, to measure it.
+GPU_OPT_IN = "JAXSGL_GPU_EXECUTABLE_CACHE"
 
 
 def enable_compilation_cache() -> None:
@@ -106,8 +109,8 @@ class PersistentJit:
     that JAX's cache already holds, but this one does not (a cache from before this one existed,
     or a source edit that left the program unchanged), keeps being traced, lowered and loaded from
     JAX's cache. Without a compilation cache directory, with more than one device, or off the CPU
-    (not yet tried on a GPU: serialized GPU executables, Triton and Mosaic kernels included, are
-    untested here), it is exactly the jitted function.
+    (unless $JAXSGL_GPU_EXECUTABLE_CACHE=1: serialized GPU executables, Triton and Mosaic kernels
+    included, are untested here), it is exactly the jitted function.
     `fn` should be a functools.partial whose keywords are part of the key (their repr)."""
 
     def __init__(self, fn: Callable, *, donate_argnums: tuple[int, ...] = (),
@@ -123,8 +126,9 @@ class PersistentJit:
         return self._jit._cache_size() + len(self._compiled)
 
     def _persistent(self, static: dict) -> bool:
-        return bool(jax.config.jax_compilation_cache_dir and jax.device_count() == 1
-                    and jax.default_backend() == "cpu" and not set(static) - set(self._static_argnames))
+        backend_ok = jax.default_backend() == "cpu" or os.environ.get(GPU_OPT_IN) == "1"
+        return bool(jax.config.jax_compilation_cache_dir and jax.device_count() == 1 and backend_ok
+                    and not set(static) - set(self._static_argnames))
 
     def _executable(self, args: tuple, static: dict) -> Any:
         leaves, treedef = jax.tree_util.tree_flatten(args)

@@ -49,6 +49,7 @@ SMOKE: dict[str, list[str] | Callable[[], list[str]]] = {
     # their own --smoke runs the default model (constrained.py) or 8 prompts of 32 tokens (serving.py):
     # minutes on 2 cores; the tiny model with the default tokenizer takes seconds
     "constrained.py": lambda: ["--smoke", "--model-path", _tiny_dir(True), "--load-format", "dummy"],
+    "cold_start.py": ["--smoke"],
     "serving.py": lambda: ["--model", _tiny_dir(True), "--load-format", "dummy", "--num-prompts", "4",
                            "--input-len", "16", "--output-len", "4", "--rates", "inf", "--datasets", "random"],
     "router.py": ["--groups", "2", "--per-group", "2", "--system-words", "20", "--max-new-tokens", "2",
