@@ -4,7 +4,8 @@
 
 `kv` is donated by `make_forward`'s jitted wrapper, so XLA writes the new tokens'
 K/V into the cache in place. Layers are unrolled (a Python loop): on GPU that
-streams weights faster than `lax.scan`, which copies each layer's slice.
+streams weights faster than `lax.scan`, which copies each layer's slice. Each layer
+is a nested jit (`_layer_jit`), so it is traced once per step shape; XLA inlines it.
 """
 from __future__ import annotations
 
@@ -124,6 +125,12 @@ def _layer(lw: LayerWeights, x: jax.Array, k_pages: jax.Array, v_pages: jax.Arra
     return x, k_pages, v_pages
 
 
+# Each layer is a nested jit: traced and lowered once per step shape, not once per layer (an 8B step:
+# 0.16 s instead of 0.94 s on a CPU; more with the Pallas kernels, whose lowering is the heavy part).
+# XLA inlines the calls, so the compiled step is the unrolled one (identical outputs: tests/model).
+_layer_jit = jax.jit(_layer, static_argnames=("cfg", "attn_impl", "hint"))
+
+
 def forward(weights: Weights, kv: KVCache, step: StepInput, *, cfg: ModelConfig,
             attn_impl: str = "reference", all_logits: bool = False,
             hint: kernels.QLenHint = kernels.QLenHint()) -> tuple[jax.Array, KVCache]:
@@ -138,7 +145,8 @@ def forward(weights: Weights, kv: KVCache, step: StepInput, *, cfg: ModelConfig,
     new_k, new_v = [], []
     for i, lw in enumerate(weights.layers):
         with jax.named_scope(f"layer{i}"):
-            x, k_i, v_i = _layer(lw, x, kv.k[i], kv.v[i], step, inv_freq, cfg, attn_impl, hint)
+            x, k_i, v_i = _layer_jit(lw, x, kv.k[i], kv.v[i], step, inv_freq, cfg=cfg, attn_impl=attn_impl,
+                                     hint=hint)
         new_k.append(k_i)
         new_v.append(v_i)
     if not all_logits:
