@@ -13,13 +13,9 @@ import asyncio
 import dataclasses
 import itertools
 import logging
-import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Iterator
-
-import numpy as np
 
 from jaxsgl.engine.detokenize import OutputText
 from jaxsgl.engine.model_runner import ModelRunner, kv_pages_for_memory, weights_nbytes
@@ -29,14 +25,11 @@ from jaxsgl.engine.grammar import GrammarRuntime
 from jaxsgl.engine.outputs import RequestTracker
 from jaxsgl.engine.request_state import RequestState
 from jaxsgl.engine.step_loop import StepLoop
+from jaxsgl.engine.warmup import warm_up
 from jaxsgl.engine.sampling_params import SamplingParams
-from jaxsgl.engine.sampling import SamplingFlags
-from jaxsgl.engine.step_sampling import greedy_sampling_input
-from jaxsgl.kernels import QLenHint, resolve_impl
+from jaxsgl.kernels import resolve_impl
 from jaxsgl.model.compile_cache import enable_compilation_cache
-from jaxsgl.progress import progress
 from jaxsgl.model.loader import load_model, resolve_dtype
-from jaxsgl.model.step_input import PAD_PAGE, PAD_SLOT, StepInput
 from jaxsgl.scheduler import Req, Scheduler, StepInputBuilder
 from jaxsgl.scheduler.records import request_records
 from jaxsgl.tokenizer import eos_token_ids, load_tokenizer
@@ -286,40 +279,10 @@ class Engine:
         self.shutdown()
 
     def warmup(self) -> int:
-        """Compile the greedy step for every bucket shape under each attention hint the runner
-        uses (kernels.step_hints: generic, decode-only, long extends only) for the shapes such a
-        batch pads to: compiled ahead of time on warmup_compile_threads threads at once, then each
-        run once as an all-padding step (no KV is written). Call before serving (the constructor
-        does with warmup=True). Returns the number compiled."""
-        variants = []
-        for hint in self.runner.hints():
-            shapes = self.builder.shapes_for(hint.min_q_len or 1, hint.max_q_len)
-            if hint == QLenHint():
-                shapes = self.builder.shapes()
-            variants += [(shape, hint) for shape in shapes]
-        def padding_step(T: int, S: int, P: int) -> StepInput:
-            return StepInput(np.zeros(T, np.int32), np.zeros(T, np.int32), np.zeros(S + 1, np.int32),
-                             np.zeros(S, np.int32), np.full((S, P), PAD_PAGE, np.int32),
-                             np.full(T, PAD_SLOT, np.int32), np.zeros(S, np.int32))
-
-        def compile_one(variant: tuple[tuple[int, int, int], QLenHint]) -> None:
-            (T, S, P), hint = variant
-            self.runner.precompile_async_step(padding_step(T, S, P), greedy_sampling_input(S, T), SamplingFlags(),
-                                              hint)
-
-        t0 = time.perf_counter()
-        workers = max(1, min(len(variants), self.options.warmup_compile_threads or (os.cpu_count() or 1)))
-        with ThreadPoolExecutor(workers, thread_name_prefix="jaxsgl-warmup") as pool:  # XLA drops the GIL
-            for _ in progress(pool.map(compile_one, variants), total=len(variants),
-                              desc="warm-up: compiling step variants", unit="variant"):
-                pass
-        t1 = time.perf_counter()
-        for (T, S, P), hint in variants:  # run each once: executes what was compiled (no KV is written)
-            self.runner.collect(self.runner.run_async(padding_step(T, S, P), greedy_sampling_input(S, T),
-                                                      SamplingFlags(), None, np.full(T, -1, np.int32), hint=hint))
-        log.info("warm-up: compiled %d step variants in %.1fs (%d threads), ran them in %.1fs", len(variants),
-                 t1 - t0, workers, time.perf_counter() - t1)
-        return len(variants)
+        """Compile every step variant this engine can run (engine/warmup.py), on
+        warmup_compile_threads threads. Call before serving (the constructor does with
+        warmup=True). Returns the number compiled."""
+        return warm_up(self.runner, self.builder, self.options.warmup_compile_threads)
 
     # ------------------------------------------------------------------ requests
     def _make_state(self, ids: list[int], params: SamplingParams, index: int, want_lp: bool, start: int | None,

@@ -1,0 +1,67 @@
+"""Warm-up: compile every step variant an engine can run, before it serves.
+
+A variant is a bucket shape (tokens T, sequences S, pages per sequence P) under one of the runner's
+attention hints (kernels.step_hints: generic, decode-only, long extends only), restricted to the
+shapes a batch under that hint pads to. They compile ahead of time on several threads (XLA compiles
+without the GIL; jax.jit reuses an ahead-of-time compile), then each runs once as an all-padding
+step, which writes no KV.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from jaxsgl.engine.model_runner import ModelRunner
+from jaxsgl.engine.sampling import SamplingFlags
+from jaxsgl.engine.step_sampling import greedy_sampling_input
+from jaxsgl.kernels import QLenHint
+from jaxsgl.model.step_input import PAD_PAGE, PAD_SLOT, StepInput
+from jaxsgl.progress import progress
+from jaxsgl.scheduler import StepInputBuilder
+
+log = logging.getLogger(__name__)
+
+Variant = tuple[tuple[int, int, int], QLenHint]
+
+
+def step_variants(runner: ModelRunner, builder: StepInputBuilder) -> list[Variant]:
+    """Every (shape, hint) the engine's greedy steps can compile to."""
+    variants = []
+    for hint in runner.hints():
+        shapes = builder.shapes() if hint == QLenHint() else builder.shapes_for(hint.min_q_len or 1, hint.max_q_len)
+        variants += [(shape, hint) for shape in shapes]
+    return variants
+
+
+def padding_step(T: int, S: int, P: int) -> StepInput:
+    """A step of shape (T, S, P) whose every token and page is padding."""
+    return StepInput(np.zeros(T, np.int32), np.zeros(T, np.int32), np.zeros(S + 1, np.int32), np.zeros(S, np.int32),
+                     np.full((S, P), PAD_PAGE, np.int32), np.full(T, PAD_SLOT, np.int32), np.zeros(S, np.int32))
+
+
+def warm_up(runner: ModelRunner, builder: StepInputBuilder, threads: int | None = None) -> int:
+    """Compile every variant on `threads` threads (None: the CPU count), then run each once (mutates
+    runner's compiled-function caches and, through padding steps, nothing else). Returns how many."""
+    variants = step_variants(runner, builder)
+
+    def compile_one(variant: Variant) -> None:
+        (T, S, P), hint = variant
+        runner.precompile_async_step(padding_step(T, S, P), greedy_sampling_input(S, T), SamplingFlags(), hint)
+
+    t0 = time.perf_counter()
+    workers = max(1, min(len(variants), threads or (os.cpu_count() or 1)))
+    with ThreadPoolExecutor(workers, thread_name_prefix="jaxsgl-warmup") as pool:
+        for _ in progress(pool.map(compile_one, variants), total=len(variants),
+                          desc="warm-up: compiling step variants", unit="variant"):
+            pass
+    t1 = time.perf_counter()
+    for (T, S, P), hint in variants:
+        runner.collect(runner.run_async(padding_step(T, S, P), greedy_sampling_input(S, T), SamplingFlags(), None,
+                                        np.full(T, -1, np.int32), hint=hint))
+    log.info("warm-up: compiled %d step variants in %.1fs (%d threads), ran them in %.1fs", len(variants), t1 - t0,
+             workers, time.perf_counter() - t1)
+    return len(variants)
