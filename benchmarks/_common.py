@@ -80,6 +80,18 @@ def default_tokenizer():
     return load_tokenizer(resolve_model_dir(None))
 
 
+def _sharegpt_tokenizer(model: str | None):
+    """The default model's tokenizer; where it is not installed (the GPU machine), the benchmarked
+    model's own tokenizer.json (.gpu/ carries the default model's there)."""
+    from jaxsgl.tokenizer import load_tokenizer
+    try:
+        return default_tokenizer()
+    except FileNotFoundError:
+        if model is None or not Path(model, "tokenizer.json").exists():
+            raise
+        return load_tokenizer(Path(model))
+
+
 def sharegpt_dataset(n: int, seed: int = 0, max_input: int = 1024, max_output: int = 1024,
                      vocab: int | None = None, tokenizer=None) -> Workload:
     """n ShareGPT-shaped requests: real prompts (first human turns of ShareGPT_V3_filtered_1000,
@@ -125,7 +137,8 @@ def make_workloads(names: list[str], args, vocab: int) -> dict[str, Workload]:
                                               args.output_len[0], vocab)
         elif name == "sharegpt":
             out[name] = sharegpt_dataset(args.num_prompts, args.seed, args.sharegpt_max_input,
-                                         args.sharegpt_max_output, vocab=vocab)
+                                         args.sharegpt_max_output, vocab=vocab,
+                                         tokenizer=_sharegpt_tokenizer(getattr(args, "model", None)))
         else:
             raise ValueError(f"unknown dataset {name!r}; choose from {DATASETS}")
     return out

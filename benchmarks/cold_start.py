@@ -27,17 +27,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
-import json, sys, time
+import json, logging, sys, time
 t0 = time.perf_counter()
+import jax
 import jaxsgl
 from jaxsgl.engine.engine import Engine
+cache_events, log_lines = {}, []
+def on_event(event, **_):
+    if event.startswith("/jax/compilation_cache/"):
+        cache_events[event] = cache_events.get(event, 0) + 1
+jax.monitoring.register_event_listener(on_event)
+class Keep(logging.Handler):
+    def emit(self, record):
+        log_lines.append(f"{record.relativeCreated / 1e3:.1f}s {record.name}: {record.getMessage()}")
+logging.getLogger("jaxsgl").addHandler(Keep())
+logging.getLogger("jaxsgl").setLevel(logging.INFO)
 t1 = time.perf_counter()
 eng = Engine(sys.argv[1] or None, warmup=True, **json.loads(sys.argv[2]))
 t2 = time.perf_counter()
 out = eng.generate(input_ids=[1, 2, 3, 4], sampling_params={"max_new_tokens": 4, "temperature": 0})
 t3 = time.perf_counter()
 print("COLD_START " + json.dumps({"import_s": t1 - t0, "engine_ready_s": t2 - t1, "first_request_s": t3 - t2,
-                                  "variants": eng.runner.num_compiled(), "tokens": len(out["output_ids"])}))
+                                  "variants": eng.runner.num_compiled(), "tokens": len(out["output_ids"]),
+                                  "jax_cache_events": cache_events, "log": log_lines}))
 eng.shutdown()
 """
 
@@ -63,6 +75,12 @@ def one_start(model: str, kwargs: dict, cache: Path, timeout: float) -> dict:
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"start failed (rc {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     return {"wall_s": wall, **json.loads(lines[-1][len("COLD_START "):])}
+
+
+def _hits(start: dict) -> str:
+    """JAX's persistent compilation-cache hits/misses in one start."""
+    ev = start.get("jax_cache_events", {})
+    return f"{ev.get('/jax/compilation_cache/cache_hits', 0)}/{ev.get('/jax/compilation_cache/cache_misses', 0)}"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -96,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'start':>6}{'wall s':>9}{'import s':>10}{'ready s':>9}{'1st req s':>11}{'variants':>10}")
     for i, s in enumerate(starts, 1):
         print(f"{i:>6}{s['wall_s']:>9.1f}{s['import_s']:>10.1f}{s['engine_ready_s']:>9.1f}"
-              f"{s['first_request_s']:>11.2f}{s['variants']:>10}")
+              f"{s['first_request_s']:>11.2f}{s['variants']:>10}{_hits(s):>16}")
     return result
 
 
