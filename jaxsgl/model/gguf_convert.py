@@ -176,6 +176,28 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path | None = None) -> Pa
     return out
 
 
+def open_gguf(path: str | Path) -> Any:
+    """gguf.GGUFReader over `path`, reading its metadata ~3x faster (~2 s instead of ~6 s for the
+    default model's 98k tokenizer strings on the 2-core machine).
+
+    The reader slices its np.memmap once per value, twice per string, and a memmap slice costs
+    ~10 us in `memmap.__array_finalize__`; `_get` here slices a plain ndarray view of the same
+    mapping instead. Same values, same dtypes (tests/model/test_gguf_reader.py checks every field
+    and tensor against the stock reader)."""
+    import gguf
+
+    class Reader(gguf.GGUFReader):
+        def _get(self, offset: int, dtype: Any, count: int = 1, override_order: Any = None) -> np.ndarray:
+            plain = self.__dict__.get("_plain")
+            if plain is None:
+                plain = self.__dict__["_plain"] = self.data.view(np.ndarray)
+            count = int(count)
+            arr = plain[offset:offset + np.dtype(dtype).itemsize * count].view(dtype=dtype)[:count]
+            return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
+
+    return Reader(str(path))
+
+
 def _write_conversion(gguf_path: str | Path, tmp: Path) -> None:
     """Dequantise gguf_path into tmp (config.json, model.safetensors, tokenizer files)."""
     import gguf
@@ -183,7 +205,7 @@ def _write_conversion(gguf_path: str | Path, tmp: Path) -> None:
 
     with progress(desc="converting GGUF (first start only)", unit="tensor") as bar:
         bar.set_postfix_str("reading metadata")
-        reader = gguf.GGUFReader(str(gguf_path))
+        reader = open_gguf(gguf_path)
         bar.total = len(reader.tensors)
         bar.set_postfix_str("dequantising")
         fields = {}
