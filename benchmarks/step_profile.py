@@ -5,21 +5,30 @@
         --load-format dummy --out benchmarks/results/step_profile_llama8b_h200.json
     python benchmarks/step_profile.py --preset gpu --model-path benchmarks/configs/llama-3.1-8b \\
         --load-format dummy --attention-backend pallas --out benchmarks/results/step_profile_llama8b_h200_triton.json
+    python benchmarks/step_profile.py --refit benchmarks/results/step_profile_llama8b_h200.json  # no engine
 
 Phases (every request greedy, ignore_eos; the cache is flushed between configurations):
   prefill  one request of each --prefill-lens tokens, max_new_tokens 1 (chunked by the engine)
   decode   for each (batch B, context C): B requests sharing a C-token prefix plus 16 own tokens,
            --decode-steps outputs each (the prefix is prefilled once, the others extend it: extend
            points with long contexts; then B-sequence decode steps at context ~C)
+  idle     one request of --idle-prefix tokens (not measured), then --idle-repeats times: a pause of
+           --idle-pause s (the engine idles, as between requests at a low rate), one request of the
+           prefix plus N own tokens (--idle-lens), max_new_tokens 1: a step dispatched to an idle engine
 The sweep runs twice: the first pass compiles every step shape and is discarded. For each step of
 the measured pass it records the batch's features (jaxsgl.sim.cost_model.batch_features, captured
 by wrapping Engine.scheduler.schedule), `device` = StepTrace.step_time (ModelRunner dispatch to
 results on the host) and `wall` = end_time minus the previous step's end_time (the engine loop's
 period: what the simulated clock advances by; for the first step of a configuration, minus the
-time the requests were submitted to the idle engine).
+time the requests were submitted to the idle engine); `idle` marks a step dispatched with nothing in
+flight (each configuration's first step and the idle phase's steps).
 Then it fits every candidate feature set (cost_model.CANDIDATE_FEATURES) to both targets and keeps
-the lowest cross-validated error. --max-seconds bounds both passes (configurations alternate small and
-large so a cut run still spans the shapes; the fit uses what was measured).
+the lowest cross-validated error; the wall model is fitted on the pipelined steps and its idle_start
+(the extra of a step dispatched to an idle engine) on the idle phase (cost_model.fit_profile).
+--refit PROFILE.json redoes the fit from a profile's stored points (no engine); --idle-start S then
+sets idle_start by hand (e.g. for a profile without an idle phase), recorded under "refit".
+--max-seconds bounds both passes (configurations alternate small and large so a cut run still spans
+the shapes; the fit uses what was measured).
 """
 from __future__ import annotations
 
@@ -38,16 +47,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jaxsgl.sim.cost_model import CANDIDATE_FEATURES, Padding, batch_features, fit_best  # noqa: E402
+from jaxsgl.sim.cost_model import CANDIDATE_FEATURES, Padding, batch_features, fit_profile  # noqa: E402
 
 PRESETS = {
     "cpu": dict(prefill_lens=[16, 64, 128, 256, 512, 1024], decode=[(1, 64), (1, 256), (1, 1024), (4, 64), (4, 256),
                 (4, 1024), (16, 64), (16, 256), (32, 64), (32, 256)], decode_steps=6, max_running_requests=32,
-                chunked_prefill_size=512, seq_buckets=[1, 4, 8, 16, 32]),
+                chunked_prefill_size=512, seq_buckets=[1, 4, 8, 16, 32], idle_lens=[16, 64], idle_prefix=64),
     "gpu": dict(prefill_lens=[64, 256, 512, 1024, 2048, 4096, 8192],
                 decode=[(b, c) for c in (256, 1024, 4096) for b in (1, 8, 32, 64, 128, 256)],
                 decode_steps=16, max_running_requests=256, chunked_prefill_size=2048,
-                seq_buckets=[1, 8, 32, 64, 128, 256], max_seconds=240.0),
+                seq_buckets=[1, 8, 32, 64, 128, 256], max_seconds=240.0, idle_lens=[16, 64, 256],
+                idle_prefix=256),
 }
 
 
@@ -70,9 +80,10 @@ def device_name() -> str:
     return f"{d.platform}: {d.device_kind} x{jax.device_count()}"
 
 
-def run_config(eng, prompts: list[list[int]], max_new: int, feats: dict[int, dict]) -> list[dict]:
+def run_config(eng, prompts: list[list[int]], max_new: int, feats: dict[int, dict], flush: bool = True) -> list[dict]:
     """Generate, then join the new trace records with their captured features."""
-    eng.flush_cache()
+    if flush:
+        eng.flush_cache()
     first = eng.scheduler.step + 1
     t_submit = time.perf_counter()
     eng.generate(input_ids=prompts, sampling_params={"max_new_tokens": max_new, "temperature": 0.0,
@@ -84,16 +95,28 @@ def run_config(eng, prompts: list[list[int]], max_new: int, feats: dict[int, dic
         if f is not None and r["step_time"] is not None:
             wall = None if prev_end is None else r["end_time"] - prev_end
             points.append({"step": r["step"], **f, "device": r["step_time"], "wall": wall,
-                           "num_prefill_seqs": r["num_prefill_seqs"]})
+                           "num_prefill_seqs": r["num_prefill_seqs"], "idle": r is recs[0]})
         prev_end = r["end_time"]
+    return points
+
+
+def run_idle(eng, prefix: list[int], suffixes: list[list[int]], pause: float, feats: dict[int, dict]) -> list[dict]:
+    """The idle phase of one size: the prefix once (cached, not measured), then per suffix a pause
+    and one request prefix + suffix (one step, dispatched to the idle engine)."""
+    eng.flush_cache()
+    run_config(eng, [prefix], 1, feats)
+    points = []
+    for own in suffixes:
+        time.sleep(pause)
+        points += run_config(eng, [prefix + own], 1, feats, flush=False)[:1]
     return points
 
 
 def configs_of(args) -> list[tuple[str, int, int]]:
     """(kind, batch, length) per configuration, alternating small and large ones so that a run cut
     short by --max-seconds still spans the shapes."""
-    cfgs = sorted([("prefill", 1, n) for n in args.prefill_lens] + [("decode", b, c) for b, c in args.decode],
-                  key=lambda k: k[1] * k[2])
+    cfgs = sorted([("prefill", 1, n) for n in args.prefill_lens] + [("decode", b, c) for b, c in args.decode]
+                  + [("idle", args.idle_repeats, n) for n in args.idle_lens], key=lambda k: k[1] * k[2])
     out = []
     while cfgs:
         out.append(cfgs.pop(0))
@@ -109,18 +132,20 @@ def sweep(eng, args, configs, feats: dict[int, dict], rng: np.random.Generator,
     rand = lambda n: rng.integers(10, vocab, n).tolist()
     points, done = [], []
     for cfg in configs:
-        kind, batch, length = cfg  # prefill: (1, prompt length); decode: (batch, context)
-        name = f"{kind}:{batch}x{length}"
+        kind, batch, length = cfg  # prefill: (1, prompt length); decode: (batch, context); idle: (repeats, own)
+        name = f"{kind}:{1 if kind == 'idle' else batch}x{length}"
         if deadline is not None and time.perf_counter() > deadline:
             print(f"  --max-seconds reached: skipping {name} and later", flush=True)
             break
-        need = length + 1 if kind == "prefill" else length + 16 + args.decode_steps
+        need = {"prefill": length + 1, "idle": args.idle_prefix + length + 1}.get(kind, length + 16 + args.decode_steps)
         if need > eng.context_len:
             print(f"  {name}: skipped ({need} tokens > context length {eng.context_len})", flush=True)
             continue
         t0 = time.perf_counter()
         if kind == "prefill":
             pts = run_config(eng, [rand(length)], 1, feats)
+        elif kind == "idle":
+            pts = run_idle(eng, rand(args.idle_prefix), [rand(length) for _ in range(batch)], args.idle_pause, feats)
         else:
             prefix = rand(length)
             pts = run_config(eng, [prefix + rand(16) for _ in range(batch)], args.decode_steps, feats)
@@ -130,6 +155,39 @@ def sweep(eng, args, configs, feats: dict[int, dict], rng: np.random.Generator,
         done.append(cfg)
         print(f"  {name}: {len(pts)} steps, {time.perf_counter() - t0:.1f}s", flush=True)
     return points, done
+
+
+def fit_costs(points: list[dict], padding: Padding) -> tuple[dict, dict]:
+    """(cost, fits) of the profile JSON: cost_model.fit_profile of both targets, printed."""
+    cost, choice = {}, {}
+    for target in ("wall", "device"):
+        best, fit, fits = fit_profile(points, target, padding=padding)
+        cost[target] = fit.to_dict()
+        choice[target] = {"best": best, "all": {n: f["fit"] for n, f in fits.items()}}
+        f = fit.fit
+        idle = (f" + {fit.idle_start * 1e3:.2f} ms idle start ({f['idle_points']} idle points)"
+                if target == "wall" else "")
+        print(f"{target}: {best} {fit.intercept * 1e3:.2f} ms + "
+              + " + ".join(f"{c:.3g}*{n}" for n, c in fit.coef.items()) + idle
+              + f"  (n={f['n']}, mape {f['mape']:.1%}, cv {f['cv_mape']:.1%}, p90 {f['p90_ape']:.1%}, "
+              f"max {f['max_ape']:.1%})", flush=True)
+    return cost, choice
+
+
+def refit(path: str, out: str | None, idle_start: float | None, note: str | None = None) -> None:
+    """--refit: redo the fit of a profile JSON from its stored points (no engine)."""
+    prof = json.loads(Path(path).read_text())
+    padding = Padding(**prof["padding"]) if prof.get("padding") else None
+    prof["cost"], prof["fits"] = fit_costs(prof["points"], padding)
+    prof["refit"] = {"created": datetime.datetime.now().isoformat(timespec="seconds"), "argv": sys.argv}
+    if idle_start is not None:
+        prof["cost"]["wall"]["idle_start"] = idle_start
+        prof["refit"]["idle_start_set_by_hand"] = idle_start
+        if note:
+            prof["refit"]["note"] = note
+        print(f"wall: idle_start set to {idle_start * 1e3:.2f} ms (--idle-start)", flush=True)
+    Path(out or path).write_text(json.dumps(prof, indent=1))
+    print(f"wrote {out or path}: {len(prof['points'])} points", flush=True)
 
 
 def main() -> None:
@@ -148,13 +206,23 @@ def main() -> None:
     ap.add_argument("--decode", type=str, nargs="+", default=None, help="BxC pairs, e.g. 8x256 32x1024")
     ap.add_argument("--decode-steps", type=int, default=None)
     ap.add_argument("--disable-overlap-schedule", action="store_true")
+    ap.add_argument("--idle-lens", type=int, nargs="+", default=None, help="own tokens of the idle phase's requests")
+    ap.add_argument("--idle-prefix", type=int, default=None, help="cached prefix tokens of the idle phase's requests")
+    ap.add_argument("--idle-repeats", type=int, default=3, help="idle-phase requests per size")
+    ap.add_argument("--idle-pause", type=float, default=0.05, help="seconds the engine idles before each")
     ap.add_argument("--max-seconds", type=float, default=None,
                     help="budget of both passes after engine start (the compile pass gets 65%%; the measured pass "
                          "reruns what it compiled); the gpu preset sets 240")
     ap.add_argument("--repeats", type=int, default=1, help="measured passes (all points are fitted; for noisy hosts)")
     ap.add_argument("--name", default=None, help="model name in the JSON (default: the model directory)")
-    ap.add_argument("--out", default="step_profile.json")
+    ap.add_argument("--out", default=None, help="default step_profile.json; with --refit: the profile itself")
+    ap.add_argument("--refit", default=None, metavar="PROFILE.json", help="refit a profile's stored points; no engine")
+    ap.add_argument("--idle-start", type=float, default=None, help="with --refit: idle_start (s) to store")
+    ap.add_argument("--note", default=None, help="with --refit: where --idle-start comes from (stored)")
     args = ap.parse_args()
+    if args.refit:
+        return refit(args.refit, args.out, args.idle_start, args.note)
+    args.out = args.out or "step_profile.json"
     preset = PRESETS[args.preset]
     for key, val in preset.items():
         if getattr(args, key, None) is None:
@@ -202,24 +270,15 @@ def main() -> None:
     model_name = args.name or Path(str(eng.model_dir)).name
     eng.shutdown()
 
-    cost, choice = {}, {}
-    for target in ("wall", "device"):
-        pts = [p for p in points if p[target] is not None and p[target] > 0]
-        best, fit, fits = fit_best(pts, [p[target] for p in pts], padding=padding)
-        cost[target] = fit.to_dict()
-        choice[target] = {"best": best, "all": {n: f["fit"] for n, f in fits.items()}}
-        f = fit.fit
-        print(f"{target}: {best} {fit.intercept * 1e3:.2f} ms + "
-              + " + ".join(f"{c:.3g}*{n}" for n, c in fit.coef.items())
-              + f"  (n={f['n']}, mape {f['mape']:.1%}, cv {f['cv_mape']:.1%}, p90 {f['p90_ape']:.1%}, "
-              f"max {f['max_ape']:.1%})", flush=True)
+    cost, choice = fit_costs(points, padding)
     result = {
         "model": model_name, "model_path": args.model_path, "load_format": args.load_format,
         "device": device_name(), "jax_version": jax.__version__, "attention_backend": eng.attn_impl,
         "overlap": not args.disable_overlap_schedule, "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "uptime_before": load_before, "uptime_after": uptime(), "argv": sys.argv,
         "engine_options": {k: getattr(args, k) for k in ("page_size", "max_total_tokens", "max_running_requests",
-                                                         "chunked_prefill_size", "seq_buckets")},
+                                                         "chunked_prefill_size", "seq_buckets", "idle_lens",
+                                                         "idle_prefix", "idle_repeats", "idle_pause")},
         "padding": vars(padding), "compile_pass_s": compile_s, "measured_pass_s": round(measure_s, 2),
         "cost_form": "step_time = intercept + sum(coef[f] * feature[f]); features: jaxsgl/sim/cost_model.py",
         "cost": cost, "fits": choice, "candidates": {k: list(v) for k, v in CANDIDATE_FEATURES.items()},

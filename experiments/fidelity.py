@@ -11,8 +11,12 @@ jaxsgl.sim.Simulator with the profile's cost model and the same options. An unti
 workload runs first and compiles the step shapes it meets (then the cache is flushed; --warmup compiles
 every shape up front): compiled_during_run in each row must be 0, or that run timed a compile.
 Reported per run: throughput (requests/s and tokens/s over first arrival -> last finish), median and
-P99 TTFT, hit rate, steps, and the simulator's relative error on each. Needs Engine.request_records()
-(per-request times); JAX is imported only in main().
+P99 TTFT, hit rate, steps, and the simulator's relative error on each. A chained call reaches the
+engine a client round trip after its predecessor finished (the engine has scheduled its next step by
+then): the simulator gets the engine's measured median turnaround as think_time (--client-turnaround).
+The JSON also keeps, per run, both sides' per-step trace (STEP_COLUMNS; `idle`: dispatched with
+nothing in flight) and per-request records (REQ_COLUMNS), times in seconds from the run's first
+arrival, one row per line. Needs Engine.request_records(); JAX is imported only in main().
 """
 from __future__ import annotations
 
@@ -24,12 +28,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxsgl.sim import Simulator, load_profile, offline, poisson, summarize
+import numpy as np
+
+from jaxsgl.sim import SimResult, Simulator, load_profile, offline, poisson, summarize
 
 from experiments.workloads import (Request, Workload, agents_workload, default_tokenize, mmlu_workload,
                                    react_workload, zipf_prefix_workload)
 
 METRICS = ("req_per_s", "total_tok_per_s", "ttft_p50", "ttft_p99", "hit_rate", "steps")
+STEP_COLUMNS = ("step", "num_seqs", "num_prefill_seqs", "num_decode_seqs", "new_tokens", "prefill_tokens",
+                "cached_tokens", "num_admitted", "queue_len", "num_running", "dispatch", "end", "step_time", "idle")
+REQ_COLUMNS = ("rid", "prompt_tokens", "cached_tokens", "output_tokens", "arrival_time", "admit_step",
+               "first_token_time", "finish_time", "ttft")
 
 
 def build_workload(name: str, tokenize: Any, size: int | None = None) -> Workload:
@@ -87,20 +97,62 @@ async def _client(engine: Any, wl: Workload, arrivals: Sequence[float], prefix: 
     await asyncio.gather(*(run(r, t) for r, t in zip(roots, arrivals)))
 
 
-def run_engine(engine: Any, wl: Workload, arrivals: Sequence[float], tag: str) -> dict:
-    """Warm up (same requests, untimed), flush the cache, replay; summary over this run's records."""
+def run_engine(engine: Any, wl: Workload, arrivals: Sequence[float], tag: str) -> tuple[dict, list[dict], list[dict]]:
+    """Warm up (same requests, untimed), flush the cache, replay. Returns (summary over this run's
+    records, its request records with the tag stripped from rids, its step trace); times on
+    perf_counter's clock."""
     asyncio.run(_client(engine, wl, arrivals, f"warm-{tag}-"))
     engine.flush_cache()
     first_step = engine.scheduler.step + 1
     compiled = engine.runner.num_compiled()
     asyncio.run(_client(engine, wl, arrivals, f"{tag}-"))
-    recs = [r for r in engine.request_records() if r["rid"].startswith(f"{tag}-")]
+    recs = [{**r, "rid": r["rid"][len(tag) + 1:]} for r in engine.request_records(t0=0.0)
+            if r["rid"].startswith(f"{tag}-")]
     steps = engine.scheduler.trace_records(first_step)
-    return {**summarize(recs, steps), "compiled_during_run": engine.runner.num_compiled() - compiled}
+    return {**summarize(recs, steps), "compiled_during_run": engine.runner.num_compiled() - compiled}, recs, steps
 
 
-def run_sim(cost: Any, wl: Workload, arrivals: Sequence[float], **options: Any) -> dict:
-    return Simulator(cost, **options).run(wl.requests, list(arrivals)).summary
+def run_sim(cost: Any, wl: Workload, arrivals: Sequence[float], **options: Any) -> SimResult:
+    """The simulator on the same requests and root arrivals (options: Simulator's)."""
+    return Simulator(cost, **options).run(wl.requests, list(arrivals))
+
+
+def client_turnaround(wl: Workload, recs: Sequence[dict]) -> float | None:
+    """Median seconds from a call's finish to the arrival of the call chained after it (None: no chains)."""
+    by_rid = {r["rid"]: r for r in recs}
+    gaps = [by_rid[r.rid]["arrival_time"] - by_rid[r.after]["finish_time"] for r in wl.requests
+            if r.after is not None and r.rid in by_rid and r.after in by_rid]
+    return float(np.median(gaps)) if gaps else None
+
+
+def tables(recs: Sequence[dict], steps: Sequence[dict]) -> dict:
+    """A run's request records and step trace as column tables, times from its first arrival."""
+    t0 = min((r["arrival_time"] for r in recs), default=0.0)
+    rnd = lambda v, shift=0.0: None if v is None else round(v - shift, 6) if isinstance(v, float) else v
+    rows, prev_end = [], float("-inf")
+    for s in steps:
+        end = s.get("end_time")
+        dispatch = None if end is None or s.get("step_time") is None else end - s["step_time"]
+        row = {**s, "dispatch": rnd(dispatch, t0), "end": rnd(end, t0), "step_time": rnd(s.get("step_time")),
+               "idle": dispatch is not None and dispatch >= prev_end - 1e-9}
+        rows.append([row.get(c) for c in STEP_COLUMNS])
+        prev_end = end if end is not None else prev_end
+    times = ("arrival_time", "first_token_time", "finish_time")
+    req_rows = [[rnd(r[c], t0) if c in times else rnd(r[c]) for c in REQ_COLUMNS]
+                for r in sorted(recs, key=lambda r: r["arrival_time"])]
+    return {"steps": {"columns": list(STEP_COLUMNS), "rows": rows},
+            "requests": {"columns": list(REQ_COLUMNS), "rows": req_rows}}
+
+
+def dumps(obj: Any, indent: int = 0) -> str:
+    """JSON with one line per list of scalars (a table row), indented otherwise."""
+    pad, inner = " " * indent, " " * (indent + 1)
+    if isinstance(obj, dict) and obj:
+        items = [f"{inner}{json.dumps(str(k))}: {dumps(v, indent + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    if isinstance(obj, list) and any(isinstance(v, (dict, list)) for v in obj):
+        return "[\n" + ",\n".join(inner + dumps(v, indent + 1) for v in obj) + f"\n{pad}]"
+    return json.dumps(obj, separators=(", ", ": "))
 
 
 def compare(engine_row: dict, sim_row: dict) -> dict:
@@ -129,6 +181,8 @@ def main() -> None:
                     help="padded batch sizes (default: the profile's, so the same shapes were measured)")
     ap.add_argument("--warmup", action="store_true",
                     help="compile every step shape at start (Engine warmup=True; many variants for an 8B model)")
+    ap.add_argument("--client-turnaround", default="measured",
+                    help="simulator think_time (s) of chained calls; 'measured': the engine run's median")
     ap.add_argument("--out", default="fidelity.json")
     args = ap.parse_args()
 
@@ -142,7 +196,7 @@ def main() -> None:
     if seq_buckets:
         seq_buckets = [b for b in seq_buckets if b < args.max_running_requests]
     tokenize = model_tokenize(args.model_path)
-    rows = []
+    rows, runs = [], []
     # a compile inside a measured run would be timed: the untimed pass compiles what it meets, --warmup all shapes
     with Engine(args.model_path, load_format=args.load_format, attention_backend=args.attention_backend,
                 skip_tokenizer_init=True, seq_buckets=seq_buckets, warmup=args.warmup, **opts) as eng:
@@ -152,13 +206,18 @@ def main() -> None:
             for rate_s in args.rates:
                 rate = None if rate_s == "offline" else float(rate_s)
                 arr = root_arrivals(wl, rate)
-                e = run_engine(eng, wl, arr, f"{name}-{rate_s}")
-                s = run_sim(cost, wl, arr, **opts)
+                e, e_recs, e_steps = run_engine(eng, wl, arr, f"{name}-{rate_s}")
+                turn = client_turnaround(wl, e_recs)
+                think = (turn or 0.0) if args.client_turnaround == "measured" else float(args.client_turnaround)
+                s = run_sim(cost, wl, arr, think_time=think, **opts)
                 row = {"workload": name, "rate": rate_s, "requests": len(wl.requests),
-                       "compiled_during_run": e["compiled_during_run"], **compare(e, s)}
+                       "compiled_during_run": e["compiled_during_run"], **compare(e, s.summary)}
                 rows.append(row)
+                runs.append({"workload": name, "rate": rate_s, "client_turnaround_s": turn, "sim_think_time_s": think,
+                             "sim_idle_start_s": getattr(cost, "idle_start", 0.0),
+                             "engine": tables(e_recs, e_steps), "sim": tables(s.requests, s.steps)})
                 print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
-                Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+                Path(args.out).write_text(dumps({"args": vars(args), "rows": rows, "runs": runs}) + "\n")
     worst = max((abs(r[f"err_{m}"]) for r in rows for m in ("req_per_s", "ttft_p50", "ttft_p99")), default=0.0)
     print(f"worst |error| over throughput, TTFT p50/p99: {worst:.1%}")
 

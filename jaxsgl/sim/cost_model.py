@@ -18,6 +18,12 @@ Features of a batch (one SeqWork per sequence: num_new tokens fed, cached_len to
 
 Coefficients are fitted by non-negative least squares on relative error (each row divided by its
 measured time), so 5 ms and 500 ms steps count alike; `fit_linear` returns the fit and its error.
+
+A fitted profile's wall cost is the steady (overlapped) period of a step: with a step in flight the
+host prepares the next one while the device runs. A step dispatched to an idle engine (nothing in
+flight) pays that host work in series; `LinearCost.idle_start` (seconds, 0 in old profiles) is the
+extra the simulator adds then. `fit_profile` fits the steady model on the points not dispatched to
+an idle engine (`idle_start_flags`), drops stalls, and takes idle_start from the idle-phase points.
 The simulator calls a cost as `cost(batch, start) -> seconds`; `ReplayCost` returns recorded end
 times instead (exact replay of a recorded run). Host only: numpy, no JAX.
 """
@@ -100,11 +106,13 @@ def batch_features(batch: ScheduledBatch, padding: Padding | None = None) -> dic
 
 @dataclass
 class LinearCost:
-    """step_time = intercept + sum(coef[f] * features[f]); a StepCost."""
+    """step_time = intercept + sum(coef[f] * features[f]); a StepCost. idle_start: seconds the
+    simulator adds to a step dispatched with nothing in flight (the host work overlap hides)."""
     coef: dict[str, float]
     intercept: float = 0.0
     padding: Padding | None = None
     fit: dict[str, Any] = field(default_factory=dict)  # error of the fit (fit_linear), for reports
+    idle_start: float = 0.0
 
     def predict(self, feats: Mapping[str, float]) -> float:
         return self.intercept + sum(c * feats[f] for f, c in self.coef.items())
@@ -113,14 +121,14 @@ class LinearCost:
         return self.predict(batch_features(batch, self.padding))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"intercept": self.intercept, "coef": dict(self.coef), "fit": dict(self.fit),
-                "padding": asdict(self.padding) if self.padding else None}
+        return {"intercept": self.intercept, "coef": dict(self.coef), "idle_start": self.idle_start,
+                "fit": dict(self.fit), "padding": asdict(self.padding) if self.padding else None}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LinearCost:
         pad = d.get("padding")
         return cls(dict(d["coef"]), float(d.get("intercept", 0.0)), Padding(**pad) if pad else None,
-                   dict(d.get("fit", {})))
+                   dict(d.get("fit", {})), float(d.get("idle_start", 0.0)))
 
 
 def load_profile(path: str | os.PathLike | Mapping[str, Any], target: str = "wall") -> LinearCost:
@@ -178,6 +186,53 @@ def fit_best(points: Sequence[Mapping[str, float]], times: Sequence[float],
             if len(times) > len(feats) + 1}
     best = min(fits, key=lambda n: fits[n].fit["cv_mape"])
     return best, fits[best], {n: c.to_dict() for n, c in fits.items()}
+
+
+def idle_start_flags(points: Sequence[Mapping[str, Any]]) -> list[bool]:
+    """Whether each step-profile point was dispatched to an idle engine: its `idle` flag, else (older
+    profiles) whether it is the first point of its configuration."""
+    out, prev = [], None
+    for p in points:
+        out.append(bool(p["idle"]) if "idle" in p else p.get("config") != prev)
+        prev = p.get("config")
+    return out
+
+
+def fit_profile(points: Sequence[Mapping[str, Any]], target: str = "wall", *, padding: Padding | None = None,
+                stall: float = 2.0) -> tuple[str, LinearCost, dict[str, dict]]:
+    """fit_best of a step profile's points for `target`. For 'wall': the steady model is fitted on
+    the points not dispatched to an idle engine, refitted without stalls (points over `stall` x its
+    prediction: hiccups, not step costs), and idle_start = the median excess of the idle-phase points
+    (config 'idle:...', serving-like: one request to an idle, warm engine) over it, at least 0. The
+    configurations' first steps are reported (fit['idle_config_starts_median']) but not used: they
+    also carry a batch's admission and the first run of a new shape. 'device': every point, as before."""
+    pts = [p for p in points if p.get(target) is not None and p[target] > 0]
+    if target != "wall":
+        return fit_best(pts, [p[target] for p in pts], padding=padding)
+    flags = idle_start_flags(points)
+    idle = [p for p, f in zip(points, flags) if f and p.get(target) is not None and p[target] > 0]
+    steady = [p for p, f in zip(points, flags) if not f and p.get(target) is not None and p[target] > 0]
+    if len(steady) < 8:  # too few pipelined steps (a smoke run): fit every point, as older profiles did
+        steady, idle = pts, []
+    best, cost, fits = fit_best(steady, [p["wall"] for p in steady], padding=padding)
+    kept = [p for p in steady if p["wall"] <= stall * cost.predict(p)]
+    if len(kept) < len(steady):
+        best, cost, fits = fit_best(kept, [p["wall"] for p in kept], padding=padding)
+    excess = lambda ps: [p["wall"] - cost.predict(p) for p in ps]
+    phase = excess([p for p in idle if str(p.get("config", "")).startswith("idle:")])
+    starts = excess([p for p in idle if _batch_of(p) == 1 and not str(p.get("config", "")).startswith("idle:")])
+    cost.idle_start = max(float(np.median(phase)), 0.0) if phase else 0.0
+    cost.fit.update(stalls_dropped=len(steady) - len(kept), idle_points=len(phase),
+                    idle_config_starts_median=float(np.median(starts)) if starts else None)
+    return best, cost, fits
+
+
+def _batch_of(point: Mapping[str, Any]) -> int | None:
+    """B of a profile point's configuration 'kind:BxL' (None if it has no such name)."""
+    try:
+        return int(str(point["config"]).split(":", 1)[1].lower().split("x")[0])
+    except (KeyError, IndexError, ValueError):
+        return None
 
 
 @dataclass

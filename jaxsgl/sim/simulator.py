@@ -13,6 +13,10 @@ cost (cost_model.py) that advances the clock:
     overlap:  add arrivals <= now, schedule N+1, dispatch N+1 at now (it starts when N ends),
               advance N+1, now = end(N), complete N
 
+A step dispatched with nothing in flight (an idle engine; every step of the sync loop) also takes
+the cost's `idle_start` seconds (LinearCost.idle_start; 0 for costs without it): the host work that
+the overlapped loop hides under the previous step.
+
 `complete` fills the step's tokens and finishes requests that reached max_new_tokens (the engine's
 length stop with ignore_eos). Requests arrive at the given times; one with `after` set arrives
 when that request finishes (plus think_time), unless `arrivals` gives it a time. When nothing is
@@ -81,6 +85,7 @@ class Simulator:
         self.cost = cost
         self.think_time = think_time
         self.check = check
+        self.idle_start = float(getattr(cost, "idle_start", 0.0))  # extra s of a step dispatched to an idle engine
         self.opts = EngineOptions.from_kwargs(None, engine_options)
         self.scheduler_options = dict(scheduler_options or {})
 
@@ -216,8 +221,11 @@ class SimRun:
                                    "admitted")
             return self._finished
         ids = [self.sim._token(s.req, self.outputs) if s.need_logits else -1 for s in batch.seqs]
-        start = max(self.now, self._inflight.end) if self._inflight is not None else self.now
-        cur = _InFlight(batch, ids, self.now, start + float(self.sim.cost(batch, start)))
+        if self._inflight is not None:
+            start, extra = max(self.now, self._inflight.end), 0.0
+        else:
+            start, extra = self.now, self.sim.idle_start
+        cur = _InFlight(batch, ids, self.now, start + float(self.sim.cost(batch, start)) + extra)
         sched.advance(batch)
         if self.overlap:
             if self._inflight is not None:

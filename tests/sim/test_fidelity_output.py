@@ -1,0 +1,46 @@
+"""experiments/fidelity.py's per-run output: step and request tables, the chained-call turnaround, the
+one-row-per-line JSON, and the simulator side of a run (no engine)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from experiments.fidelity import REQ_COLUMNS, STEP_COLUMNS, client_turnaround, dumps, run_sim, tables
+from experiments.workloads import Request, Workload
+from jaxsgl.sim import LinearCost
+
+
+def _workload() -> Workload:
+    base = list(range(10, 74))
+    return Workload("chain", [Request("a", base, 4), Request("b", base + list(range(200, 232)), 3, after="a"),
+                              Request("c", list(range(300, 340)), 2)])
+
+
+def test_tables_of_a_simulated_run() -> None:
+    wl = _workload()
+    res = run_sim(LinearCost({"tokens": 1e-5}, 0.01, idle_start=0.003), wl, [1.0, 1.015], think_time=0.002,
+                  max_total_tokens=2048)
+    assert client_turnaround(wl, res.requests) == pytest.approx(0.002)
+    assert client_turnaround(Workload("flat", wl.requests[2:]), res.requests) is None
+    t = tables(res.requests, res.steps)
+    assert t["steps"]["columns"] == list(STEP_COLUMNS) and t["requests"]["columns"] == list(REQ_COLUMNS)
+    steps = [dict(zip(STEP_COLUMNS, r)) for r in t["steps"]["rows"]]
+    reqs = {r[0]: dict(zip(REQ_COLUMNS, r)) for r in t["requests"]["rows"]}
+    assert len(steps) == len(res.steps) and set(reqs) == {"a", "b", "c"}
+    assert reqs["a"]["arrival_time"] == 0.0 and reqs["c"]["arrival_time"] == pytest.approx(0.015)
+    assert steps[0]["idle"] and steps[0]["dispatch"] == 0.0  # the first step starts on an idle engine
+    assert not steps[1]["idle"]  # dispatched while the first ran (overlap)
+    by_step = {s["step"]: s for s in steps}
+    assert by_step[reqs["b"]["admit_step"]]["idle"]  # b arrives after a and c are done: idle again
+    assert all(s["end"] >= s["dispatch"] for s in steps)
+
+
+def test_dumps_writes_one_table_row_per_line() -> None:
+    obj = {"args": {"rates": ["4", "16"]}, "rows": [{"x": 1.5}],
+           "runs": [{"sim": {"steps": {"columns": ["a", "b"], "rows": [[1, 0.25], [2, None], [3, True]]}}}]}
+    text = dumps(obj)
+    assert json.loads(text) == obj
+    lines = [line.strip() for line in text.splitlines()]
+    assert "[1, 0.25]," in lines and "[2, null]," in lines and "[3, true]" in lines  # one row per line
+    assert '"rates": ["4", "16"]' in lines
