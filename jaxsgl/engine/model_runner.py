@@ -122,7 +122,8 @@ class ModelRunner:
         self._fns: dict[SamplingFlags, Any] = {}
         self._overlap_fns: dict[SamplingFlags, Any] = {}
         self.max_seqs = max_seqs  # run_async: rows carried from one step to the next (>= any step's S)
-        self._no_prev: jax.Array | None = None
+        # run_async's "previous tokens" when there is no previous step (device_put: no compile, unlike jnp.zeros)
+        self._no_prev = jax.device_put(np.zeros((2, max_seqs), np.int32))
         log.info("KV cache: %d pages x %d tokens, %.1f MiB", num_pages, page_size,
                  num_pages * page_size * kv_bytes_per_token(cfg, self.kv_dtype) / 2**20)
 
@@ -168,8 +169,6 @@ class ModelRunner:
         if prev is None:
             if (src >= 0).any():
                 raise ValueError("run_async: src refers to a previous step but none was given")
-            if self._no_prev is None:
-                self._no_prev = jax.device_put(np.zeros((2, self.max_seqs), np.int32))  # no compile, unlike jnp.zeros
         flat, layout = pack({**_inputs(step, si), "src": np.asarray(src, np.int32)})
         out, tokens, self.kv = self._overlap_fn(flags)(self.weights, self.kv, flat,
                                                        self._no_prev if prev is None else prev.tokens,
@@ -183,8 +182,6 @@ class ModelRunner:
         flags only). Thread-safe: warm-up compiles several variants at once. Mutates nothing else."""
         if flags.grammar:
             raise ValueError("precompile_async_step: grammar steps need the grammar tables")
-        if self._no_prev is None:
-            self._no_prev = jax.device_put(np.zeros((2, self.max_seqs), np.int32))
         flat, layout = pack({**_inputs(step, si), "src": np.full(step.num_tokens, -1, np.int32)})
         self._overlap_fn(flags).precompile(self.weights, self.kv, flat, self._no_prev, None, layout=layout,
                                            hint=self._hint(step, hint))
