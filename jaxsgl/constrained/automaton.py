@@ -19,6 +19,7 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -42,10 +43,14 @@ class TokenAutomaton:
     source: str = ""
     _forced: dict[int, bytes] = field(default_factory=dict, repr=False)
     _forced_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # jump_forward.plan_jump_forward's cache: plans by (vocab key, prev_state, last_token, state), retokenizations
+    # by (vocab key, -1, last_token, state); not pickled
+    jump_plans: dict[tuple[str, int, int, int], Any] = field(default_factory=dict, repr=False)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_forced_lock"] = None
+        state["jump_plans"] = {}
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -84,7 +89,7 @@ class TokenAutomaton:
         if token in self.eos_ids:
             return state if self.accepting[state] else -1
         lo, hi = int(self.trans_start[state]), int(self.trans_start[state + 1])
-        i = lo + int(np.searchsorted(self.trans_token[lo:hi], token))
+        i = lo + int(self.trans_token[lo:hi].searchsorted(token))  # the method: no numpy dispatch
         if i < hi and self.trans_token[i] == token:
             return int(self.trans_next[i])
         return -1

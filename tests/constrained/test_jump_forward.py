@@ -102,3 +102,22 @@ def test_no_jump_when_not_forced_or_too_short(compact_fsm, smol_vocab):
     prev, token, state, _ = next(s for s in steps if smol_vocab.token_bytes[s[1]] == b"name")
     assert compact_fsm.forced_bytes(state) == b'":"'  # one token: a jump would gain nothing
     assert plan_jump_forward(compact_fsm, smol_vocab, prev_state=prev, last_token=token, state=state) is None
+
+
+def test_plans_are_cached_per_automaton(smol_vocab):
+    """A plan is computed once per (prev_state, last_token, state): the cached one equals a fresh one,
+    and pickling the automaton (compile workers) leaves the cache behind."""
+    import pickle
+
+    fsm = compile_constraint(ConstraintSpec("json_schema", json.dumps(SCHEMA)), smol_vocab, json_whitespace_pattern="")
+    steps = _follow(fsm, smol_vocab, DOC)
+    first = [plan_jump_forward(fsm, smol_vocab, prev_state=p, last_token=t, state=s) for p, t, s, _ in steps]
+    assert sum(p is not None for p in first) >= 3 and fsm.jump_plans
+    again = [plan_jump_forward(fsm, smol_vocab, prev_state=p, last_token=t, state=s) for p, t, s, _ in steps]
+    assert all(a is b for a, b in zip(first, again))  # the same objects: served from the cache
+    fresh = compile_constraint(ConstraintSpec("json_schema", json.dumps(SCHEMA)), smol_vocab,
+                               json_whitespace_pattern="")
+    fresh.jump_plans.clear()
+    assert [plan_jump_forward(fresh, smol_vocab, prev_state=p, last_token=t, state=s)
+            for p, t, s, _ in steps] == first
+    assert pickle.loads(pickle.dumps(fsm)).jump_plans == {}
