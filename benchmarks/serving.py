@@ -10,7 +10,9 @@ tests/server/run_bench_serving.py, which stubs two server-side imports of the cl
 output tok/s, TTFT and ITL p50/p99 (after one untimed pass per dataset at rate inf, which compiles
 the batch shapes, as the in-process run's first pass does). Then it stops the server and runs the same shapes through
 Engine.generate in this process (random: the same lengths; sharegpt: the same prompts, tokenized) and
-reports the server's output throughput at rate inf as a fraction of the in-process one.
+reports the server's output throughput at rate inf as a fraction of the in-process one. Each server run also
+records the server process's CPU time per output token (/proc: all threads, and the event loop's main
+thread alone: server_{process,loop}_cpu_us_per_token), the host cost the HTTP layer adds to the engine's.
 On a CPU the numbers are dominated by compiles of batch shapes the warm pass did not meet; pass
 `--server-args "--warmup"` to compile every bucket before serving.
 Datasets: random (random-ids, fixed --input-len/--output-len) and sharegpt (the 2-turn ShareGPT sample
@@ -52,6 +54,34 @@ SHAREGPT = Path(os.environ.get("JAXSGL_DATA") or ROOT.parent / "shared" / "data"
     "sharegpt_sample_50_2turn.json"
 KEYS = ("output_throughput", "request_throughput", "median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms",
         "completed", "total_input_tokens", "total_output_tokens", "duration")
+
+
+def server_cpu(pid: int) -> dict[str, float] | None:
+    """CPU seconds (user + system) the server process has used so far: "process" (every thread: the
+    engine's loop, XLA's, uvicorn's) and "loop" (its main thread, which runs the asyncio event loop that
+    serves HTTP); None where /proc is not there (not Linux)."""
+    def ticks(stat: Path) -> int:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+
+    try:
+        hz = os.sysconf("SC_CLK_TCK")
+        out = {"process": ticks(Path(f"/proc/{pid}/stat")) / hz,
+               "loop": ticks(Path(f"/proc/{pid}/task/{pid}/stat")) / hz}
+    except (OSError, ValueError, IndexError):
+        return None
+    try:  # the main thread's on-CPU nanoseconds (clock ticks are 10 ms)
+        out["loop"] = int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def cpu_per_token(before: dict | None, after: dict | None, tokens: int) -> dict:
+    """The server's CPU microseconds per output token between two server_cpu() readings."""
+    if before is None or after is None or not tokens:
+        return {}
+    return {f"server_{k}_cpu_us_per_token": (after[k] - before[k]) / tokens * 1e6 for k in ("process", "loop")}
 
 
 def num_prompts(rate: str, args: argparse.Namespace) -> int:
@@ -226,13 +256,17 @@ def main(argv: list[str] | None = None) -> dict:
         for ds in args.datasets:
             run(ds, "inf", tmp / f"{ds}-warm.jsonl")  # untimed: compiles what the batches need
             for rate in args.rates:
+                cpu0 = server_cpu(proc.pid)
                 rec = run(ds, rate, tmp / f"{ds}-{rate}.jsonl")
+                rec.update(cpu_per_token(cpu0, server_cpu(proc.pid), rec.get("total_output_tokens") or 0))
                 results["server"][f"{ds}@{rate}"] = rec
                 if args.out:  # partial results survive a timeout
                     args.out.write_text(json.dumps(results, indent=1))
+                cpu = (f"  server CPU/token {rec['server_process_cpu_us_per_token']:7.1f} us (event loop "
+                       f"{rec['server_loop_cpu_us_per_token']:6.1f})" if "server_loop_cpu_us_per_token" in rec else "")
                 print(f"{ds:9s} rate {rate:>4s}: {rec['output_throughput']:9.1f} out tok/s  TTFT p50/p99 "
                       f"{rec['median_ttft_ms']:8.1f}/{rec['p99_ttft_ms']:8.1f} ms  ITL p50/p99 "
-                      f"{rec['median_itl_ms']:6.1f}/{rec['p99_itl_ms']:6.1f} ms", flush=True)
+                      f"{rec['median_itl_ms']:6.1f}/{rec['p99_itl_ms']:6.1f} ms{cpu}", flush=True)
     finally:
         stop(proc)
     kw = {"load_format": args.load_format}

@@ -15,8 +15,10 @@ import itertools
 import logging
 import threading
 import time
+import weakref
 from typing import Any, AsyncIterator, Iterator
 
+from jaxsgl.engine.async_stream import AsyncStream, LoopBridge
 from jaxsgl.engine.detokenize import OutputText
 from jaxsgl.engine.model_runner import ModelRunner, kv_pages_for_memory, weights_nbytes
 from jaxsgl.engine.options import EngineOptions
@@ -109,6 +111,7 @@ class Engine:
         self._aborts: list[str] = []
         self._stopping = False
         self._flush = False
+        self._bridges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopBridge] = weakref.WeakKeyDictionary()
         self._thread = threading.Thread(target=self._loop, name="jaxsgl-engine", daemon=True)
         self._thread.start()
         log.info("engine ready in %.1fs: %s, %d KV pages x %d, attention %s", time.perf_counter() - t0,
@@ -143,17 +146,20 @@ class Engine:
                              stream: bool = False, priority: int | list[int] | None = None,
                              rid: str | list[str] | None = None) -> dict | list[dict] | AsyncIterator[dict]:
         """asyncio twin of generate() (SGLang's Engine.async_generate): returns the result(s), or with
-        stream=True an async iterator of increments. The engine's loop thread wakes the caller's event
-        loop directly (no thread per request). Cancelling the awaiting task, or closing the iterator
-        early, aborts the request(s)."""
+        stream=True an AsyncStream of increments (engine/async_stream.py). The engine's loop thread wakes
+        the caller's event loop directly, once per burst of increments (no thread per request). Cancelling
+        the awaiting task, or closing the iterator early, aborts the request(s)."""
         single, states = self._prepare(prompt, sampling_params, input_ids, return_logprob, logprob_start_len,
                                        top_logprobs_num, stream, priority, rid)
         loop = asyncio.get_running_loop()
+        bridge = self._bridges.get(loop)
+        if bridge is None:
+            bridge = self._bridges[loop] = LoopBridge(loop)
         for st in states:
-            st.attach_loop(loop)
+            bridge.attach(st)
         self._submit(states)
         if stream:
-            return self._astream(states[0])
+            return AsyncStream(states[0], _with_times, self.abort)
         try:
             results = [_with_times(s, await s.async_wait()) for s in states]
         finally:
@@ -197,14 +203,6 @@ class Engine:
         if stream and len(states) != 1:
             raise ValueError("stream=True takes a single prompt with n=1")
         return single, states
-
-    async def _astream(self, st: RequestState) -> AsyncIterator[dict]:
-        try:
-            async for ev in st.aiter_events():
-                yield _with_times(st, ev)
-        finally:
-            if not st.done:
-                self.abort(st.req.rid)
 
     def _stream(self, st: RequestState) -> Iterator[dict]:
         """Increments of one request; closing the iterator early (a client that went away) aborts it."""

@@ -1,10 +1,9 @@
 """RequestState: what the engine tracks per request beyond the scheduler's Req, and its result dict."""
 from __future__ import annotations
 
-import asyncio
 import queue
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +53,7 @@ class RequestState:
     error: BaseException | None = None
     sent_text_len: int = 0
     events: "queue.Queue[Any]" = field(default_factory=queue.Queue)
-    sink: Callable[[Any], None] | None = None  # set by attach_loop: events go to an asyncio queue instead
+    sink: Callable[[Any], None] | None = None  # set by LoopBridge.attach (engine/async_stream.py): events go to the event loop
     first_token_time: float | None = None  # perf_counter when the first output token was delivered
     grammar: GrammarState | None = None  # its constraint's state (engine/grammar.py), if constrained
 
@@ -104,28 +103,12 @@ class RequestState:
     def _emit(self, ev: Any) -> None:
         (self.sink or self.events.put)(ev)
 
-    def attach_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Deliver events to an asyncio queue on `loop` (call before submitting; the loop thread
-        then wakes the event loop with call_soon_threadsafe: no thread per request, no polling)."""
-        aq: asyncio.Queue[Any] = asyncio.Queue()
-        self.events = aq  # type: ignore[assignment]
-        self.sink = lambda ev: loop.call_soon_threadsafe(aq.put_nowait, ev)
-
     async def async_wait(self) -> dict[str, Any]:
-        """asyncio twin of wait() (after attach_loop)."""
+        """asyncio twin of wait() (after LoopBridge.attach)."""
         while await self.events.get() is not _DONE:  # type: ignore[misc]
             pass
         self._raise_error()
         return self.result()
-
-    async def aiter_events(self) -> AsyncIterator[dict[str, Any]]:
-        """asyncio twin of iter_events() (after attach_loop)."""
-        while True:
-            ev = await self.events.get()  # type: ignore[misc]
-            if ev is _DONE:
-                self._raise_error()
-                return
-            yield ev
 
     def wait(self) -> dict[str, Any]:
         """Block until done; raise the request's error if it failed."""

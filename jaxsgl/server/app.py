@@ -79,10 +79,11 @@ class GuardMiddleware:
                 status[0] = msg["status"]
             await send(msg)
 
-        try:
-            await self.app(scope, limited_receive, logged_send)
+        logged = cfg.log_requests or log.isEnabledFor(logging.DEBUG)
+        try:  # (unlogged: the server's own send, one call less per streamed chunk)
+            await self.app(scope, limited_receive, logged_send if logged else send)
         finally:
-            if cfg.log_requests or log.isEnabledFor(logging.DEBUG):
+            if logged:
                 extra = f" body={bytes(body_log).decode('utf-8', 'replace')!r}" if cfg.log_requests else ""
                 log.info("%s %s -> %s in %.3fs%s", scope.get("method"), scope.get("path"), status[0] or "-",
                          time.perf_counter() - t0, extra)

@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring
 from typing import Any
 
 Logprob = tuple[float | None, int, str | None]
 
 
+# json.dumps(obj, ensure_ascii=False, separators=(",", ":")) with the encoder made once, not per call
+dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def sse(obj: Any) -> bytes:
     """One server-sent event: `data: {json}` and a blank line."""
-    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + dumps(obj).encode() + b"\n\n"
 
 
 SSE_DONE = b"data: [DONE]\n\n"
@@ -43,6 +48,42 @@ def native_result(result: dict[str, Any], tokenizer: Any, text_in_logprobs: bool
             if key in meta:
                 meta[key] = [_with_text(x, tokenizer) for x in meta[key]]
     return {"text": result["text"] if text is None else text, "output_ids": result["output_ids"], "meta_info": meta}
+
+
+def native_meta(meta: dict[str, Any], tokenizer: Any, text_in_logprobs: bool, top_n: int | None) -> dict[str, Any]:
+    """native_result's meta_info, without copying it when nothing changes (no logprobs asked for)."""
+    if "output_token_logprobs" not in meta and "input_token_logprobs" not in meta:
+        return meta
+    return native_result({"text": "", "output_ids": None, "meta_info": meta}, tokenizer, text_in_logprobs,
+                         top_n)["meta_info"]
+
+
+class NativeStreamEvents:
+    """The SSE events of one choice of a streamed /generate, equal to sse(native_result(inc, ...) with the
+    cumulative text, plus "index" for batches): the cumulative text and output_ids are JSON-encoded
+    incrementally, so each event encodes its new text and ids only, not the whole output so far."""
+
+    def __init__(self, index: int | None = None) -> None:
+        self.tail = b"}\n\n" if index is None else b',"index":%d}\n\n' % index
+        self.text = ""  # the cumulative text, JSON-escaped (no quotes): escaping is per character
+        self.ids = ""  # the output ids sent so far, comma-separated
+        self.num_ids = 0
+        self._last: int | None = None  # the last id sent
+
+    def event(self, inc: dict[str, Any], meta: dict[str, Any]) -> bytes:
+        """The event of increment inc (its new text; output_ids cumulative) with meta_info meta."""
+        if inc["text"]:
+            self.text += encode_basestring(inc["text"])[1:-1]
+        ids, k = inc["output_ids"], self.num_ids
+        if len(ids) < k or (k and ids[k - 1] != self._last):  # rewritten (never expected): start over
+            self.ids, k = "", 0
+        if len(ids) > k:
+            new = ",".join(map(str, ids[k:]))
+            self.ids = f"{self.ids},{new}" if k else new
+        self.num_ids = len(ids)
+        self._last = ids[-1] if ids else None
+        return ('data: {"text":"' + self.text + '","output_ids":[' + self.ids + '],"meta_info":' +
+                dumps(meta)).encode() + self.tail
 
 
 def finish_reason(meta: dict[str, Any]) -> str | None:

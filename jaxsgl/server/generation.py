@@ -1,16 +1,16 @@
-"""The async bridge from HTTP handlers to Engine.async_generate: batches, streams, aborts, metrics.
+"""The async bridge from HTTP handlers to Engine.async_generate: batches, aborts, metrics (streams:
+server/streaming.py).
 
 No thread per request and no polling: the engine's loop thread wakes this event loop
-(call_soon_threadsafe) with each increment. A client that disconnects cancels the awaiting task,
-which aborts its engine request(s) before the next step.
+(call_soon_threadsafe) once per burst of increments. A client that disconnects cancels the awaiting
+task, which aborts its engine request(s) before the next step.
 """
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -25,6 +25,7 @@ T = TypeVar("T")
 ENGINE_SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
 # SGLang sampling names the engine may not know yet: dropped at these (neutral) values
 NEUTRAL = {"min_new_tokens": (0,), "json_schema": (), "regex": (), "ebnf": (), "stop_regex": ([], "")}
+SERVER_SAMPLING_FIELDS = {"stream_interval"}  # applied by the server (streaming.py), not passed to the engine
 
 
 class ClientDisconnected(Exception):
@@ -43,6 +44,7 @@ class GenItem:
     top_logprobs_num: int = 0
     priority: int = 0
     rid: str = field(default_factory=lambda: uuid.uuid4().hex)
+    stream_interval: int | None = None  # None: the server's --stream-interval
 
     @property
     def n(self) -> int:
@@ -81,6 +83,8 @@ def engine_sampling_params(d: dict[str, Any] | None, where: str = "sampling_para
             continue  # validated to be neutral
         if name == "sampling_seed":
             name = "seed"
+        if name in SERVER_SAMPLING_FIELDS:
+            continue
         if name not in ENGINE_SAMPLING_FIELDS:
             if value in NEUTRAL.get(name, ()):
                 continue
@@ -106,7 +110,7 @@ def _kwargs(items: list[GenItem]) -> dict[str, Any]:
     return kw
 
 
-async def _call_engine(state: ServerState, items: list[GenItem], stream: bool) -> Any:
+async def call_engine(state: ServerState, items: list[GenItem], stream: bool) -> Any:
     """engine.async_generate with the engine's errors mapped: ValueError -> 400, stopped -> 503."""
     engine = state.require_engine()
     try:
@@ -148,7 +152,7 @@ async def generate_all(state: ServerState, request: Request | None, items: list[
     rids = [r for it in items for r in it.engine_rids()]
     state.track(rids)
     try:
-        results = await until_disconnect(request, _call_engine(state, items, stream=False))
+        results = await until_disconnect(request, call_engine(state, items, stream=False))
     except ClientDisconnected:
         if log_metrics:
             state.metrics.observe_aborted(len(rids))
@@ -170,115 +174,3 @@ def request_failure(e: Exception) -> Exception:
     if isinstance(e, ValueError):
         return APIError(400, str(e))
     return e
-
-
-async def _prepend(first: dict[str, Any], rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-    try:
-        yield first
-        async for inc in rest:
-            yield inc
-    finally:
-        await rest.aclose()  # type: ignore[attr-defined]
-
-
-async def open_streams(state: ServerState, request: Request | None, items: list[GenItem],
-                       log_metrics: bool = True) -> AsyncIterator[tuple[int, dict[str, Any]]]:
-    """Start one engine stream per (item, sample) and wait for each one's first increment, so that
-    errors (bad input, a constraint that does not compile) are an HTTP status, not an in-band event.
-
-    Returns an iterator of (choice index, increment) merged across the streams, in arrival order.
-    Closing it (a client that went away) aborts every stream still running. Raises APIError or
-    ClientDisconnected (every stream aborted).
-    """
-    singles = [s for it in items for s in it.split()]
-    rids = [s.rid for s in singles]
-    state.track(rids)
-    streams: list[AsyncIterator[dict[str, Any]]] = []
-    t0 = time.perf_counter()
-    try:
-        for s in singles:
-            streams.append(_observed(state, await _call_engine(state, [s], stream=True), t0, log_metrics))
-        for i, st in enumerate(streams):
-            try:
-                first = await until_disconnect(request, st.__anext__())
-            except (ValueError, RuntimeError) as e:
-                raise request_failure(e) from None
-            streams[i] = _prepend(first, st)
-    except BaseException:
-        engine = state.engine
-        for rid in rids[:len(streams)]:
-            if engine is not None:
-                engine.abort(rid)
-        state.untrack(rids)
-        raise
-    return _merge(state, streams, rids)
-
-
-async def _observed(state: ServerState, it: AsyncIterator[dict[str, Any]], t0: float,
-                    log_metrics: bool) -> AsyncIterator[dict[str, Any]]:
-    """Pass increments through, feeding TTFT / inter-token latency / token counters."""
-    last_t, last_n, meta, finished = t0, 0, None, False
-    try:
-        async for inc in it:
-            meta = inc["meta_info"]
-            n = meta["completion_tokens"]
-            if log_metrics and n > last_n:
-                now = time.perf_counter()
-                state.metrics.observe_stream_step(last_n == 0, now - last_t, n - last_n)
-                last_t, last_n = now, n
-            finished = meta.get("finish_reason") is not None
-            yield inc
-    finally:
-        await it.aclose()  # type: ignore[attr-defined]
-        if log_metrics and meta is not None:
-            if not finished:
-                meta = {**meta, "finish_reason": {"type": "abort"}}
-            state.metrics.observe_finished(meta, streamed=True)
-
-
-async def _merge(state: ServerState, streams: list[AsyncIterator[dict[str, Any]]],
-                 rids: list[str]) -> AsyncIterator[tuple[int, dict[str, Any]]]:
-    """Interleave several streams as (index, increment); one stream is passed through without tasks.
-    On exit every stream that has not finished is aborted (also one never iterated)."""
-    done = [False] * len(streams)
-    try:
-        if len(streams) == 1:
-            async for inc in streams[0]:
-                done[0] = inc["meta_info"].get("finish_reason") is not None
-                yield 0, inc
-            return
-        queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
-
-        async def pump(i: int, it: AsyncIterator[dict[str, Any]]) -> None:
-            try:
-                async for inc in it:
-                    queue.put_nowait((i, inc))
-            except Exception as e:  # noqa: BLE001 - re-raised by the consumer
-                queue.put_nowait((i, e))
-            finally:
-                queue.put_nowait((i, None))
-
-        tasks = [asyncio.ensure_future(pump(i, it)) for i, it in enumerate(streams)]
-        try:
-            remaining = len(tasks)
-            while remaining:
-                i, inc = await queue.get()
-                if inc is None:
-                    remaining -= 1
-                elif isinstance(inc, BaseException):
-                    raise inc
-                else:
-                    done[i] = inc["meta_info"].get("finish_reason") is not None
-                    yield i, inc
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-    finally:
-        engine = state.engine
-        for rid, finished in zip(rids, done):
-            if not finished and engine is not None:
-                engine.abort(rid)
-        for s in streams:
-            await s.aclose()  # type: ignore[attr-defined]
-        state.untrack(rids)

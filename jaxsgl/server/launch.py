@@ -4,17 +4,19 @@
 
 Every EngineOptions field is a flag with SGLang's name (`--max-running-requests 64`,
 `--disable-radix-cache`, ...). The port opens at once; the model loads on a background thread
-(requests get 503 until it is ready). SIGTERM / SIGINT abort in-flight requests, then the
-engine shuts down.
+(requests get 503 until it is ready), then the GC heap is frozen (freeze_heap). SIGTERM / SIGINT abort
+in-flight requests, then the engine shuts down.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +52,13 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
             group.add_argument(_flag(f.name), dest=f.name, type=typ, default=default, help=help_)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxsgl serve", description="jaxsgl HTTP server: SGLang's native API and the "
                                 "OpenAI API over one model.")
@@ -61,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     g.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY`")
     g.add_argument("--max-request-bytes", type=int, default=32 * 1024 * 1024, help="larger bodies get 413")
+    g.add_argument("--stream-interval", type=_positive_int, default=1,
+                   help="streams send an event every N tokens (the first, then 1 + kN, and the last; the text "
+                        "in between is merged): fewer, larger chunks cost the server less per token")
     g.add_argument("--timeout-graceful-shutdown", type=float, default=30.0,
                    help="seconds to let aborted requests answer before connections are closed")
     add_engine_options(p)
@@ -72,6 +84,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(host=args.host, port=args.port, model_path=args.model_path,
                         served_model_name=args.served_model_name, log_requests=args.log_requests,
                         max_request_bytes=args.max_request_bytes, api_key=args.api_key,
+                        stream_interval=args.stream_interval,
                         engine_options={k: getattr(args, k) for k in names})
 
 
@@ -98,6 +111,17 @@ class Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def freeze_heap() -> None:
+    """Collect garbage, then move every object alive (the loaded engine: JAX's, the tokenizer's, the
+    model's state, millions of objects) to the GC's permanent generation, as vLLM does after its warm-up:
+    a full collection while serving then walks only what serving allocated, instead of stopping every
+    thread for the whole heap (0.26 s on a 2-core CPU with a tiny model, on whichever thread triggered it)."""
+    t0 = time.perf_counter()
+    gc.collect()
+    gc.freeze()
+    log.info("GC: %d objects frozen in %.2fs", gc.get_freeze_count(), time.perf_counter() - t0)
+
+
 def serve(state: ServerState, factory: Callable[[], Any], log_level: str = "info",
           timeout_graceful_shutdown: float = 30.0) -> int:
     """Open the port, load the model in the background, serve until a signal; returns an exit code
@@ -108,8 +132,13 @@ def serve(state: ServerState, factory: Callable[[], Any], log_level: str = "info
                              timeout_graceful_shutdown=timeout_graceful_shutdown, lifespan="on")
     server = Server(state, uconfig)
 
+    def make() -> Any:
+        engine = factory()
+        freeze_heap()
+        return engine
+
     def load() -> None:
-        state.load(factory)
+        state.load(make)
         if state.load_error is not None:
             server.should_exit = True
 

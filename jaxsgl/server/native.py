@@ -17,10 +17,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 
 import jaxsgl
 from jaxsgl.server.errors import APIError, error_body, parse_body, validate
-from jaxsgl.server.formatting import SSE_DONE, native_result, sse
-from jaxsgl.server.generation import ClientDisconnected, GenItem, engine_sampling_params, generate_all, open_streams
+from jaxsgl.server.formatting import SSE_DONE, NativeStreamEvents, native_meta, native_result, sse
+from jaxsgl.server.generation import ClientDisconnected, GenItem, engine_sampling_params, generate_all
 from jaxsgl.server.protocol import AbortRequest, ChatMessage, DetokenizeRequest, GenerateRequest, TokenizeRequest
 from jaxsgl.server.state import ServerState
+from jaxsgl.server.streaming import Streams, open_streams
 from jaxsgl.tokenizer import chat_prompt_ids
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ def generate_items(req: GenerateRequest) -> tuple[bool, list[GenItem]]:
         items.append(GenItem(text=texts[i], input_ids=ids[i], params=engine_sampling_params(
             params[i], "sampling_params" if single else f"sampling_params[{i}]"), return_logprob=bool(lp[i]),
             logprob_start_len=start[i], top_logprobs_num=int(top[i]), priority=int(prio[i]),
-            rid=str(rids[i]) if rids[i] is not None else uuid.uuid4().hex))
+            rid=str(rids[i]) if rids[i] is not None else uuid.uuid4().hex,
+            stream_interval=params[i].get("stream_interval") if isinstance(params[i], dict) else None))
     return single, items
 
 
@@ -92,22 +94,26 @@ async def generate(request: Request) -> Response:
     return JSONResponse(out[0] if single and len(out) == 1 else out)
 
 
-async def _native_stream(engine: Any, merged: AsyncIterator[tuple[int, dict[str, Any]]], req: GenerateRequest,
-                         tops: list[int], indexed: bool) -> AsyncIterator[bytes]:
-    """SSE of cumulative text + meta_info per increment (with "index" for batches), then [DONE]."""
-    texts: dict[int, str] = {}
+async def _native_stream(engine: Any, streams: Streams, req: GenerateRequest, tops: list[int],
+                         indexed: bool) -> AsyncIterator[bytes]:
+    """SSE of cumulative text + meta_info per increment (with "index" for batches), then [DONE]; the
+    events of the increments delivered together are written together."""
+    events: dict[int, NativeStreamEvents] = {}
+    tok, in_lp = engine.tokenizer, req.return_text_in_logprobs
     try:
-        async for i, inc in merged:
-            texts[i] = texts.get(i, "") + inc["text"]
-            out = native_result(inc, engine.tokenizer, req.return_text_in_logprobs, tops[i], text=texts[i])
-            if indexed:
-                out["index"] = i
-            yield sse(out)
+        async for batch in streams:
+            parts = []
+            for i, inc in batch:
+                ev = events.get(i)
+                if ev is None:
+                    ev = events[i] = NativeStreamEvents(i if indexed else None)
+                parts.append(ev.event(inc, native_meta(inc["meta_info"], tok, in_lp, tops[i])))
+            yield b"".join(parts)
     except Exception as e:  # noqa: BLE001 - the status line is sent: report in-band, as SGLang does
         log.exception("stream failed")
         yield sse(error_body(500, str(e)))
     finally:
-        await merged.aclose()  # type: ignore[attr-defined]
+        await streams.aclose()
     yield SSE_DONE
 
 

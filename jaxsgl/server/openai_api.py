@@ -11,12 +11,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from jaxsgl.server.errors import APIError, error_body, parse_body
-from jaxsgl.server.formatting import (SSE_DONE, chat_logprobs, completion_logprobs, echo_completion_logprobs,
+from jaxsgl.server.formatting import (SSE_DONE, chat_logprobs, completion_logprobs, dumps, echo_completion_logprobs,
                                       finish_reason, matched_stop, sse, usage)
 from jaxsgl.server.generation import (ENGINE_SAMPLING_FIELDS, ClientDisconnected, GenItem, engine_sampling_params,
-                                      generate_all, open_streams)
+                                      generate_all)
 from jaxsgl.server.protocol import ChatCompletionRequest, CompletionRequest, OpenAISampling
 from jaxsgl.server.state import ServerState
+from jaxsgl.server.streaming import Streams, open_streams
 from jaxsgl.tokenizer import chat_prompt_ids
 
 router = APIRouter()
@@ -125,38 +126,40 @@ async def completions(request: Request) -> Response:
                          "choices": choices, "usage": usage([r["meta_info"] for r in results], req.n)})
 
 
-async def _completion_stream(engine: Any, merged: AsyncIterator[tuple[int, dict[str, Any]]], req: CompletionRequest,
-                             cid: str, created: int, echo: list[str]) -> AsyncIterator[bytes]:
+async def _completion_stream(engine: Any, streams: Streams, req: CompletionRequest, cid: str, created: int,
+                             echo: list[str]) -> AsyncIterator[bytes]:
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     metas: dict[int, dict[str, Any]] = {}
     sent_lp: dict[int, int] = {}
     offset: dict[int, int] = {}
+    head = '{"id":%s,"object":"text_completion","created":%d,"model":%s,"choices":[' % (
+        dumps(cid), created, dumps(req.model))  # = sse(chunk)'s bytes, the constant part encoded once
+    tail = ']' + (',"usage":null' if include_usage else '') + '}'
     try:
-        async for i, inc in merged:
-            meta = inc["meta_info"]
-            text = inc["text"]
-            if i not in metas:
-                text = echo[i] + text
-            metas[i] = meta
-            lp = None
-            if req.logprobs is not None:
-                lp = completion_logprobs(meta, engine.tokenizer, sent_lp.get(i, 0), offset.get(i, len(echo[i])))
-                sent_lp[i] = len(meta.get("output_token_logprobs", []))
-                offset[i] = offset.get(i, len(echo[i])) + sum(len(t) for t in lp["tokens"])
-            chunk: dict[str, Any] = {"id": cid, "object": "text_completion", "created": created, "model": req.model,
-                                     "choices": [{"index": i, "text": text, "logprobs": lp,
-                                                  "finish_reason": finish_reason(meta),
-                                                  "matched_stop": matched_stop(meta)}]}
-            if include_usage:
-                chunk["usage"] = None
-            yield sse(chunk)
+        async for batch in streams:
+            parts = []
+            for i, inc in batch:
+                meta = inc["meta_info"]
+                text = inc["text"]
+                if i not in metas:
+                    text = echo[i] + text
+                metas[i] = meta
+                lp = None
+                if req.logprobs is not None:
+                    lp = completion_logprobs(meta, engine.tokenizer, sent_lp.get(i, 0), offset.get(i, len(echo[i])))
+                    sent_lp[i] = len(meta.get("output_token_logprobs", []))
+                    offset[i] = offset.get(i, len(echo[i])) + sum(len(t) for t in lp["tokens"])
+                choice = {"index": i, "text": text, "logprobs": lp, "finish_reason": finish_reason(meta),
+                          "matched_stop": matched_stop(meta)}
+                parts.append(f"data: {head}{dumps(choice)}{tail}\n\n")
+            yield "".join(parts).encode()
         if include_usage:
             yield sse({"id": cid, "object": "text_completion", "created": created, "model": req.model,
                        "choices": [], "usage": usage([metas[i] for i in sorted(metas)], req.n)})
     except Exception as e:  # noqa: BLE001 - headers are sent: report in-band
         yield sse(error_body(500, str(e)))
     finally:
-        await merged.aclose()  # type: ignore[attr-defined]
+        await streams.aclose()
     yield SSE_DONE
 
 
@@ -203,41 +206,44 @@ async def chat_completions(request: Request) -> Response:
                          "choices": choices, "usage": usage([r["meta_info"] for r in results], req.n)})
 
 
-async def _chat_stream(engine: Any, merged: AsyncIterator[tuple[int, dict[str, Any]]], req: ChatCompletionRequest,
-                       cid: str, created: int) -> AsyncIterator[bytes]:
+async def _chat_stream(engine: Any, streams: Streams, req: ChatCompletionRequest, cid: str,
+                       created: int) -> AsyncIterator[bytes]:
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     metas: dict[int, dict[str, Any]] = {}
     sent_lp: dict[int, int] = {}
+    head = '{"id":%s,"object":"chat.completion.chunk","created":%d,"model":%s,"choices":[' % (
+        dumps(cid), created, dumps(req.model))  # = sse(chunk)'s bytes, the constant part encoded once
+    tail = ']' + (',"usage":null' if include_usage else '') + '}'
 
-    def chunk(i: int, delta: dict[str, Any], reason: str | None = None, lp: Any = None,
-              matched: Any = None) -> bytes:
-        c: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.model,
-                             "choices": [{"index": i, "delta": delta, "logprobs": lp, "finish_reason": reason}]}
+    def chunk(i: int, delta: dict[str, Any], reason: str | None = None, lp: Any = None, matched: Any = None) -> str:
+        c: dict[str, Any] = {"index": i, "delta": delta, "logprobs": lp, "finish_reason": reason}
         if reason is not None:
-            c["choices"][0]["matched_stop"] = matched
-        if include_usage:
-            c["usage"] = None
-        return sse(c)
+            c["matched_stop"] = matched
+        return f"data: {head}{dumps(c)}{tail}\n\n"
 
     try:
-        async for i, inc in merged:
-            meta = inc["meta_info"]
-            if i not in metas:
-                yield chunk(i, {"role": "assistant", "content": ""})
-            metas[i] = meta
-            lp = None
-            if req.logprobs:
-                lp = chat_logprobs(meta, engine.tokenizer, sent_lp.get(i, 0))
-                sent_lp[i] = len(meta.get("output_token_logprobs", []))
-            if inc["text"] or (lp and lp["content"]):
-                yield chunk(i, {"content": inc["text"]}, lp=lp)
-            if finish_reason(meta) is not None:
-                yield chunk(i, {}, finish_reason(meta), matched=matched_stop(meta))
+        async for batch in streams:
+            parts = []
+            for i, inc in batch:
+                meta = inc["meta_info"]
+                if i not in metas:
+                    parts.append(chunk(i, {"role": "assistant", "content": ""}))
+                metas[i] = meta
+                lp = None
+                if req.logprobs:
+                    lp = chat_logprobs(meta, engine.tokenizer, sent_lp.get(i, 0))
+                    sent_lp[i] = len(meta.get("output_token_logprobs", []))
+                if inc["text"] or (lp and lp["content"]):
+                    parts.append(chunk(i, {"content": inc["text"]}, lp=lp))
+                if finish_reason(meta) is not None:
+                    parts.append(chunk(i, {}, finish_reason(meta), matched=matched_stop(meta)))
+            if parts:
+                yield "".join(parts).encode()
         if include_usage:
             yield sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.model,
                        "choices": [], "usage": usage([metas[i] for i in sorted(metas)], req.n)})
     except Exception as e:  # noqa: BLE001 - headers are sent: report in-band
         yield sse(error_body(500, str(e)))
     finally:
-        await merged.aclose()  # type: ignore[attr-defined]
+        await streams.aclose()
     yield SSE_DONE

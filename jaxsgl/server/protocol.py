@@ -58,10 +58,10 @@ class SGLSamplingParams(StrictModel):
     sampling_seed: int | None = None
     seed: int | None = None
     stop_regex: str | list[str] | None = None
+    stream_interval: int | None = Field(default=None, ge=1)  # streams: an event every N tokens (server's default)
     # SGLang names without a jaxsgl implementation: neutral values only
     spaces_between_special_tokens: bool | None = None
     no_stop_trim: bool | None = None
-    stream_interval: int | None = None
     logit_bias: dict[str, float] | None = None
     beam_width: int | None = None
     structural_tag: str | None = None
@@ -69,7 +69,7 @@ class SGLSamplingParams(StrictModel):
     watermark: Any = None
     UNSUPPORTED: ClassVar[dict[str, tuple[Any, ...]]] = {
         "spaces_between_special_tokens": (True,), "no_stop_trim": (False,),
-        "stream_interval": (), "logit_bias": ({},), "beam_width": (1,), "structural_tag": (),
+        "logit_bias": ({},), "beam_width": (1,), "structural_tag": (),
         "custom_params": ({},), "watermark": ()}
 
     @field_validator("stop")

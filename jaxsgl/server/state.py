@@ -29,6 +29,7 @@ class ServerConfig:
     log_requests: bool = False
     max_request_bytes: int = 32 * 1024 * 1024
     api_key: str | None = None
+    stream_interval: int = 1  # SGLang's --stream-interval: streams send an event every N tokens
     engine_options: dict[str, Any] = field(default_factory=dict)
 
 
