@@ -126,17 +126,24 @@ def builtin_bench(url: str, rows: list[tuple[list[int], int]], rate: str, seed: 
         body = {"input_ids": ids, "stream": True,
                 "sampling_params": {"max_new_tokens": out_len, "temperature": 0, "ignore_eos": True}}
         t0 = time.perf_counter()
-        times, meta = [], {}
+        times, last, buf = [], b"", b""
         async with client.stream("POST", url + "/generate", json=body) as resp:
             if resp.status_code != 200:
                 return {"ok": False}
-            async for line in resp.aiter_lines():
-                if line.startswith("data:") and line.strip() != "data: [DONE]":
-                    times.append(time.perf_counter())
-                    meta = json.loads(line[5:])["meta_info"]
+            # Each SSE event gets the time its bytes arrived (as bench_serving's per-chunk times); only the
+            # last one is parsed: the client's per-token cost stays far below the server's.
+            async for chunk in resp.aiter_raw():
+                now = time.perf_counter()
+                *events, buf = (buf + chunk).split(b"\n\n")
+                for ev in events:
+                    if ev.startswith(b"data:") and ev != b"data: [DONE]":
+                        times.append(now)
+                        last = ev
+        meta = json.loads(last[5:])["meta_info"] if last else {}
         ok = bool(times) and meta.get("finish_reason") is not None
         return {"ok": ok, "ttft": times[0] - t0 if times else None, "itl": list(np.diff(times)),
-                "out": meta.get("completion_tokens", 0), "in": len(ids), "cached": meta.get("cached_tokens", 0)}
+                "out": meta.get("completion_tokens", 0), "in": len(ids), "cached": meta.get("cached_tokens", 0),
+                "span": (meta.get("request_received_ts"), meta.get("request_finished_ts"))}
 
     async def run() -> tuple[list[dict], float]:
         limits = httpx.Limits(max_connections=len(rows) + 8, max_keepalive_connections=len(rows) + 8)
@@ -145,7 +152,9 @@ def builtin_bench(url: str, rows: list[tuple[list[int], int]], rate: str, seed: 
             res = await asyncio.gather(*(one(client, ids, n, d) for (ids, n), d in zip(rows, np.cumsum(gaps))))
             return res, time.perf_counter() - t0
 
+    cpu0 = time.process_time()
     res, duration = asyncio.run(run())
+    client_cpu = time.process_time() - cpu0
     done = [x for x in res if x["ok"]]
     ttft = np.array([x["ttft"] for x in done]) * 1e3
     itl = np.array([g for x in done for g in x["itl"]] or [0.0]) * 1e3
@@ -156,7 +165,18 @@ def builtin_bench(url: str, rows: list[tuple[list[int], int]], rate: str, seed: 
             "median_itl_ms": float(np.median(itl)), "p99_itl_ms": float(np.percentile(itl, 99)),
             "completed": len(done), "total_input_tokens": sum(x["in"] for x in done),
             "total_output_tokens": out_tok, "duration": duration,
-            "cached_tokens": sum(x["cached"] for x in done)}
+            "cached_tokens": sum(x["cached"] for x in done), **server_span(done, out_tok),
+            "client_cpu_us_per_token": client_cpu / out_tok * 1e6 if out_tok else None}
+
+
+def server_span(done: list[dict], out_tok: int) -> dict:
+    """The server's own view of the run: first request received to last request finished (its
+    meta_info timestamps), and the output throughput over that span (no client or HTTP latency in it)."""
+    spans = [x["span"] for x in done if None not in x["span"]]
+    if not spans or not out_tok:
+        return {}
+    span = max(f for _, f in spans) - min(r for r, _ in spans)
+    return {"server_span_s": span, "server_span_output_throughput": out_tok / span if span > 0 else None}
 
 
 def workload_rows(name: str, args: argparse.Namespace, tokenizer, vocab: int) -> list[tuple[list[int], int]]:
@@ -193,12 +213,13 @@ def in_process(args: argparse.Namespace, engine_kwargs: dict, datasets: list[str
             sps = [{"max_new_tokens": r[1], "temperature": 0, "ignore_eos": True} for r in rows]
             for _ in range(2):
                 eng.flush_cache()
-                t0 = time.perf_counter()
+                t0, cpu0 = time.perf_counter(), time.process_time()
                 res = eng.generate(input_ids=ids, sampling_params=sps)
-                dt = time.perf_counter() - t0
+                dt, cpu = time.perf_counter() - t0, time.process_time() - cpu0
             toks = sum(r["meta_info"]["completion_tokens"] for r in res)
             out[name] = {"output_throughput": toks / dt, "duration": dt, "total_output_tokens": toks,
-                         "cached_tokens": sum(r["meta_info"]["cached_tokens"] for r in res)}
+                         "cached_tokens": sum(r["meta_info"]["cached_tokens"] for r in res),
+                         "process_cpu_us_per_token": cpu / toks * 1e6 if toks else None}
     finally:
         eng.shutdown()
     return out
@@ -219,6 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--client", default="auto", choices=["auto", "sglang", "builtin"],
                    help="bench_serving (sglang) or the builtin httpx client; auto: sglang if installed")
     p.add_argument("--smoke", action="store_true", help="tiny dummy model, few prompts, rate inf")
+    p.add_argument("--no-in-process", action="store_true", help="skip the in-process comparison (server only)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     if args.smoke:
@@ -277,12 +299,17 @@ def main(argv: list[str] | None = None) -> dict:
         ns = build_parser().parse_args(extra)
         defaults = build_parser().parse_args([])
         parsed = {k: v for k, v in vars(ns).items() if v != getattr(defaults, k) and k in _engine_fields()}
-    results["in_process"] = in_process(args, {**kw, **parsed}, args.datasets)
+    results["in_process"] = {} if args.no_in_process else in_process(args, {**kw, **parsed}, args.datasets)
     for ds, rec in results["in_process"].items():
         served = results["server"].get(f"{ds}@inf")
         ratio = served["output_throughput"] / rec["output_throughput"] if served else float("nan")
         rec["server_over_in_process"] = ratio
-        print(f"{ds:9s} in-process: {rec['output_throughput']:9.1f} out tok/s; server at rate inf = {ratio:.1%}")
+        span = (served or {}).get("server_span_output_throughput")
+        inner = f" (over the server's own span {span / rec['output_throughput']:.1%})" if span else ""
+        if span:
+            rec["server_span_over_in_process"] = span / rec["output_throughput"]
+        print(f"{ds:9s} in-process: {rec['output_throughput']:9.1f} out tok/s; server at rate inf = {ratio:.1%}"
+              f"{inner}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
     return results

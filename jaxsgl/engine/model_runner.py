@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,15 +177,16 @@ class ModelRunner:
                                                        hint=self._hint(step, hint))
         return StepHandle(out, tokens, output_layout(step.num_seqs, step.num_tokens, flags))
 
-    def precompile_async_step(self, step: StepInput, si: SamplingInput, flags: SamplingFlags,
-                              hint: kernels.QLenHint) -> None:
-        """Compile the run_async executable for this step's shapes without running it (grammar-free
-        flags only). Thread-safe: warm-up compiles several variants at once. Mutates nothing else."""
+    def lower_async_step(self, step: StepInput, si: SamplingInput, flags: SamplingFlags,
+                         hint: kernels.QLenHint) -> Callable[[], None]:
+        """Lower the run_async executable for this step's shapes (grammar-free flags only); returns the
+        thunk that compiles it without running it (thread-safe: warm-up compiles several variants at
+        once). Mutates nothing else."""
         if flags.grammar:
-            raise ValueError("precompile_async_step: grammar steps need the grammar tables")
+            raise ValueError("lower_async_step: grammar steps need the grammar tables")
         flat, layout = pack({**_inputs(step, si), "src": np.full(step.num_tokens, -1, np.int32)})
-        self._overlap_fn(flags).precompile(self.weights, self.kv, flat, self._no_prev, None, layout=layout,
-                                           hint=self._hint(step, hint))
+        return self._overlap_fn(flags).lower(self.weights, self.kv, flat, self._no_prev, None, layout=layout,
+                                             hint=self._hint(step, hint))
 
     def _overlap_fn(self, flags: SamplingFlags):
         if flags not in self._overlap_fns:

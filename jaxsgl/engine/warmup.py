@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
 
@@ -48,16 +48,17 @@ def warm_up(runner: ModelRunner, builder: StepInputBuilder, threads: int | None 
     runner's compiled-function caches and, through padding steps, nothing else). Returns how many."""
     variants = step_variants(runner, builder)
 
-    def compile_one(variant: Variant) -> None:
-        (T, S, P), hint = variant
-        runner.precompile_async_step(padding_step(T, S, P), greedy_sampling_input(S, T), SamplingFlags(), hint)
-
     t0 = time.perf_counter()
     workers = max(1, min(len(variants), threads or (os.cpu_count() or 1)))
     with ThreadPoolExecutor(workers, thread_name_prefix="jaxsgl-warmup") as pool:
-        for _ in progress(pool.map(compile_one, variants), total=len(variants),
-                          desc="warm-up: compiling step variants", unit="variant"):
-            pass
+        # lowered here, one after another in a fixed order (the same IR, so the same cache keys, in
+        # every process); compiled on the pool as each one is lowered
+        compiles = [pool.submit(runner.lower_async_step(padding_step(T, S, P), greedy_sampling_input(S, T),
+                                                        SamplingFlags(), hint))
+                    for (T, S, P), hint in variants]
+        for f in progress(as_completed(compiles), total=len(variants), desc="warm-up: compiling step variants",
+                          unit="variant"):
+            f.result()
     t1 = time.perf_counter()
     for (T, S, P), hint in variants:
         runner.collect(runner.run_async(padding_step(T, S, P), greedy_sampling_input(S, T), SamplingFlags(), None,

@@ -146,12 +146,21 @@ class PersistentJit:
 
     def precompile(self, *args: Any, **static: Any) -> None:
         """Compile (or load) the executable a call with these arguments would run, without running
-        it: a later call finds it (jax.jit reuses an ahead-of-time compile of the same signature).
-        Thread-safe, and XLA compiles without the GIL: warm-up calls this from several threads."""
+        it: a later call finds it (jax.jit reuses an ahead-of-time compile of the same signature)."""
+        self.lower(*args, **static)()
+
+    def lower(self, *args: Any, **static: Any) -> Callable[[], None]:
+        """Trace and lower now; returns the thunk that compiles (or loads) the executable, which is
+        thread-safe and runs XLA without the GIL. Warm-up lowers every variant on one thread in a fixed
+        order and compiles them on several: lowering Mosaic GPU kernels on several threads at once gives
+        their serialized modules a different hash in each process, so JAX's persistent cache missed."""
         if self._persistent(static):
-            self._executable(args, static)
-        else:
-            self._jit.lower(*args, **static).compile()
+            return lambda: self._executable(args, static)  # (its key is ours: lowered when compiled)
+        lowered = self._jit.lower(*args, **static)
+
+        def compile_lowered() -> None:
+            lowered.compile()
+        return compile_lowered
 
     def _load_or_compile(self, directory: Path, sig: tuple, args: tuple, static: dict) -> Any:
         from jax.experimental import serialize_executable as se

@@ -59,6 +59,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # (NaN too)
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxsgl serve", description="jaxsgl HTTP server: SGLang's native API and the "
                                 "OpenAI API over one model.")
@@ -73,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stream-interval", type=_positive_int, default=1,
                    help="streams send an event every N tokens (the first, then 1 + kN, and the last; the text "
                         "in between is merged): fewer, larger chunks cost the server less per token")
+    g.add_argument("--gil-switch-interval", type=_positive_float, default=None, metavar="SECONDS",
+                   help="sys.setswitchinterval: how long the HTTP thread may hold the GIL while the engine's loop "
+                        "thread waits for it (Python's default: 0.005)")
     g.add_argument("--timeout-graceful-shutdown", type=float, default=30.0,
                    help="seconds to let aborted requests answer before connections are closed")
     add_engine_options(p)
@@ -159,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         EngineOptions.from_kwargs(config.model_path, config.engine_options)
     except ValueError as e:
         parser.error(str(e))
+    if args.gil_switch_interval is not None:
+        sys.setswitchinterval(args.gil_switch_interval)
     state = ServerState(config)
     log.info("jaxsgl server on http://%s:%d (model loading in the background)", config.host, config.port)
     return serve(state, engine_factory(config), args.log_level, args.timeout_graceful_shutdown)

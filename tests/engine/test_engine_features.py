@@ -137,8 +137,21 @@ def test_warmup_compiles_every_bucket_without_touching_the_cache(tiny_model_dir,
     from jaxsgl.engine.engine import Engine
     from jaxsgl.model.compile_cache import PersistentJit
 
+    from jaxsgl.engine.model_runner import ModelRunner
+    from jaxsgl.engine.warmup import step_variants
+
     if not persistent:
         monkeypatch.setattr(PersistentJit, "_persistent", lambda self, static: False)
+    # lowering runs on the calling thread in the variants' order (the same IR, so the same persistent
+    # cache keys, in every process: Mosaic GPU kernels lowered on several threads at once hash differently)
+    lowered, real_lower = [], ModelRunner.lower_async_step
+
+    def recording_lower(self, step, si, flags, hint):
+        lowered.append((threading.current_thread() is threading.main_thread(), step.num_tokens,
+                        len(step.query_start) - 1, hint))
+        return real_lower(self, step, si, flags, hint)
+
+    monkeypatch.setattr(ModelRunner, "lower_async_step", recording_lower)
 
     # the Pallas impls' three step variants (generic, decode-only, long-extend-only), with a
     # long-extend bound this engine's 32-token prefill chunks reach; the reference compiles
@@ -156,6 +169,7 @@ def test_warmup_compiles_every_bucket_without_touching_the_cache(tiny_model_dir,
         # prefill and decode steps (each hint its own variant) were all compiled by the warm-up
         assert eng.runner.num_compiled() == compiled
         assert len(eng.builder.shapes()) < compiled == eng.warmup()
+        assert lowered[:compiled] == [(True, T, S, hint) for (T, S, _), hint in step_variants(eng.runner, eng.builder)]
         assert kernels.step_hint([1, 1, 0], "auto") == hints[1] and kernels.step_hint([9, 30], "auto") == hints[2]
         assert kernels.step_hint([1, 30], "auto") == hints[0]
 

@@ -105,3 +105,13 @@ def test_bad_option_values_fail_at_once_with_the_usage_line(capsys):
         main(["--grammar-backend", "xgrammar"])
     assert exc.value.code == 2
     assert "unknown grammar_backend 'xgrammar'; choices: outlines, llguidance" in capsys.readouterr().err
+
+
+def test_gil_switch_interval_flag(capsys):
+    parser = build_parser()
+    assert parser.parse_args([]).gil_switch_interval is None  # Python's own (0.005 s)
+    assert parser.parse_args(["--gil-switch-interval", "0.0005"]).gil_switch_interval == 0.0005
+    for bad in ("0", "-1", "nan"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--gil-switch-interval", bad])
+    assert "must be > 0" in capsys.readouterr().err
