@@ -121,9 +121,9 @@ class RequestTracker:
                 self.grammar.apply_jump_forward(st, jump)
             except ConstraintError as e:
                 return self.fail(st, e)
-            for t in jump.tokens:
-                st.text.append(t)
-                if st.return_logprob:  # appended without sampling: no logprob
+            st.text.extend(jump.tokens)
+            if st.return_logprob:  # appended without sampling: no logprob
+                for t in jump.tokens:
                     st.output_logprobs.append((None, t, None))
                     if st.top_logprobs_num:
                         st.output_top.append([])

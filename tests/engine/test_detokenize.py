@@ -38,3 +38,29 @@ def test_stop_string_spanning_tokens_is_trimmed_and_held_back(tok):
             break
     assert out.stopped_at == "question:" and out.text == "The answer is 42. Next "
     assert all("question" not in s and not s.endswith("quest") for s in shown)
+
+
+@pytest.mark.parametrize("stop", [[], ["question:"], ["日本"]])
+def test_extend_equals_appending_one_by_one(tok, stop):
+    """Jump-forward appends its tokens with one decode (OutputText.extend): the text after each chunk,
+    what visible() holds back, and where a stop string cuts are exactly those of token-by-token appends."""
+    import random
+
+    text = 'Héllo wörld! {"name": "日本語 🎉", "answer": 42} Next question: why? def f(x):\n    return x ** 2'
+    ids = tok.encode(text)
+    rng = random.Random(0)
+    for trial in range(20):
+        one, many, i = OutputText(tok, stop), OutputText(tok, stop), 0
+        while i < len(ids):
+            k = rng.randint(1, 12)
+            chunk = ids[i:i + k]
+            for t in chunk:
+                one.append(t)
+            many.extend(chunk)
+            i += k
+            assert (many.text, many.visible(), many.stopped_at) == (one.text, one.visible(), one.stopped_at)
+        one.flush()
+        many.flush()
+        assert many.text == one.text
+    if not stop:
+        assert many.text == tok.decode(ids, skip_special_tokens=True)
