@@ -82,9 +82,11 @@ class LoopBridge:
 
 class AsyncStream:
     """Engine.async_generate(stream=True): one request's increments (`async for`). Closing it (or
-    dropping it) before the end aborts the request; a failed request raises at the end of the stream."""
+    dropping it) before the end aborts the request; a failed request raises at the end of the stream.
+    `st` is a RequestState, or anything with its rid, done, events (after LoopBridge.attach) and
+    raise_error() (EngineProcess's requests)."""
 
-    def __init__(self, st: RequestState, with_times: Callable[[RequestState, dict], dict],
+    def __init__(self, st: Any, with_times: Callable[[Any, dict], dict],
                  abort: Callable[[str], None]) -> None:
         self._st, self._with_times, self._abort = st, with_times, abort
         self._ended = False  # the end marker was read (by ready() or __anext__)
@@ -101,7 +103,7 @@ class AsyncStream:
             self._ended = True
         if not self._closed:
             self._closed = True
-            self._st._raise_error()
+            self._st.raise_error()
         raise StopAsyncIteration
 
     def ready(self) -> list[dict[str, Any]]:
@@ -124,8 +126,8 @@ class AsyncStream:
     async def aclose(self) -> None:
         self._closed = True
         if not self._st.done:
-            self._abort(self._st.req.rid)
+            self._abort(self._st.rid)
 
     def __del__(self) -> None:
         if not self._closed and not self._st.done:
-            self._abort(self._st.req.rid)
+            self._abort(self._st.rid)

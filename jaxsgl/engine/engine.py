@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 import logging
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any, AsyncIterator, Iterator
 
 from jaxsgl.engine.async_stream import AsyncStream, LoopBridge
@@ -25,7 +27,7 @@ from jaxsgl.engine.options import EngineOptions
 from jaxsgl.constrained import TokenVocab
 from jaxsgl.engine.grammar import GrammarRuntime
 from jaxsgl.engine.outputs import RequestTracker
-from jaxsgl.engine.request_state import RequestState
+from jaxsgl.engine.request_state import _DONE, RequestState
 from jaxsgl.engine.step_loop import StepLoop
 from jaxsgl.engine.warmup import warm_up
 from jaxsgl.engine.sampling_params import SamplingParams
@@ -39,6 +41,19 @@ from jaxsgl.tokenizer import eos_token_ids, load_tokenizer
 log = logging.getLogger(__name__)
 CPU_DEFAULT_TOTAL_TOKENS = 16384
 GEN_THROUGHPUT_WINDOW_S = 10.0  # get_load()["gen_throughput"]: generated tokens/s over this window
+
+
+def _forward_event(st: RequestState, on_event: Callable[[str, str, Any], None], ev: Any) -> None:
+    """RequestState.sink of a submit()ted request: its events as on_event(rid, kind, payload)."""
+    if ev is not _DONE:
+        on_event(st.rid, "increment", _with_times(st, ev))
+        return
+    try:
+        st.raise_error()
+    except (ValueError, RuntimeError) as e:
+        on_event(st.rid, "failed", e)
+    else:
+        on_event(st.rid, "finished", _with_times(st, st.result()))
 
 
 def _with_times(st: RequestState, out: dict) -> dict:
@@ -167,6 +182,23 @@ class Engine:
                 if not s.done:
                     self.abort(s.req.rid)
         return results[0] if single and len(results) == 1 else results
+
+    def submit(self, on_event: Callable[[str, str, Any], None], prompt: str | list[str] | None = None,
+               sampling_params: dict | list[dict] | None = None, input_ids: list[int] | list[list[int]] | None = None,
+               return_logprob: bool | list[bool] = False, logprob_start_len: int | list[int] | None = None,
+               top_logprobs_num: int = 0, stream: bool = False, priority: int | list[int] | None = None,
+               rid: str | list[str] | None = None) -> list[str]:
+        """Validate and queue like generate() (ValueError: nothing queued), without waiting: each request's
+        events go to on_event(rid, kind, payload), called on the engine's loop thread (keep it short):
+        "increment" (stream=True; the increment dict), then exactly one of "finished" (the result dict) or
+        "failed" (the ValueError / RuntimeError generate() would raise). Returns the request ids, in order.
+        For a caller in another process (engine/engine_process.py)."""
+        _, states = self._prepare(prompt, sampling_params, input_ids, return_logprob, logprob_start_len,
+                                  top_logprobs_num, stream, priority, rid)
+        for st in states:
+            st.sink = functools.partial(_forward_event, st, on_event)
+        self._submit(states)
+        return [st.rid for st in states]
 
     def _prepare(self, prompt, sampling_params, input_ids, return_logprob, logprob_start_len, top_logprobs_num,
                  stream, priority, rid) -> tuple[bool, list[RequestState]]:

@@ -58,6 +58,10 @@ class RequestState:
     grammar: GrammarState | None = None  # its constraint's state (engine/grammar.py), if constrained
 
     @property
+    def rid(self) -> str:
+        return self.req.rid
+
+    @property
     def done(self) -> bool:
         return self.finish_reason is not None or self.error is not None
 
@@ -107,17 +111,17 @@ class RequestState:
         """asyncio twin of wait() (after LoopBridge.attach)."""
         while await self.events.get() is not _DONE:  # type: ignore[misc]
             pass
-        self._raise_error()
+        self.raise_error()
         return self.result()
 
     def wait(self) -> dict[str, Any]:
         """Block until done; raise the request's error if it failed."""
         while self.events.get() is not _DONE:
             pass
-        self._raise_error()
+        self.raise_error()
         return self.result()
 
-    def _raise_error(self) -> None:
+    def raise_error(self) -> None:
         """Bad input found after queueing (e.g. a constraint that does not compile) raises as the
         ValueError it is; anything else as a RuntimeError naming the request."""
         if self.error is None:
@@ -131,6 +135,6 @@ class RequestState:
         while True:
             ev = self.events.get()
             if ev is _DONE:
-                self._raise_error()
+                self.raise_error()
                 return
             yield ev

@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stream-interval", type=_positive_int, default=1,
                    help="streams send an event every N tokens (the first, then 1 + kN, and the last; the text "
                         "in between is merged): fewer, larger chunks cost the server less per token")
+    g.add_argument("--engine-process", action="store_true",
+                   help="run the engine in a child process (engine/engine_process.py), so that HTTP work never "
+                        "holds the GIL the engine's loop thread needs")
     g.add_argument("--gil-switch-interval", type=_positive_float, default=None, metavar="SECONDS",
                    help="sys.setswitchinterval: how long the HTTP thread may hold the GIL while the engine's loop "
                         "thread waits for it (Python's default: 0.005)")
@@ -94,12 +97,16 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(host=args.host, port=args.port, model_path=args.model_path,
                         served_model_name=args.served_model_name, log_requests=args.log_requests,
                         max_request_bytes=args.max_request_bytes, api_key=args.api_key,
-                        stream_interval=args.stream_interval,
+                        stream_interval=args.stream_interval, engine_process=args.engine_process,
                         engine_options={k: getattr(args, k) for k in names})
 
 
 def engine_factory(config: ServerConfig) -> Callable[[], Any]:
     def make() -> Any:
+        if config.engine_process:
+            from jaxsgl.engine.engine_process import EngineProcess
+
+            return EngineProcess(config.model_path, **config.engine_options)
         from jaxsgl.engine.engine import Engine
 
         return Engine(config.model_path, **config.engine_options)

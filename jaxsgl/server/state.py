@@ -30,6 +30,7 @@ class ServerConfig:
     max_request_bytes: int = 32 * 1024 * 1024
     api_key: str | None = None
     stream_interval: int = 1  # SGLang's --stream-interval: streams send an event every N tokens
+    engine_process: bool = False  # the engine in a child process (engine/engine_process.py)
     engine_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -38,7 +39,7 @@ class ServerState:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.engine: Any = None  # jaxsgl.Engine once loaded
+        self.engine: Any = None  # jaxsgl.Engine (or an EngineProcess) once loaded
         self.load_error: str | None = None
         self.shutting_down = False
         self.started = time.time()

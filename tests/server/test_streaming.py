@@ -89,8 +89,8 @@ def test_bridge_wakes_the_loop_once_per_burst():
         bridge, wakes = LoopBridge(loop), []
         real = loop.call_soon_threadsafe
         loop.call_soon_threadsafe = lambda *a: (wakes.append(1), real(*a))  # type: ignore[method-assign]
-        states = [types.SimpleNamespace(req=types.SimpleNamespace(rid=f"r{i}"), done=False, events=None, sink=None,
-                                        _raise_error=lambda: None) for i in range(3)]
+        states = [types.SimpleNamespace(rid=f"r{i}", done=False, events=None, sink=None,
+                                        raise_error=lambda: None) for i in range(3)]
         for st in states:
             bridge.attach(st)  # type: ignore[arg-type]
         streams = [AsyncStream(st, lambda st, ev: ev, lambda rid: None) for st in states]  # type: ignore[arg-type]
