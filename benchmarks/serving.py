@@ -57,8 +57,8 @@ KEYS = ("output_throughput", "request_throughput", "median_ttft_ms", "p99_ttft_m
 
 
 def server_cpu(pid: int) -> dict[str, float] | None:
-    """CPU seconds (user + system) the server process has used so far: "process" (every thread: the
-    engine's loop, XLA's, uvicorn's) and "loop" (its main thread, which runs the asyncio event loop that
+    """CPU seconds (user + system) the server has used so far: "process" (every thread of it and of its child
+    processes: the engine's loop, XLA's, uvicorn's) and "loop" (its main thread, which runs the asyncio event loop that
     serves HTTP); None where /proc is not there (not Linux)."""
     def ticks(stat: Path) -> int:
         fields = stat.read_text().rsplit(")", 1)[1].split()
@@ -66,13 +66,25 @@ def server_cpu(pid: int) -> dict[str, float] | None:
 
     try:
         hz = os.sysconf("SC_CLK_TCK")
-        out = {"process": ticks(Path(f"/proc/{pid}/stat")) / hz,
+        out = {"process": sum(ticks(Path(f"/proc/{p}/stat")) for p in [pid, *_descendants(pid)]) / hz,
                "loop": ticks(Path(f"/proc/{pid}/task/{pid}/stat")) / hz}
     except (OSError, ValueError, IndexError):
         return None
     try:  # the main thread's on-CPU nanoseconds (clock ticks are 10 ms)
         out["loop"] = int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[0]) / 1e9
     except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def _descendants(pid: int) -> list[int]:
+    """The server's child processes, recursively (--engine-process runs the engine in one)."""
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                out += [int(child), *_descendants(int(child))]
+    except OSError:
         pass
     return out
 
