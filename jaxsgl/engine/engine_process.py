@@ -136,7 +136,10 @@ class EngineProcess:
     def abort(self, rid: str) -> None:
         """Cancel a request (its caller gets finish_reason 'abort')."""
         if not self._closed:
-            self._send(("abort", rid))
+            try:
+                self._send(("abort", rid))
+            except RuntimeError:
+                pass  # the child is gone: so is the request
 
     def get_load(self) -> dict[str, Any]:
         return self._rpc("get_load")
@@ -155,7 +158,7 @@ class EngineProcess:
         if not self._closed:
             try:
                 self._send(("shutdown",))
-            except OSError:
+            except RuntimeError:
                 pass
             self._closed = True
         try:
@@ -174,8 +177,13 @@ class EngineProcess:
 
     # ------------------------------------------------------------------ this process's side of the pipe
     def _send(self, msg: tuple) -> None:
-        with self._send_lock:
-            self._conn.send(msg)
+        """Raises RuntimeError("engine is shut down") once the child is gone (the server answers 503)."""
+        try:
+            with self._send_lock:
+                self._conn.send(msg)
+        except OSError:
+            self._closed = True
+            raise RuntimeError("engine is shut down") from None
 
     def _rpc(self, method: str) -> Any:
         fut: Future = Future()

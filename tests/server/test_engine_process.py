@@ -100,3 +100,23 @@ def test_engine_process_flag():
     parser = build_parser()
     assert config_from_args(parser.parse_args([])).engine_process is False
     assert config_from_args(parser.parse_args(["--engine-process"])).engine_process is True
+
+
+def test_a_dead_engine_process_fails_requests_with_503(tiny_model):
+    """The child dies mid-serve: requests in flight and new ones fail (503, engine shut down); nothing hangs."""
+    import asyncio
+
+    eng = EngineProcess(str(tiny_model), **ENGINE_OPTS)
+    srv = InProcessServer(eng, model_path=str(tiny_model), served_model_name="tiny").start()
+    try:
+        assert _gen(srv.url, {"text": "hi", "sampling_params": GREEDY})["meta_info"]["completion_tokens"] == 12
+        eng._proc.kill()
+        eng._proc.wait(timeout=30)
+        r = httpx.post(srv.url + "/generate", json={"text": "hi", "sampling_params": GREEDY}, timeout=TIMEOUT)
+        assert r.status_code == 503, r.text
+        with pytest.raises(RuntimeError, match="shut down"):
+            asyncio.run(eng.async_generate("hi", GREEDY))
+        eng.abort("nobody")  # no error either
+    finally:
+        srv.stop()
+        eng.shutdown()
