@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -50,14 +50,16 @@ def warm_up(runner: ModelRunner, builder: StepInputBuilder, threads: int | None 
 
     t0 = time.perf_counter()
     workers = max(1, min(len(variants), threads or (os.cpu_count() or 1)))
-    with ThreadPoolExecutor(workers, thread_name_prefix="jaxsgl-warmup") as pool:
+    with ThreadPoolExecutor(workers, thread_name_prefix="jaxsgl-warmup") as pool, \
+            progress(desc="warm-up: compiling step variants", total=len(variants), unit="variant") as bar:
         # lowered here, one after another in a fixed order (the same IR, so the same cache keys, in
         # every process); compiled on the pool as each one is lowered
-        compiles = [pool.submit(runner.lower_async_step(padding_step(T, S, P), greedy_sampling_input(S, T),
-                                                        SamplingFlags(), hint))
-                    for (T, S, P), hint in variants]
-        for f in progress(as_completed(compiles), total=len(variants), desc="warm-up: compiling step variants",
-                          unit="variant"):
+        compiles = []
+        for (T, S, P), hint in variants:
+            compiles.append(pool.submit(runner.lower_async_step(padding_step(T, S, P), greedy_sampling_input(S, T),
+                                                                SamplingFlags(), hint)))
+            compiles[-1].add_done_callback(lambda _: bar.update(1))
+        for f in compiles:
             f.result()
     t1 = time.perf_counter()
     for (T, S, P), hint in variants:
