@@ -24,6 +24,7 @@ from jaxsgl.progress import progress
 from jaxsgl.scheduler import StepInputBuilder
 
 log = logging.getLogger(__name__)
+MANY_VARIANTS = 64  # more than this: warn (the default options on a CPU give 276)
 
 Variant = tuple[tuple[int, int, int], QLenHint]
 
@@ -47,6 +48,11 @@ def warm_up(runner: ModelRunner, builder: StepInputBuilder, threads: int | None 
     """Compile every variant on `threads` threads (None: the CPU count), then run each once (mutates
     runner's compiled-function caches and, through padding steps, nothing else). Returns how many."""
     variants = step_variants(runner, builder)
+    if len(variants) > MANY_VARIANTS:
+        log.warning("warm-up: %d step variants to compile (sequence buckets %s x token buckets x page-table widths "
+                    "x attention hints); on a CPU that takes many minutes and can exhaust the process's memory "
+                    "maps: shrink it with --max-running-requests, --seq-buckets or --context-length",
+                    len(variants), builder.seq_buckets)
 
     t0 = time.perf_counter()
     workers = max(1, min(len(variants), threads or (os.cpu_count() or 1)))
