@@ -83,7 +83,9 @@ class Engine:
         enable_compilation_cache()
         self.cfg, weights, self.model_dir = load_model(opts.model_path, dtype=opts.dtype,
                                                        load_format=opts.load_format, seed=opts.random_seed)
+        t1 = time.perf_counter()
         self.tokenizer = None if opts.skip_tokenizer_init else load_tokenizer(self.model_dir)
+        t2 = time.perf_counter()
         self.eos_ids = set(self.cfg.eos_token_ids) if self.tokenizer is None else \
             eos_token_ids(self.tokenizer, self.cfg.eos_token_ids)
         kv_dtype = weights.embed.dtype if opts.kv_cache_dtype == "auto" else resolve_dtype(opts.kv_cache_dtype)
@@ -109,6 +111,7 @@ class Engine:
             min_page_tokens=256 if self.attn_impl == "reference" else None)
         if opts.seq_buckets:
             self.builder.seq_buckets = sorted(set(opts.seq_buckets) | {opts.max_running_requests})
+        log.info("tokenizer in %.1fs, scheduler and step buckets in %.1fs", t2 - t1, time.perf_counter() - t2)
         self.runner = ModelRunner(self.cfg, weights, num_pages=num_pages, page_size=ps, kv_dtype=kv_dtype,
                                   attn_impl=self.attn_impl, max_seqs=self.builder.seq_buckets[-1])
         self.grammar: GrammarRuntime | None = None  # made at the first constrained request (_grammar_runtime)

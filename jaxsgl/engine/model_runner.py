@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -119,14 +120,16 @@ class ModelRunner:
         self.page_size = page_size
         self.attn_impl = attn_impl
         self.kv_dtype = kv_dtype or weights.embed.dtype
-        self.kv = init_kv_cache(cfg, num_pages, page_size, self.kv_dtype)
+        t0 = time.perf_counter()
+        self.kv = jax.block_until_ready(init_kv_cache(cfg, num_pages, page_size, self.kv_dtype))
+        kv_s = time.perf_counter() - t0
         self._fns: dict[SamplingFlags, Any] = {}
         self._overlap_fns: dict[SamplingFlags, Any] = {}
         self.max_seqs = max_seqs  # run_async: rows carried from one step to the next (>= any step's S)
         # run_async's "previous tokens" when there is no previous step (device_put: no compile, unlike jnp.zeros)
         self._no_prev = jax.device_put(np.zeros((2, max_seqs), np.int32))
-        log.info("KV cache: %d pages x %d tokens, %.1f MiB", num_pages, page_size,
-                 num_pages * page_size * kv_bytes_per_token(cfg, self.kv_dtype) / 2**20)
+        log.info("KV cache: %d pages x %d tokens, %.1f MiB in %.1fs", num_pages, page_size,
+                 num_pages * page_size * kv_bytes_per_token(cfg, self.kv_dtype) / 2**20, kv_s)
 
     def reset_kv(self) -> None:
         """Fresh zeroed KV pages (after a failed step may have consumed the donated ones). The old
