@@ -50,7 +50,9 @@ def test_replay_of_recorded_step_times_is_exact(name: str) -> None:
         assert a == pytest.approx(b, nan_ok=True)
     for rid, w in want.items():
         assert got[rid] == pytest.approx(w, nan_ok=True), rid
-    assert max(r["queue_len"] for r in res.steps) >= 2  # arrivals interleave with steps
+    # arrivals interleave with steps (on the recording's clock; how long requests queue depends on how fast
+    # the mock model's steps happened to run, so that is not asserted)
+    assert sum(r["end_time"] < max(rec.arrivals.values()) for r in res.steps) >= 2
     if name == "overlap-fcfs-retract":
         assert res.summary["evicted_pages"] > 0 and res.summary["retractions"] > 0
 
