@@ -15,6 +15,9 @@ Phases (every request greedy, ignore_eos; the cache is flushed between configura
   idle     one request of --idle-prefix tokens (not measured), then --idle-repeats times: a pause of
            --idle-pause s (the engine idles, as between requests at a low rate), one request of the
            prefix plus N own tokens (--idle-lens), max_new_tokens 1: a step dispatched to an idle engine
+  stream   --stream-background requests of --idle-prefix tokens decode while --stream-requests requests
+           of each --stream-lens tokens arrive one every other step: steady mixed steps (a prefill that
+           shares its step with decodes, the pipeline never drained), the shape of serving's prefills
 The sweep runs twice: the first pass compiles every step shape and is discarded. For each step of
 the measured pass it records the batch's features (jaxsgl.sim.cost_model.batch_features, captured
 by wrapping Engine.scheduler.schedule), `device` = StepTrace.step_time (ModelRunner dispatch to
@@ -40,6 +43,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -52,12 +56,13 @@ from jaxsgl.sim.cost_model import CANDIDATE_FEATURES, Padding, batch_features, f
 PRESETS = {
     "cpu": dict(prefill_lens=[16, 64, 128, 256, 512, 1024], decode=[(1, 64), (1, 256), (1, 1024), (4, 64), (4, 256),
                 (4, 1024), (16, 64), (16, 256), (32, 64), (32, 256)], decode_steps=6, max_running_requests=32,
-                chunked_prefill_size=512, seq_buckets=[1, 4, 8, 16, 32], idle_lens=[16, 64], idle_prefix=64),
+                chunked_prefill_size=512, seq_buckets=[1, 4, 8, 16, 32], idle_lens=[16, 64], idle_prefix=64,
+                stream_lens=[64, 256]),
     "gpu": dict(prefill_lens=[64, 256, 512, 1024, 2048, 4096, 8192],
                 decode=[(b, c) for c in (256, 1024, 4096) for b in (1, 8, 32, 64, 128, 256)],
                 decode_steps=16, max_running_requests=256, chunked_prefill_size=2048,
                 seq_buckets=[1, 8, 32, 64, 128, 256], max_seconds=240.0, idle_lens=[16, 64, 256],
-                idle_prefix=256),
+                idle_prefix=256, stream_lens=[64, 128, 256, 512, 1024, 2048]),
 }
 
 
@@ -112,11 +117,54 @@ def run_idle(eng, prefix: list[int], suffixes: list[list[int]], pause: float, fe
     return points
 
 
+def run_stream(eng, background: list[list[int]], prompts: list[list[int]], feats: dict[int, dict],
+               timeout: float = 120.0) -> list[dict]:
+    """Mixed steps in steady state, as in serving: `background` requests decode while `prompts` arrive
+    one every other step, each prefilled in a step it shares with the decodes (the pipeline never
+    drains). Returns the points of the mixed steps after the background's prefill."""
+    eng.flush_cache()
+    finished = threading.Semaphore(0)
+
+    def on_event(rid: str, kind: str, payload) -> None:  # the engine's loop thread
+        if kind != "increment":
+            finished.release()
+    params = {"temperature": 0.0, "ignore_eos": True}
+    first = eng.scheduler.step + 1
+    deadline = time.monotonic() + timeout
+
+    def wait_for(pred) -> None:  # until a step traced from now on satisfies pred (bounded by deadline)
+        since = eng.scheduler.step + 1
+        while time.monotonic() < deadline and not any(pred(r) for r in eng.trace(since)):
+            time.sleep(0.0005)
+    eng.submit(on_event, input_ids=background,
+               sampling_params={**params, "max_new_tokens": 3 * len(prompts) + 4})
+    wait_for(lambda r: r["num_seqs"] and not r["num_prefill_seqs"])  # every background request decodes
+    start = eng.scheduler.step + 1
+    for ids in prompts:
+        eng.submit(on_event, input_ids=ids, sampling_params={**params, "max_new_tokens": 1})
+        wait_for(lambda r: r["num_prefill_seqs"] > 0)  # its prefill step (a chunked prompt: its first)
+        wait_for(lambda r: r["num_seqs"] > 0)  # and one more step before the next arrives
+    for _ in range(len(background) + len(prompts)):
+        if not finished.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+            raise TimeoutError(f"stream phase: requests unfinished after {timeout}s")
+    recs = [r for r in eng.trace() if r["step"] >= first and r["num_seqs"]]
+    points, prev_end = [], None
+    for r in recs:
+        f = feats.get(r["step"])
+        if (r["step"] >= start and r["num_prefill_seqs"] and prev_end is not None and f is not None
+                and r["step_time"] is not None):  # the mixed steps (decode-only shapes: the decode phase)
+            points.append({"step": r["step"], **f, "device": r["step_time"], "wall": r["end_time"] - prev_end,
+                           "num_prefill_seqs": r["num_prefill_seqs"], "idle": False})
+        prev_end = r["end_time"]
+    return points
+
+
 def configs_of(args) -> list[tuple[str, int, int]]:
     """(kind, batch, length) per configuration, alternating small and large ones so that a run cut
     short by --max-seconds still spans the shapes."""
     cfgs = sorted([("prefill", 1, n) for n in args.prefill_lens] + [("decode", b, c) for b, c in args.decode]
-                  + [("idle", args.idle_repeats, n) for n in args.idle_lens], key=lambda k: k[1] * k[2])
+                  + [("idle", args.idle_repeats, n) for n in args.idle_lens]
+                  + [("stream", args.stream_background, n) for n in args.stream_lens], key=lambda k: k[1] * k[2])
     out = []
     while cfgs:
         out.append(cfgs.pop(0))
@@ -137,13 +185,17 @@ def sweep(eng, args, configs, feats: dict[int, dict], rng: np.random.Generator,
         if deadline is not None and time.perf_counter() > deadline:
             print(f"  --max-seconds reached: skipping {name} and later", flush=True)
             break
-        need = {"prefill": length + 1, "idle": args.idle_prefix + length + 1}.get(kind, length + 16 + args.decode_steps)
+        need = {"prefill": length + 1, "idle": args.idle_prefix + length + 1, "stream": max(length + 1, args.idle_prefix
+                + 3 * args.stream_requests + 4)}.get(kind, length + 16 + args.decode_steps)
         if need > eng.context_len:
             print(f"  {name}: skipped ({need} tokens > context length {eng.context_len})", flush=True)
             continue
         t0 = time.perf_counter()
         if kind == "prefill":
             pts = run_config(eng, [rand(length)], 1, feats)
+        elif kind == "stream":
+            background = [rand(args.idle_prefix) for _ in range(batch)]
+            pts = run_stream(eng, background, [rand(length) for _ in range(args.stream_requests)], feats)
         elif kind == "idle":
             pts = run_idle(eng, rand(args.idle_prefix), [rand(length) for _ in range(batch)], args.idle_pause, feats)
         else:
@@ -210,6 +262,11 @@ def main() -> None:
     ap.add_argument("--idle-prefix", type=int, default=None, help="cached prefix tokens of the idle phase's requests")
     ap.add_argument("--idle-repeats", type=int, default=3, help="idle-phase requests per size")
     ap.add_argument("--idle-pause", type=float, default=0.05, help="seconds the engine idles before each")
+    ap.add_argument("--stream-lens", type=int, nargs="+", default=None,
+                    help="prompt tokens of the stream phase's requests (each prefilled in a step shared with "
+                         "--stream-background decoding requests of --idle-prefix tokens; steady mixed steps)")
+    ap.add_argument("--stream-background", type=int, default=8, help="decoding requests of the stream phase")
+    ap.add_argument("--stream-requests", type=int, default=6, help="stream-phase requests per size")
     ap.add_argument("--max-seconds", type=float, default=None,
                     help="budget of both passes after engine start (the compile pass gets 65%%; the measured pass "
                          "reruns what it compiled); the gpu preset sets 240")

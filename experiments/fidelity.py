@@ -3,6 +3,8 @@
     python -m experiments.fidelity --model-path benchmarks/configs/llama-3.1-8b --load-format dummy \\
         --profile benchmarks/results/step_profile_llama8b_h200.json --workloads mmlu react agents \\
         --rates 4 16 --out benchmarks/results/fidelity_llama8b_h200.json
+    python -m experiments.fidelity --resimulate benchmarks/results/fidelity_llama8b_h200.json \
+        --profile NEW_PROFILE.json --out fidelity_new.json    # any CPU: the recorded engine side, a new sim
 
 For each workload and request rate (requests/s of Poisson arrivals, seeded; "offline" = all at t = 0)
 the same requests (token ids; greedy, ignore_eos, the workload's output lengths; chained calls are
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -183,8 +186,13 @@ def main() -> None:
                     help="compile every step shape at start (Engine warmup=True; many variants for an 8B model)")
     ap.add_argument("--client-turnaround", default="measured",
                     help="simulator think_time (s) of chained calls; 'measured': the engine run's median")
+    ap.add_argument("--resimulate", default=None, metavar="FIDELITY.json",
+                    help="no engine: keep that run's engine traces, simulate them again with --profile (the same "
+                         "requests, arrivals and options; exact on any CPU), and write rows and sim traces to --out")
     ap.add_argument("--out", default="fidelity.json")
     args = ap.parse_args()
+    if args.resimulate:
+        return resimulate(Path(args.resimulate), args.profile, args.model_path, Path(args.out))
 
     from jaxsgl.engine.engine import Engine  # JAX from here on
 
@@ -201,6 +209,7 @@ def main() -> None:
     with Engine(args.model_path, load_format=args.load_format, attention_backend=args.attention_backend,
                 skip_tokenizer_init=True, seq_buckets=seq_buckets, warmup=args.warmup, **opts) as eng:
         opts["max_total_tokens"] = eng.scheduler.pool.capacity * eng.scheduler.page_size  # the sim's pool = the engine's
+        runs_meta = {"sim_options": dict(opts)}
         for name in args.workloads:
             wl = build_workload(name, tokenize, workload_size(args.size, name))
             for rate_s in args.rates:
@@ -213,13 +222,43 @@ def main() -> None:
                 row = {"workload": name, "rate": rate_s, "requests": len(wl.requests),
                        "compiled_during_run": e["compiled_during_run"], **compare(e, s.summary)}
                 rows.append(row)
-                runs.append({"workload": name, "rate": rate_s, "client_turnaround_s": turn, "sim_think_time_s": think,
+                runs.append({**runs_meta, "workload": name, "rate": rate_s, "client_turnaround_s": turn,
+                             "sim_think_time_s": think,
                              "sim_idle_start_s": getattr(cost, "idle_start", 0.0),
                              "engine": tables(e_recs, e_steps), "sim": tables(s.requests, s.steps)})
                 print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
                 Path(args.out).write_text(dumps({"args": vars(args), "rows": rows, "runs": runs}) + "\n")
+    print_worst(rows)
+
+
+def print_worst(rows: Sequence[dict]) -> None:
     worst = max((abs(r[f"err_{m}"]) for r in rows for m in ("req_per_s", "ttft_p50", "ttft_p99")), default=0.0)
     print(f"worst |error| over throughput, TTFT p50/p99: {worst:.1%}")
+
+
+def resimulate(recorded: Path, profile: str, model_path: str | None, out: Path) -> None:
+    """--resimulate: the recorded run's engine side (summary and traces) with a new simulation of each
+    run under `profile` (the same workload, seeded arrivals, think time and options)."""
+    data = json.loads(recorded.read_text())
+    args, cost, tokenize = data["args"], load_profile(profile), model_tokenize(model_path)
+    for row, run in zip(data["rows"], data["runs"]):
+        wl = build_workload(row["workload"], tokenize, workload_size(args["size"], row["workload"]))
+        arr = root_arrivals(wl, None if row["rate"] == "offline" else float(row["rate"]))
+        opts = run.get("sim_options") or dict(max_running_requests=args["max_running_requests"],
+                                              chunked_prefill_size=args["chunked_prefill_size"],
+                                              max_total_tokens=args["max_total_tokens"])
+        if len(wl.requests) != row["requests"]:
+            raise ValueError(f"{row['workload']}: {len(wl.requests)} requests, the recording has {row['requests']} "
+                             "(another tokenizer? pass the recording's --model-path)")
+        s = run_sim(cost, wl, arr, think_time=run["sim_think_time_s"], **opts)
+        engine = {m: row[f"engine_{m}"] for m in METRICS}
+        row.update(compare(engine, s.summary))
+        run.update(sim_idle_start_s=getattr(cost, "idle_start", 0.0), sim=tables(s.requests, s.steps))
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    data["resimulated"] = {"from": str(recorded), "profile": profile, "argv": sys.argv,
+                           "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    out.write_text(dumps(data) + "\n")
+    print_worst(data["rows"])
 
 
 if __name__ == "__main__":

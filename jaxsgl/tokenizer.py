@@ -9,12 +9,15 @@ class's own `from_pretrained`, the call AutoTokenizer ends in, without AutoConfi
 """
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import importlib
 import json
 import logging
 import os
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +80,24 @@ def load_tokenizer(model_dir: str | Path) -> Any:
     if record is not None:
         _record_class(record, type(tok))
     return tok
+
+
+def load_tokenizer_in_background(model_dir: str | Path) -> concurrent.futures.Future:
+    """load_tokenizer(model_dir) on a daemon thread; the future's result() waits (and re-raises). It is
+    seconds of mostly Python for a large vocabulary: overlap it with waiting (EngineProcess waits for its
+    child), not with other Python work, which it slows down by holding the GIL."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def run() -> None:
+        t0 = time.perf_counter()
+        try:
+            future.set_result(load_tokenizer(model_dir))
+        except BaseException as e:  # noqa: BLE001 - re-raised by future.result() on the caller's thread
+            future.set_exception(e)
+        else:
+            log.info("tokenizer in %.1fs (on a thread)", time.perf_counter() - t0)
+    threading.Thread(target=run, name="jaxsgl-tokenizer", daemon=True).start()
+    return future
 
 
 def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:

@@ -83,11 +83,7 @@ class Engine:
         enable_compilation_cache()
         self.cfg, weights, self.model_dir = load_model(opts.model_path, dtype=opts.dtype,
                                                        load_format=opts.load_format, seed=opts.random_seed)
-        t1 = time.perf_counter()
-        self.tokenizer = None if opts.skip_tokenizer_init else load_tokenizer(self.model_dir)
         t2 = time.perf_counter()
-        self.eos_ids = set(self.cfg.eos_token_ids) if self.tokenizer is None else \
-            eos_token_ids(self.tokenizer, self.cfg.eos_token_ids)
         kv_dtype = weights.embed.dtype if opts.kv_cache_dtype == "auto" else resolve_dtype(opts.kv_cache_dtype)
         ps = opts.page_size
         context = min(opts.context_length or self.cfg.max_position_embeddings, self.cfg.max_position_embeddings)
@@ -111,18 +107,28 @@ class Engine:
             min_page_tokens=256 if self.attn_impl == "reference" else None)
         if opts.seq_buckets:
             self.builder.seq_buckets = sorted(set(opts.seq_buckets) | {opts.max_running_requests})
-        log.info("tokenizer in %.1fs, scheduler and step buckets in %.1fs", t2 - t1, time.perf_counter() - t2)
+        log.info("scheduler and step buckets in %.1fs", time.perf_counter() - t2)
         self.runner = ModelRunner(self.cfg, weights, num_pages=num_pages, page_size=ps, kv_dtype=kv_dtype,
                                   attn_impl=self.attn_impl, max_seqs=self.builder.seq_buckets[-1])
         self.grammar: GrammarRuntime | None = None  # made at the first constrained request (_grammar_runtime)
         self._grammar_lock = threading.Lock()
+        # The tokenizer (transformers' import and, for Llama 3, a 128k vocabulary: 3-9 s of mostly Python)
+        # loads while the pool compiles the step variants, which does not need the GIL. On a thread of
+        # its own it would contend with the lowering and the dummy weights' init for the GIL: on the
+        # H200 that made the 8B start 5-8 s slower (docs/perf.md, session 10).
+        self.tokenizer = None
+        load = None if opts.skip_tokenizer_init else self._load_tokenizer
+        if opts.warmup:
+            warm_up(self.runner, self.builder, opts.warmup_compile_threads, while_compiling=load)
+        if load is not None and self.tokenizer is None:
+            load()
+        self.eos_ids = set(self.cfg.eos_token_ids) if self.tokenizer is None else \
+            eos_token_ids(self.tokenizer, self.cfg.eos_token_ids)
         self.tracker = RequestTracker(self.scheduler, self.eos_ids)
         self.states = self.tracker.states  # live requests by rid
         self.loop = StepLoop(self.scheduler, self.builder, self.runner, self.tracker,
                              overlap=not opts.disable_overlap_schedule, check_integrity=opts.debug_check_integrity)
         self.step_times = self.loop.step_times  # ring buffer of per-step seconds
-        if opts.warmup:
-            self.warmup()
         self._rid = itertools.count()
         self._cv = threading.Condition()
         self._inbox: list[RequestState] = []
@@ -310,6 +316,12 @@ class Engine:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+    def _load_tokenizer(self) -> None:
+        """Set self.tokenizer (the model directory's HF tokenizer)."""
+        t0 = time.perf_counter()
+        self.tokenizer = load_tokenizer(self.model_dir)
+        log.info("tokenizer in %.1fs", time.perf_counter() - t0)
 
     def warmup(self) -> int:
         """Compile every step variant this engine can run (engine/warmup.py), on

@@ -30,7 +30,8 @@ from typing import Any
 from jaxsgl.engine.async_stream import AsyncStream, LoopBridge
 from jaxsgl.engine.options import EngineOptions
 from jaxsgl.engine.request_state import _DONE
-from jaxsgl.tokenizer import load_tokenizer
+from jaxsgl.model.resolve import resolve_model_dir
+from jaxsgl.tokenizer import load_tokenizer_in_background
 
 log = logging.getLogger(__name__)
 RPC_TIMEOUT_S = 60.0
@@ -69,6 +70,9 @@ class EngineProcess:
 
     def __init__(self, model_path: str | None = None, **options: Any) -> None:
         self.options = EngineOptions.from_kwargs(model_path, options)  # bad options fail here, before a spawn
+        # our tokenizer (for the API's tokenize/chat templates) loads while the child starts its engine
+        tokenizer_load = None if self.options.skip_tokenizer_init else \
+            load_tokenizer_in_background(resolve_model_dir(model_path))
         ours, theirs = socket.socketpair()
         # a fresh interpreter (`python -m`), not multiprocessing's spawn: that one re-runs the caller's
         # __main__ in the child, which a script without a main guard does not survive
@@ -86,7 +90,7 @@ class EngineProcess:
             self._proc.wait(timeout=30)
             raise info
         self.model_dir, self.cfg, self.context_len = info["model_dir"], info["cfg"], info["context_len"]
-        self.tokenizer = None if self.options.skip_tokenizer_init else load_tokenizer(self.model_dir)
+        self.tokenizer = None if tokenizer_load is None else tokenizer_load.result()
         self._send_lock = threading.Lock()
         self._ids = itertools.count()
         self._calls: dict[int, Any] = {}  # call id -> _Call (generate) or Future (RPC)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -44,9 +46,12 @@ def padding_step(T: int, S: int, P: int) -> StepInput:
                      np.full((S, P), PAD_PAGE, np.int32), np.full(T, PAD_SLOT, np.int32), np.zeros(S, np.int32))
 
 
-def warm_up(runner: ModelRunner, builder: StepInputBuilder, threads: int | None = None) -> int:
+def warm_up(runner: ModelRunner, builder: StepInputBuilder, threads: int | None = None,
+            while_compiling: Callable[[], Any] | None = None) -> int:
     """Compile every variant on `threads` threads (None: the CPU count), then run each once (mutates
-    runner's compiled-function caches and, through padding steps, nothing else). Returns how many."""
+    runner's compiled-function caches and, through padding steps, nothing else). Returns how many.
+    while_compiling: called on this thread once every variant is lowered, while the pool compiles
+    (compiling holds no GIL: the engine loads its tokenizer there)."""
     variants = step_variants(runner, builder)
     if len(variants) > MANY_VARIANTS:
         log.warning("warm-up: %d step variants to compile (sequence buckets %s x token buckets x page-table widths "
@@ -65,6 +70,8 @@ def warm_up(runner: ModelRunner, builder: StepInputBuilder, threads: int | None 
             compiles.append(pool.submit(runner.lower_async_step(padding_step(T, S, P), greedy_sampling_input(S, T),
                                                                 SamplingFlags(), hint)))
             compiles[-1].add_done_callback(lambda _: bar.update(1))
+        if while_compiling is not None:
+            while_compiling()
         for f in compiles:
             f.result()
     t1 = time.perf_counter()

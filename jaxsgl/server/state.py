@@ -30,7 +30,7 @@ class ServerConfig:
     max_request_bytes: int = 32 * 1024 * 1024
     api_key: str | None = None
     stream_interval: int = 1  # SGLang's --stream-interval: streams send an event every N tokens
-    engine_process: bool = False  # the engine in a child process (engine/engine_process.py)
+    engine_process: bool = True  # the engine in a child process (engine/engine_process.py); False: a thread here
     engine_options: dict[str, Any] = field(default_factory=dict)
 
 

@@ -81,3 +81,17 @@ def test_persistent_jit_reuses_its_executables_in_a_new_process(tmp_path):
         p.unlink()
     third = _run(STEP, tmp_path)
     assert third["traced"] == 2 and third["entries"] == [] and third["outs"] == first["outs"]
+
+
+def test_background_tokenizer_load_gives_the_same_tokenizer_and_reraises_its_error(default_model_dir, tmp_path):
+    """Engine and EngineProcess load the tokenizer on a thread while weights load and steps compile."""
+    import pytest
+
+    from jaxsgl.tokenizer import load_tokenizer, load_tokenizer_in_background
+
+    background = load_tokenizer_in_background(default_model_dir).result(timeout=300)
+    direct = load_tokenizer(default_model_dir)
+    text = "héllo <|im_start|> wörld 中"
+    assert background.encode(text) == direct.encode(text) and background.eos_token_id == direct.eos_token_id
+    with pytest.raises(Exception):
+        load_tokenizer_in_background(tmp_path / "no-tokenizer-here").result(timeout=300)

@@ -98,8 +98,9 @@ def test_a_failed_start_raises_here():
 
 def test_engine_process_flag():
     parser = build_parser()
-    assert config_from_args(parser.parse_args([])).engine_process is False
+    assert config_from_args(parser.parse_args([])).engine_process is True  # SGLang's layout by default
     assert config_from_args(parser.parse_args(["--engine-process"])).engine_process is True
+    assert config_from_args(parser.parse_args(["--no-engine-process"])).engine_process is False
 
 
 def test_a_dead_engine_process_fails_requests_with_503(tiny_model):

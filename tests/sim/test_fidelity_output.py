@@ -44,3 +44,20 @@ def test_dumps_writes_one_table_row_per_line() -> None:
     lines = [line.strip() for line in text.splitlines()]
     assert "[1, 0.25]," in lines and "[2, null]," in lines and "[3, true]" in lines  # one row per line
     assert '"rates": ["4", "16"]' in lines
+
+
+def test_resimulating_the_committed_h200_run_reproduces_its_simulator_side(tmp_path) -> None:
+    """The committed fidelity JSON's sim side is exactly what the committed 8B profile gives on its
+    recorded workloads (so a new profile can be judged on any CPU: --resimulate)."""
+    from pathlib import Path
+
+    from experiments.fidelity import resimulate
+
+    root = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    recorded = json.loads((root / "fidelity_llama8b_h200.json").read_text())
+    out = tmp_path / "resim.json"
+    resimulate(root / "fidelity_llama8b_h200.json", str(root / "step_profile_llama8b_h200.json"), None, out)
+    again = json.loads(out.read_text())
+    assert again["rows"] == recorded["rows"]
+    assert [r["sim"] for r in again["runs"]] == [r["sim"] for r in recorded["runs"]]
+    assert [r["engine"] for r in again["runs"]] == [r["engine"] for r in recorded["runs"]]  # kept as recorded
