@@ -20,7 +20,9 @@ from typing import NamedTuple
 from jaxsgl.constrained.automaton import TokenAutomaton
 from jaxsgl.constrained.vocab import TokenVocab
 
-MIN_APPENDED_TOKENS = 2  # one extend step costs about one decode step: a 1-token jump gains nothing
+# Tokens a jump must gain (appended minus rolled back): its extend step costs about one decode step, and
+# under overlap the step in flight for the request is discarded, so a jump gaining 1 token loses time.
+MIN_GAINED_TOKENS = 2
 MAX_CACHED_ENTRIES = 1 << 16  # per automaton (an entry is ~300 bytes); beyond it, plans are recomputed
 _MISSING = object()
 
@@ -122,7 +124,7 @@ def _plan(fsm: TokenAutomaton, vocab: TokenVocab, ids: list[int], prev_state: in
     if not fsm.is_terminal(end):
         new = new[:-1]  # the last token may merge with what the model writes next
         end = states[-2] if len(states) >= 2 else start
-    if len(new) < MIN_APPENDED_TOKENS:
+    if len(new) - rollback < MIN_GAINED_TOKENS:
         return None
     appended = vocab.decode_bytes(new)
     if rollback:

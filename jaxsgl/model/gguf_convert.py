@@ -57,12 +57,21 @@ def cache_root() -> Path:
     return Path(os.environ.get("JAXSGL_CACHE", Path.home() / ".cache" / "jaxsgl"))
 
 
+KEY_SAMPLE_BYTES = 1 << 20
+
+
 def converted_dir(gguf_path: str | Path) -> Path:
-    """Where the HF conversion of gguf_path lives (it may not exist yet)."""
+    """Where the HF conversion of gguf_path lives (it may not exist yet). Keyed by the file's name, size
+    and first and last MiB (its metadata and its last tensors), not by its path or mtime: the same
+    GGUF installed in several virtual environments (each fresh clone's pip install) is converted once."""
     p = Path(gguf_path).resolve()
-    st = p.stat()
-    key = hashlib.sha1(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    return cache_root() / f"{p.stem}-{key}"
+    size = p.stat().st_size
+    h = hashlib.sha1(f"{p.name}:{size}:".encode())
+    with open(p, "rb") as f:
+        h.update(f.read(KEY_SAMPLE_BYTES))
+        f.seek(max(size - KEY_SAMPLE_BYTES, 0))
+        h.update(f.read(KEY_SAMPLE_BYTES))
+    return cache_root() / f"{p.stem}-{h.hexdigest()[:12]}"
 
 
 def _unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:

@@ -95,3 +95,19 @@ def test_background_tokenizer_load_gives_the_same_tokenizer_and_reraises_its_err
     assert background.encode(text) == direct.encode(text) and background.eos_token_id == direct.eos_token_id
     with pytest.raises(Exception):
         load_tokenizer_in_background(tmp_path / "no-tokenizer-here").result(timeout=300)
+
+
+def test_the_same_gguf_in_two_places_shares_one_conversion(tmp_path, monkeypatch):
+    """A fresh clone's venv installs the default GGUF again (new path, new mtime): it must not convert
+    again into another 500 MB directory. A different file (one byte of its tensors) gets its own."""
+    from jaxsgl.model.gguf_convert import converted_dir
+
+    monkeypatch.setenv("JAXSGL_CACHE", str(tmp_path / "cache"))
+    data = bytes(range(256)) * (3 * 4096 + 7)
+    a, b, c = tmp_path / "a" / "m.gguf", tmp_path / "b" / "m.gguf", tmp_path / "c" / "m.gguf"
+    for path, payload in ((a, data), (b, data), (c, data[:-1] + b"\x00")):
+        path.parent.mkdir()
+        path.write_bytes(payload)
+    os.utime(b, (1, 1))
+    assert converted_dir(a) == converted_dir(b)
+    assert converted_dir(c) != converted_dir(a)
