@@ -83,7 +83,7 @@ class Engine:
         enable_compilation_cache()
         self.cfg, weights, self.model_dir = load_model(opts.model_path, dtype=opts.dtype,
                                                        load_format=opts.load_format, seed=opts.random_seed)
-        t2 = time.perf_counter()
+        t_sched = time.perf_counter()
         kv_dtype = weights.embed.dtype if opts.kv_cache_dtype == "auto" else resolve_dtype(opts.kv_cache_dtype)
         ps = opts.page_size
         context = min(opts.context_length or self.cfg.max_position_embeddings, self.cfg.max_position_embeddings)
@@ -107,7 +107,7 @@ class Engine:
             min_page_tokens=256 if self.attn_impl == "reference" else None)
         if opts.seq_buckets:
             self.builder.seq_buckets = sorted(set(opts.seq_buckets) | {opts.max_running_requests})
-        log.info("scheduler and step buckets in %.1fs", time.perf_counter() - t2)
+        log.info("scheduler and step buckets in %.1fs", time.perf_counter() - t_sched)
         self.runner = ModelRunner(self.cfg, weights, num_pages=num_pages, page_size=ps, kv_dtype=kv_dtype,
                                   attn_impl=self.attn_impl, max_seqs=self.builder.seq_buckets[-1])
         self.grammar: GrammarRuntime | None = None  # made at the first constrained request (_grammar_runtime)
@@ -115,7 +115,7 @@ class Engine:
         # The tokenizer (transformers' import and, for Llama 3, a 128k vocabulary: 3-9 s of mostly Python)
         # loads while the pool compiles the step variants, which does not need the GIL. On a thread of
         # its own it would contend with the lowering and the dummy weights' init for the GIL: on the
-        # H200 that made the 8B start 5-8 s slower (docs/perf.md, session 10).
+        # H200 that made the 8B start 3-8 s slower (docs/perf.md, session 10).
         self.tokenizer = None
         load = None if opts.skip_tokenizer_init else self._load_tokenizer
         if opts.warmup:
