@@ -170,7 +170,7 @@ def clear_jump_plans(eng: Any) -> None:
 
 
 def bench_jump_forward(make_engine: Callable[..., Any], names: list[str], constraint: dict, max_new: int,
-                       warm_plans: bool = False) -> dict:
+                       warm_plans: bool = False, engine_kwargs: dict | None = None) -> dict:
     """Jump-forward on vs off over the same prompts: steps, wall, output tokens (their speed and wall per
     token: with random weights the two runs write different texts), host CPU per step and its split.
     The timed pass repeats the untimed one's outputs: unless warm_plans, it starts with empty jump-plan
@@ -179,7 +179,7 @@ def bench_jump_forward(make_engine: Callable[..., Any], names: list[str], constr
     prompts = [f"{n} is a character in Harry Potter. Please fill in the following information about this "
                "character.\n" for n in names]
     for jf in (True, False):
-        eng = make_engine(disable_regex_jump_forward=not jf)
+        eng = make_engine(disable_regex_jump_forward=not jf, **(engine_kwargs or {}))
         try:
             sp = {"max_new_tokens": max_new, "temperature": 0, **constraint}
             eng.generate(prompts, [sp] * len(prompts))  # untimed: the automaton and every step shape it meets
@@ -282,9 +282,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.names:
         names = (data_dir(args.data) / "sglang_bench" / "json_jump_forward_dataset.txt").read_text().split("\n")
         names = [n for n in names if n.strip()][:args.names]
-        for key, constraint in (("jump_forward", {"regex": character_regex(W_ASCII if args.ascii else W)}),
-                                ("jump_forward_schema", {"json_schema": json.dumps(CARD_SCHEMA)})):
-            result[key] = j = bench_jump_forward(make, names, constraint, args.jf_max_new, args.jf_warm_plans)
+        schema = {"json_schema": json.dumps(CARD_SCHEMA)}
+        # the schema twice: outlines' default whitespace between JSON tokens (`[ ]?`: a random model
+        # takes the optional spaces at random, so little is forced) and compact JSON (SGLang's
+        # --constrained-json-whitespace-pattern "": every key and its punctuation is forced)
+        for key, constraint, kw in (("jump_forward", {"regex": character_regex(W_ASCII if args.ascii else W)}, {}),
+                                    ("jump_forward_schema", schema, {}),
+                                    ("jump_forward_schema_compact", schema,
+                                     {"constrained_json_whitespace_pattern": ""})):
+            result[key] = j = bench_jump_forward(make, names, constraint, args.jf_max_new, args.jf_warm_plans, kw)
             print(f"{key} ({len(names)} cards): steps {j['on']['steps']} vs {j['off']['steps']} "
                   f"({j['step_ratio']:.2f}x fewer), wall {j['on']['wall_s']:.2f}s vs {j['off']['wall_s']:.2f}s "
                   f"({j['wall_ratio']:.2f}x), wall/token {j['wall_per_token_ratio']:.2f}x, "

@@ -168,20 +168,21 @@ def main() -> None:
             for width in (pps,) if narrow_only else (pps, wide):
                 step = make_step_input(seqs, ps, num_tokens=max(S, 16), pages_per_seq=width)
                 si = greedy_sampling_input(S, step.num_tokens)
-                arrays = {"step." + n: getattr(step, n) for n in step_input_fields()}
+                arrays = {"step." + n: getattr(step, n) for n in step_input_fields() if n != "page_table"}
                 arrays.update({"samp." + f.name: getattr(si, f.name) for f in dataclasses.fields(si)})
                 flat, layout = pack(arrays)
                 hint = kernels.step_hint(np.diff(step.query_start), runner.attn_impl)  # the engine's variant
-                cells.append((S, ctx, width, pps, step, si, jax.device_put(flat), layout, hint))
+                cells.append((S, ctx, width, pps, step, si, jax.device_put(flat), layout, hint,
+                              jax.device_put(step.page_table)))
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max(1, args.compile_threads)) as pool:  # XLA compiles without the GIL
-        list(pool.map(lambda c: fn.precompile(runner.weights, runner.kv, c[6], layout=c[7], hint=c[8]), cells))
+        list(pool.map(lambda c: fn.precompile(runner.weights, runner.kv, c[6], c[9], layout=c[7], hint=c[8]), cells))
     compile_s = time.perf_counter() - t0
     print(f"compiled {len(cells)} step shapes in {compile_s:.1f}s on {args.compile_threads} threads", flush=True)
     rows = []
-    for S, ctx, width, pps, step, si, flat, layout, hint in cells:
+    for S, ctx, width, pps, step, si, flat, layout, hint, table in cells:
         def device_only():
-            out, runner.kv = fn(runner.weights, runner.kv, flat, layout=layout, hint=hint)
+            out, runner.kv = fn(runner.weights, runner.kv, flat, table, layout=layout, hint=hint)
             return out
 
         row = {"batch": S, "page_table_width": width, "context": ctx,

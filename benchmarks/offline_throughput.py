@@ -67,7 +67,24 @@ def run_workload(eng: Engine, work) -> dict:
     return {"requests": len(work), "wall_s": wall, "req_per_s": len(work) / wall, "output_tok_per_s": out_tok / wall,
             "total_tok_per_s": (prompt + out_tok) / wall, "prompt_tokens": prompt, "output_tokens": out_tok,
             "hit_rate": cached / max(prompt, 1), "prefill_tokens_computed": sum(s["prefill_tokens"] for s in steps),
-            "steps": len(steps), "compiled_during_run": eng.runner.num_compiled() - compiled}
+            "steps": len(steps), "compiled_during_run": eng.runner.num_compiled() - compiled,
+            "step_kinds": step_kinds(steps, t0)}
+
+
+def step_kinds(steps: list[dict], t0: float) -> dict:
+    """Where the wall time went, by kind of step: count, wall seconds (end to end of the previous
+    step, the first from t0) and padded-to-nothing new tokens, for pure decode steps and steps with
+    a prefill (mixed or not)."""
+    out = {k: {"steps": 0, "wall_s": 0.0, "new_tokens": 0, "decode_rows": 0} for k in ("decode", "prefill")}
+    prev = t0
+    for s in steps:
+        k = out["prefill" if s["prefill_tokens"] else "decode"]
+        k["steps"] += 1
+        k["wall_s"] += s["end_time"] - prev
+        k["new_tokens"] += s["new_tokens"]
+        k["decode_rows"] += s["num_decode_seqs"]
+        prev = s["end_time"]
+    return out
 
 
 def batch1_decode(eng: Engine, in_len: int, out_len: int, vocab: int) -> dict:
@@ -105,6 +122,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch1-input", type=int, default=128)
     ap.add_argument("--batch1-output", type=int, default=32, help="0: skip the batch-1 decode measurement")
     ap.add_argument("--attention-backend", default="auto")
+    ap.add_argument("--context-length", type=int, default=None,
+                    help="the Engine's context_length (default: the model's; it sets the page table's width)")
     ap.add_argument("--disable-overlap-schedule", action="store_true", help="synchronous steps (no overlap scheduling)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="tiny random model and workloads (CI: seconds on a CPU)")
@@ -126,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     eng = Engine(args.model, load_format=args.load_format, dtype=args.dtype, skip_tokenizer_init=True,
                  max_running_requests=args.max_running_requests, chunked_prefill_size=args.chunked_prefill_size,
                  max_prefill_tokens=max(args.chunked_prefill_size, 1), attention_backend=args.attention_backend,
-                 seq_buckets=args.seq_buckets, disable_overlap_schedule=args.disable_overlap_schedule)
+                 seq_buckets=args.seq_buckets, disable_overlap_schedule=args.disable_overlap_schedule,
+                 context_length=args.context_length)
     start_s = time.perf_counter() - t0
     vocab = eng.cfg.vocab_size
     result = {"model": str(eng.model_dir), "load_format": args.load_format, "attention": eng.attn_impl,

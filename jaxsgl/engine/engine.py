@@ -108,8 +108,12 @@ class Engine:
         if opts.seq_buckets:
             self.builder.seq_buckets = sorted(set(opts.seq_buckets) | {opts.max_running_requests})
         log.info("scheduler and step buckets in %.1fs", time.perf_counter() - t_sched)
+        # one compiled page-table width (the kernels stop at kv_len): steps send only the columns in use
+        one_width = len(self.builder.page_buckets) == 1
+        self.builder.narrow_page_tables = one_width
         self.runner = ModelRunner(self.cfg, weights, num_pages=num_pages, page_size=ps, kv_dtype=kv_dtype,
-                                  attn_impl=self.attn_impl, max_seqs=self.builder.seq_buckets[-1])
+                                  attn_impl=self.attn_impl, max_seqs=self.builder.seq_buckets[-1],
+                                  pages_per_seq=self.builder.page_buckets[0] if one_width else None)
         self.grammar: GrammarRuntime | None = None  # made at the first constrained request (_grammar_runtime)
         self._grammar_lock = threading.Lock()
         # The tokenizer (transformers' import and, for Llama 3, a 128k vocabulary: 3-9 s of mostly Python)

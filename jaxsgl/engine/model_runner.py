@@ -34,7 +34,7 @@ from jaxsgl.engine.packing import Layout, pack, pack_device, unpack, unpack_host
 from jaxsgl.model.compile_cache import persistent_jit
 from jaxsgl.model.config import ModelConfig
 from jaxsgl.model.forward import KVCache, forward, init_kv_cache, kv_bytes_per_token
-from jaxsgl.model.step_input import StepInput, step_input_fields
+from jaxsgl.model.step_input import PAD_PAGE, StepInput, step_input_fields
 from jaxsgl.model.weights import Weights
 
 log = logging.getLogger(__name__)
@@ -63,22 +63,22 @@ class StepHandle:
     layout: tuple        # output_layout of `out`
 
 
-def _step(weights: Weights, kv: KVCache, flat: jax.Array, *, layout: Layout, hint: kernels.QLenHint,
-          cfg: ModelConfig, attn_impl: str, flags: SamplingFlags) -> tuple[jax.Array, KVCache]:
+def _step(weights: Weights, kv: KVCache, flat: jax.Array, page_table: jax.Array, *, layout: Layout,
+          hint: kernels.QLenHint, cfg: ModelConfig, attn_impl: str, flags: SamplingFlags) -> tuple[jax.Array, KVCache]:
     """Unpack the step's inputs, run forward + sampling, pack the outputs into one int32 array.
     hint (static): the attention kernels' promised bounds on the sequences' new-token counts."""
-    out, _, kv = _forward_sample(weights, kv, unpack(flat, layout), None, hint=hint, cfg=cfg,
-                                 attn_impl=attn_impl, flags=flags)
+    arrays = {**unpack(flat, layout), "step.page_table": page_table}
+    out, _, kv = _forward_sample(weights, kv, arrays, None, hint=hint, cfg=cfg, attn_impl=attn_impl, flags=flags)
     return out, kv
 
 
-def _step_overlap(weights: Weights, kv: KVCache, flat: jax.Array, prev: jax.Array, grammar: GrammarTables | None,
-                  *, layout: Layout, hint: kernels.QLenHint, cfg: ModelConfig, attn_impl: str,
-                  flags: SamplingFlags) -> tuple[jax.Array, jax.Array, KVCache]:
+def _step_overlap(weights: Weights, kv: KVCache, flat: jax.Array, page_table: jax.Array, prev: jax.Array,
+                  grammar: GrammarTables | None, *, layout: Layout, hint: kernels.QLenHint, cfg: ModelConfig,
+                  attn_impl: str, flags: SamplingFlags) -> tuple[jax.Array, jax.Array, KVCache]:
     """_step whose token_ids[t] come from prev[0, src[t]] where src[t] >= 0 (and, with a grammar,
     each row's automaton state from prev[1, grammar_src] where grammar_src >= 0); also returns
     int32[2, carry]: the sampled ids and next automaton states (the next step's prev)."""
-    arrays = unpack(flat, layout)
+    arrays = {**unpack(flat, layout), "step.page_table": page_table}
     src = arrays.pop("src")
     arrays["step.token_ids"] = jnp.where(src >= 0, prev[0, jnp.maximum(src, 0)], arrays["step.token_ids"])
     if flags.grammar:
@@ -114,8 +114,13 @@ class ModelRunner:
     """Weights + paged KV + the compiled step functions."""
 
     def __init__(self, cfg: ModelConfig, weights: Weights, *, num_pages: int, page_size: int,
-                 kv_dtype: Any = None, attn_impl: str = "reference", max_seqs: int = 0) -> None:
+                 kv_dtype: Any = None, attn_impl: str = "reference", max_seqs: int = 0,
+                 pages_per_seq: int | None = None) -> None:
+        """pages_per_seq: the page-table width every step is compiled for, when there is one (the
+        kernels'): a narrower table (StepInputBuilder.narrow_page_tables) travels as it is and is
+        padded to this width on the device. None: steps run at the width they come with."""
         self.cfg = cfg
+        self.pages_per_seq = pages_per_seq
         self.weights = weights
         self.page_size = page_size
         self.attn_impl = attn_impl
@@ -157,7 +162,8 @@ class ModelRunner:
         """Run one step; mutates self.kv (the new tokens' K/V are written). hint: the compiled
         variant (one of self.hints(); warm-up picks each); None: the one the step needs."""
         flat, layout = pack(_inputs(step, si))
-        out, self.kv = self._fn(flags)(self.weights, self.kv, flat, layout=layout, hint=self._hint(step, hint))
+        out, self.kv = self._fn(flags)(self.weights, self.kv, flat, self._page_table(step), layout=layout,
+                                       hint=self._hint(step, hint))
         return _unpack_output(np.asarray(out), output_layout(step.num_seqs, step.num_tokens, flags))
 
     def run_async(self, step: StepInput, si: SamplingInput, flags: SamplingFlags, prev: StepHandle | None,
@@ -174,7 +180,7 @@ class ModelRunner:
             if (src >= 0).any():
                 raise ValueError("run_async: src refers to a previous step but none was given")
         flat, layout = pack({**_inputs(step, si), "src": np.asarray(src, np.int32)})
-        out, tokens, self.kv = self._overlap_fn(flags)(self.weights, self.kv, flat,
+        out, tokens, self.kv = self._overlap_fn(flags)(self.weights, self.kv, flat, self._page_table(step),
                                                        self._no_prev if prev is None else prev.tokens,
                                                        grammar if flags.grammar else None, layout=layout,
                                                        hint=self._hint(step, hint))
@@ -188,8 +194,8 @@ class ModelRunner:
         if flags.grammar:
             raise ValueError("lower_async_step: grammar steps need the grammar tables")
         flat, layout = pack({**_inputs(step, si), "src": np.full(step.num_tokens, -1, np.int32)})
-        return self._overlap_fn(flags).lower(self.weights, self.kv, flat, self._no_prev, None, layout=layout,
-                                             hint=self._hint(step, hint))
+        return self._overlap_fn(flags).lower(self.weights, self.kv, flat, self._page_table(step), self._no_prev,
+                                             None, layout=layout, hint=self._hint(step, hint))
 
     def _overlap_fn(self, flags: SamplingFlags):
         if flags not in self._overlap_fns:
@@ -197,6 +203,19 @@ class ModelRunner:
             self._overlap_fns.setdefault(flags, persistent_jit(fn, donate_argnums=(1,),
                                                                static_argnames=("layout", "hint")))
         return self._overlap_fns[flags]
+
+    def _page_table(self, step: StepInput) -> Any:
+        """The step's page table as its jitted step takes it: as it is, or (narrower than
+        pages_per_seq) sent narrow and padded with PAD_PAGE on the device. At batch 256 the 8B
+        model's full table (8,192 pages of a 128k context) is 8 MB a step to build, pack and copy;
+        the pages in use are a few KB. Reads nothing else; the padding jit compiles once per shape."""
+        pt = step.page_table
+        width = self.pages_per_seq
+        if width is None or pt.shape[1] == width:
+            return pt
+        if pt.shape[1] > width:
+            raise ValueError(f"page table of width {pt.shape[1]} > pages_per_seq {width}")
+        return _widen_page_table(pt, width=width)
 
     def hints(self) -> tuple[kernels.QLenHint, ...]:
         """The attention hints a step can compile under (kernels.step_hints)."""
@@ -218,8 +237,14 @@ class ModelRunner:
         return sum(f._cache_size() for f in (*self._fns.values(), *self._overlap_fns.values()))
 
 
+@functools.partial(jax.jit, static_argnames=("width",))
+def _widen_page_table(page_table: jax.Array, *, width: int) -> jax.Array:
+    return jnp.pad(page_table, ((0, 0), (0, width - page_table.shape[1])), constant_values=PAD_PAGE)
+
+
 def _inputs(step: StepInput, si: SamplingInput) -> dict[str, np.ndarray]:
-    arrays = {"step." + n: getattr(step, n) for n in step_input_fields()}
+    """The packed buffer's arrays: every StepInput field but the page table (its own argument)."""
+    arrays = {"step." + n: getattr(step, n) for n in step_input_fields() if n != "page_table"}
     arrays.update({"samp." + f.name: getattr(si, f.name) for f in dataclasses.fields(si)})
     return arrays
 

@@ -88,6 +88,21 @@ def pow2_buckets(max_size: int, min_size: int = 1) -> list[int]:
     return sizes
 
 
+MIN_PAGE_TABLE_WIDTH = 16  # pages: the narrowest page table build() emits with narrow_page_tables
+TOKEN_BUCKET_ALIGN = 128  # the capped last token bucket is a multiple of this (kernel tiles divide it)
+
+
+def capped_token_buckets(max_tokens: int, min_tokens: int = 1) -> list[int]:
+    """pow2_buckets, with the last bucket cut down to max_tokens rounded up to TOKEN_BUCKET_ALIGN.
+    A step never holds more than max_tokens (prefill budget + one decode token per running request),
+    so a full mixed step (e.g. 2,048 prefill + 256 decode tokens) pads to 2,304, not to 4,096."""
+    sizes = pow2_buckets(max_tokens, min_tokens)
+    cap = -(-max_tokens // TOKEN_BUCKET_ALIGN) * TOKEN_BUCKET_ALIGN
+    if len(sizes) > 1 and sizes[-2] < cap < sizes[-1]:
+        sizes[-1] = cap
+    return sizes
+
+
 class StepInputBuilder:
     """Packs ScheduledBatches into StepInputs padded to fixed bucket sizes."""
 
@@ -97,6 +112,9 @@ class StepInputBuilder:
             if not b or any(x < 1 for x in b):
                 raise ValueError(f"{name}_buckets must be non-empty positive sizes, got {list(b)}")
         self.page_size = page_size
+        # build() emits page tables only as wide as the batch needs (a power of two >= MIN_PAGE_TABLE_WIDTH
+        # pages), not the compiled width: the runner pads them on the device (ModelRunner.pages_per_seq)
+        self.narrow_page_tables = False
         self.token_buckets = sorted(set(token_buckets))
         self.seq_buckets = sorted(set(seq_buckets))
         self.page_buckets = sorted(set(page_buckets))
@@ -105,7 +123,7 @@ class StepInputBuilder:
     def for_limits(cls, page_size: int, *, max_tokens: int, max_seqs: int, max_context_len: int,
                    min_tokens: int = 16, min_seqs: int = 1, page_buckets: Sequence[int] | None = None,
                    min_page_tokens: int | None = None) -> StepInputBuilder:
-        """Power-of-two token and sequence buckets covering a scheduler's limits
+        """Power-of-two token (the last capped: capped_token_buckets) and sequence buckets covering a scheduler's limits
         (max_tokens >= prefill budget + max_running_requests, max_seqs >=
         max_running_requests). Pages per sequence: one bucket holding max_context_len
         tokens (the page table is small; kernels stop at kv_len), or with min_page_tokens
@@ -115,7 +133,7 @@ class StepInputBuilder:
         if page_buckets is None:
             page_buckets = [max_pages] if min_page_tokens is None else \
                 pow2_buckets(max_pages, min(max_pages, max(1, min_page_tokens // page_size)))
-        return cls(page_size, pow2_buckets(max_tokens, min(min_tokens, max_tokens)),
+        return cls(page_size, capped_token_buckets(max_tokens, min(min_tokens, max_tokens)),
                    pow2_buckets(max_seqs, min(min_seqs, max_seqs)), page_buckets)
 
     @staticmethod
@@ -135,13 +153,17 @@ class StepInputBuilder:
 
     def build(self, batch: ScheduledBatch) -> StepInput:
         """The padded StepInput of a batch (numpy only; the engine moves it to the device).
-        Same result as make_step_input (the reference), vectorized over tokens."""
+        Same result as make_step_input (the reference), vectorized over tokens; with
+        narrow_page_tables its page table keeps only the first power-of-two columns that hold
+        every sequence's pages (the rest would be PAD_PAGE)."""
         T, S, P = self.padded_shape(batch)
         ps, seqs = self.page_size, batch.seqs
         n_new = np.fromiter((s.num_new for s in seqs), np.int32, len(seqs))
         cached = np.fromiter((s.cached_len for s in seqs), np.int32, len(seqs))
         kv_lens = cached + n_new
         n_pages = -(-kv_lens // ps)
+        if self.narrow_page_tables:
+            P = min(P, pow2_buckets(max(int(n_pages.max(initial=1)), MIN_PAGE_TABLE_WIDTH), MIN_PAGE_TABLE_WIDTH)[-1])
         total = int(n_new.sum())
         token_ids = np.zeros(T, np.int32)
         token_ids[:total] = np.fromiter(itertools.chain.from_iterable(s.new_token_ids for s in seqs), np.int32, total)

@@ -25,3 +25,22 @@ def test_cache_hits_on_shared_prefixes_and_matches_unbatched_reference(tiny_mode
     for i in range(0, len(workload), 27):  # a sample, against one-sequence-at-a-time generation
         ids, n = workload[i]
         assert outs[i] == generate_ids(cfg, weights, ids, n, ignore_eos=True)
+
+
+def test_kernel_path_sends_narrow_page_tables_and_matches(tiny_model_dir, workload, baseline):
+    """The kernels' single page-table width (the whole context: 64 pages here): each step sends only
+    the columns in use and the runner pads them on the device; greedy outputs do not change."""
+    from jaxsgl.engine.engine import Engine
+
+    work = workload[:16]
+    with Engine(str(tiny_model_dir), dtype="float32", debug_check_integrity=True, page_size=16,
+                chunked_prefill_size=64, attention_backend="pallas_interpret") as eng:
+        assert eng.builder.narrow_page_tables and eng.runner.pages_per_seq == 64
+        outs = eng.generate(input_ids=[w[0] for w in work],
+                            sampling_params=[{"max_new_tokens": w[1], "temperature": 0, "ignore_eos": True}
+                                             for w in work])
+        assert eng.scheduler.cache.locked_pages == 0
+    from jaxsgl.engine.model_runner import _widen_page_table
+
+    assert _widen_page_table._cache_size() >= 1  # the tables were narrower (<= 12 pages used of 64)
+    assert [o["output_ids"] for o in outs] == baseline[0][:16]

@@ -8,6 +8,7 @@ interpret mode in fp32.
 from __future__ import annotations
 
 import jax.numpy as jnp
+import pytest
 import numpy as np
 
 from jaxsgl import kernels
@@ -53,3 +54,26 @@ def test_runner_kernels_match_reference_under_every_hint():
     for i, ((ids, lp), (ids_ref, lp_ref)) in enumerate(zip(got, want)):
         np.testing.assert_array_equal(ids, ids_ref, err_msg=f"step {i}")
         np.testing.assert_allclose(lp, lp_ref, atol=0.05 if ON_GPU else 1e-4, err_msg=f"step {i}")
+
+
+def test_a_narrow_page_table_is_padded_on_the_device_to_the_compiled_width():
+    """ModelRunner(pages_per_seq=64) given a 16-column table (run and run_async) computes what the
+    full 64-column table gives; a table wider than the compiled width is refused."""
+    cfg = ModelConfig(arch="llama", vocab_size=101, hidden_size=64, intermediate_size=64, num_layers=1,
+                      num_heads=2, num_kv_heads=1, head_dim=32, rms_norm_eps=1e-5, rope_theta=10000.0,
+                      rope_scaling=RopeScaling(), max_position_embeddings=1024, tie_word_embeddings=True)
+    weights = random_weights(weight_specs(cfg, jnp.float32), seed=3, scale=0.3)
+    seqs = [(list(range(5, 45)), 0, [3, 7, 1]), (list(range(9, 29)), 0, [9, 2])]
+    results = []
+    for width, runner_width in ((64, None), (16, 64)):
+        runner = ModelRunner(cfg, weights, num_pages=24, page_size=PAGE, max_seqs=4, pages_per_seq=runner_width)
+        step = make_step_input(seqs, PAGE, num_tokens=64, num_seqs=4, pages_per_seq=width)
+        sync = runner.run(step, greedy_sampling_input(4, 64), SamplingFlags())
+        src = np.full(64, -1, np.int32)
+        overlapped = runner.collect(runner.run_async(step, greedy_sampling_input(4, 64), SamplingFlags(), None, src))
+        results.append((sync.token_ids[:2], sync.logprobs[:2], overlapped.logprobs[:2]))
+    for got, want in zip(results[1], results[0]):
+        np.testing.assert_array_equal(got, want)
+    too_wide = make_step_input(seqs, PAGE, num_tokens=64, num_seqs=4, pages_per_seq=128)
+    with pytest.raises(ValueError, match="pages_per_seq 64"):
+        runner.run(too_wide, greedy_sampling_input(4, 64), SamplingFlags())

@@ -4,11 +4,23 @@ import pytest
 
 from jaxsgl.model.step_input import PAD_SLOT
 from jaxsgl.scheduler import Req, Scheduler, StepInputBuilder, pow2_buckets
+from jaxsgl.model.step_input import PAD_PAGE
+from jaxsgl.scheduler.batch import capped_token_buckets
 
 
 def test_pow2_buckets():
     assert pow2_buckets(100, 16) == [16, 32, 64, 128]
     assert pow2_buckets(1) == [1]
+
+
+def test_the_last_token_bucket_is_capped_at_the_step_limit():
+    # a full mixed step (2,048 prefill tokens + 256 decode tokens) pads to 2,304, not 4,096
+    assert capped_token_buckets(2048 + 256, 16)[-2:] == [2048, 2304]
+    assert capped_token_buckets(512 + 64, 16)[-2:] == [512, 640]  # rounded up to 128
+    assert capped_token_buckets(2048, 16)[-1] == 2048 and capped_token_buckets(1) == [1]
+    assert capped_token_buckets(100, 16) == [16, 32, 64, 128]  # the cap would not be smaller
+    builder = StepInputBuilder.for_limits(16, max_tokens=2048 + 256, max_seqs=256, max_context_len=4096)
+    assert builder.token_buckets[-1] == 2304
 
 
 def test_build_pads_to_smallest_bucket():
@@ -50,10 +62,18 @@ def test_vectorized_build_matches_make_step_input_and_limits(page_size):
     rng = np.random.default_rng(0)
     for i in range(30):
         sched.add_request(Req(f"r{i}", rng.integers(0, 50, rng.integers(1, 200)).tolist(), max_new_tokens=3))
+    narrow = StepInputBuilder.for_limits(page_size, max_tokens=64 + 8, max_seqs=8, max_context_len=512 * page_size)
+    narrow.narrow_page_tables = True
     while sched.has_work():
         batch = sched.schedule()
         fast, ref = builder.build(batch), builder.build_reference(batch)
         fast.check()
+        thin = narrow.build(batch)  # the same, with only the page-table columns in use
+        w = thin.page_table.shape[1]
+        assert w >= 16 and w & (w - 1) == 0 and w < ref.page_table.shape[1]
+        np.testing.assert_array_equal(thin.page_table, ref.page_table[:, :w])
+        assert (ref.page_table[:, w:] == PAD_PAGE).all()
+        np.testing.assert_array_equal(thin.slots, ref.slots)
         assert builder.padded_shape(batch) in builder.shapes()
         n_new = [s.num_new for s in batch.seqs]
         if max(n_new) == 1:
