@@ -1,8 +1,9 @@
 """One host->device and one device->host transfer per step.
 
 Every per-step array (StepInput and SamplingInput fields: int32, uint32, float32, bool)
-is viewed as int32 and concatenated into one flat buffer; the jitted step slices it
-apart again by a static layout. Outputs travel back the same way. On the H100 this
+but the page table (ModelRunner sends it on its own, as narrow as the batch allows, and
+pads it on the device) is viewed as int32 and concatenated into one flat buffer; the
+jitted step slices it apart again by a static layout. Outputs travel back the same way. On the H100 this
 replaced ~20 small transfers per step (docs/perf.md, "Engine").
 
 Each input array starts at a multiple of ALIGN int32s (256 bytes): XLA may hand a slice of

@@ -15,6 +15,10 @@ Features of a batch (one SeqWork per sequence: num_new tokens fed, cached_len to
     padded_tokens   tokens rounded up to the engine's token bucket (what the jitted step computes)
     padded_attn     max(padded_tokens, 32) x page-table width in tokens (the plain-jnp reference
                     attention gathers each token's whole padded page table: the CPU path)
+    bucket_<b>      1 when the step pads to token bucket b (past the last bucket: linear weights on
+                    the last two), so the "padded table" candidate fits one time per bucket: a table
+                    of the measured step times, where a line through them cannot follow the step's
+                    memory-to-compute crossover (8B on an H200: ~4.5 ms to 256 tokens, then ~20 us a token)
 
 Coefficients are fitted by non-negative least squares on relative error (each row divided by its
 measured time), so 5 ms and 500 ms steps count alike; `fit_linear` returns the fit and its error.
@@ -48,7 +52,9 @@ CANDIDATE_FEATURES: dict[str, tuple[str, ...]] = {
     "tokens+seqs+attn": ("tokens", "seqs", "decode_ctx", "prefill_attn"),
     "padded": ("padded_tokens", "decode_ctx", "prefill_attn"),
     "padded+ref_attn": ("padded_tokens", "padded_attn"),
+    "padded_table": ("padded_table", "decode_ctx", "prefill_attn"),
 }
+PADDED_TABLE = "padded_table"  # in a candidate: one bucket_<b> feature per token bucket of the padding
 
 
 class StepCost(Protocol):
@@ -96,7 +102,21 @@ def step_features(seqs: Iterable[tuple[int, int, bool]], padding: Padding | None
     pages = -(-max_kv // pad.page_size)
     width = pad.fit(pad.page_buckets, max(pages, 1)) * pad.page_size if padding else max_kv
     f["padded_attn"] = max(f["padded_tokens"], 32.0) * width
+    if padding:
+        f.update(bucket_weights(f["padded_tokens"], padding.token_buckets))
     return f
+
+
+def bucket_weights(padded: float, buckets: Sequence[int]) -> dict[str, float]:
+    """The bucket_<b> features of a step padded to `padded` tokens (see the module docstring)."""
+    out = {f"bucket_{b}": 0.0 for b in buckets}
+    if padded in buckets or len(buckets) < 2:
+        out[f"bucket_{min(buckets, key=lambda b: abs(b - padded))}"] = 1.0
+    else:  # past the last bucket (the engine doubles it): extend the last segment's line
+        lo, hi = buckets[-2], buckets[-1]
+        t = (padded - lo) / (hi - lo)
+        out[f"bucket_{lo}"], out[f"bucket_{hi}"] = 1.0 - t, t
+    return out
 
 
 def batch_features(batch: ScheduledBatch, padding: Padding | None = None) -> dict[str, float]:
@@ -181,11 +201,28 @@ def fit_linear(points: Sequence[Mapping[str, float]], times: Sequence[float], fe
 def fit_best(points: Sequence[Mapping[str, float]], times: Sequence[float],
              candidates: Mapping[str, Sequence[str]] = CANDIDATE_FEATURES, *,
              padding: Padding | None = None) -> tuple[str, LinearCost, dict[str, dict]]:
-    """fit_linear every candidate feature set; returns (name, cost) of the lowest cv_mape and every fit."""
-    fits = {name: fit_linear(points, times, feats, padding=padding) for name, feats in candidates.items()
-            if len(times) > len(feats) + 1}
+    """fit_linear every candidate feature set; returns (name, cost) of the lowest cv_mape and every fit.
+    A candidate with PADDED_TABLE needs the padding, and two points in each of its token buckets."""
+    points = with_bucket_features(points, padding)
+    buckets = padding.token_buckets if padding else []
+    counts = {b: sum(1 for p in points if p.get(f"bucket_{b}") == 1.0) for b in buckets}
+    fits = {}
+    for name, feats in candidates.items():
+        if PADDED_TABLE in feats:
+            if not counts or min(counts.values()) < 2:
+                continue
+            feats = tuple(f"bucket_{b}" for b in padding.token_buckets) + tuple(f for f in feats if f != PADDED_TABLE)
+        if len(times) > len(feats) + 1:
+            fits[name] = fit_linear(points, times, feats, padding=padding)
     best = min(fits, key=lambda n: fits[n].fit["cv_mape"])
     return best, fits[best], {n: c.to_dict() for n, c in fits.items()}
+
+
+def with_bucket_features(points: Sequence[Mapping[str, Any]], padding: Padding | None) -> list[dict]:
+    """Profile points with their bucket_<b> features (from padded_tokens; recorded points lack them)."""
+    if padding is None:
+        return [dict(p) for p in points]
+    return [{**p, **bucket_weights(p["padded_tokens"], padding.token_buckets)} for p in points]
 
 
 def idle_start_flags(points: Sequence[Mapping[str, Any]]) -> list[bool]:
@@ -206,6 +243,7 @@ def fit_profile(points: Sequence[Mapping[str, Any]], target: str = "wall", *, pa
     (config 'idle:...', serving-like: one request to an idle, warm engine) over it, at least 0. The
     configurations' first steps are reported (fit['idle_config_starts_median']) but not used: they
     also carry a batch's admission and the first run of a new shape. 'device': every point, as before."""
+    points = with_bucket_features(points, padding)
     pts = [p for p in points if p.get(target) is not None and p[target] > 0]
     if target != "wall":
         return fit_best(pts, [p[target] for p in pts], padding=padding)

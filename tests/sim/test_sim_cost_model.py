@@ -62,3 +62,30 @@ def test_profile_round_trip(tmp_path) -> None:
     back = load_profile(path)
     assert back == cost
     assert back.predict(step_features([(20, 0, True)], back.padding)) == pytest.approx(0.01 + 32e-4)
+
+
+def test_the_padded_table_follows_a_memory_to_compute_knee() -> None:
+    """Step time flat until ~256 padded tokens, then linear (an 8B step on an H200): fit_best picks the
+    per-bucket table over a line, and predicts every bucket; past the last bucket it extends the last
+    segment. Without two points in every bucket the table is not a candidate."""
+    from jaxsgl.sim.cost_model import bucket_weights
+
+    pad = Padding(token_buckets=[16, 32, 64, 128, 256, 512, 1024, 2048], seq_buckets=[1, 8, 64], page_size=16)
+    rng = np.random.default_rng(0)
+    knee = lambda padded: max(0.0045, 2e-5 * padded)  # noqa: E731
+    pts, times = [], []
+    for _ in range(300):
+        n = int(rng.integers(1, 2048))
+        f = step_features([(n, int(rng.integers(0, 1024)), True)], pad)
+        pts.append(f)
+        times.append(knee(f["padded_tokens"]) + 2e-8 * f["decode_ctx"] + 1e-10 * f["prefill_attn"])
+    name, cost, fits = fit_best(pts, times, padding=pad)
+    assert name == "padded_table" and fits["padded"]["fit"]["cv_mape"] > 3 * cost.fit["cv_mape"]
+    for b in pad.token_buckets:
+        f = step_features([(b, 0, True)], pad)
+        assert cost.predict(f) == pytest.approx(knee(b) + 1e-10 * f["prefill_attn"], rel=0.02)
+    assert bucket_weights(4096, pad.token_buckets) == {**{f"bucket_{b}": 0.0 for b in pad.token_buckets},
+                                                        "bucket_1024": -2.0, "bucket_2048": 3.0}
+    few = [p for p in pts if p["padded_tokens"] != 16][:100]
+    name, _, fits = fit_best(few, [knee(p["padded_tokens"]) for p in few], padding=pad)
+    assert "padded_table" not in fits
