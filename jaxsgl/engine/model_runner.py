@@ -217,6 +217,16 @@ class ModelRunner:
             raise ValueError(f"page table of width {pt.shape[1]} > pages_per_seq {width}")
         return _widen_page_table(pt, width=width)
 
+    def warm_page_tables(self, seq_buckets: list[int], widths: list[int]) -> None:
+        """Compile (and run once) the device padding of each narrow page-table width, for each
+        sequence bucket (warm-up: no compile mid-serving). Mutates nothing."""
+        if self.pages_per_seq is None:
+            return
+        for S in seq_buckets:
+            for w in widths:
+                if w < self.pages_per_seq:
+                    _widen_page_table(np.full((S, w), PAD_PAGE, np.int32), width=self.pages_per_seq).block_until_ready()
+
     def hints(self) -> tuple[kernels.QLenHint, ...]:
         """The attention hints a step can compile under (kernels.step_hints)."""
         return kernels.step_hints(self.attn_impl)

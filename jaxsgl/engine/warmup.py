@@ -78,6 +78,8 @@ def warm_up(runner: ModelRunner, builder: StepInputBuilder, threads: int | None 
     for (T, S, P), hint in variants:
         runner.collect(runner.run_async(padding_step(T, S, P), greedy_sampling_input(S, T), SamplingFlags(), None,
                                         np.full(T, -1, np.int32), hint=hint))
-    log.info("warm-up: compiled %d step variants in %.1fs (%d threads), ran them in %.1fs", len(variants), t1 - t0,
-             workers, time.perf_counter() - t1)
+    widths = builder.narrow_widths(builder.page_buckets[-1])
+    runner.warm_page_tables(builder.seq_buckets, widths)
+    log.info("warm-up: compiled %d step variants in %.1fs (%d threads), ran them (and %d page-table paddings) in "
+             "%.1fs", len(variants), t1 - t0, workers, len(widths) * len(builder.seq_buckets), time.perf_counter() - t1)
     return len(variants)

@@ -112,8 +112,8 @@ class StepInputBuilder:
             if not b or any(x < 1 for x in b):
                 raise ValueError(f"{name}_buckets must be non-empty positive sizes, got {list(b)}")
         self.page_size = page_size
-        # build() emits page tables only as wide as the batch needs (a power of two >= MIN_PAGE_TABLE_WIDTH
-        # pages), not the compiled width: the runner pads them on the device (ModelRunner.pages_per_seq)
+        # build() emits page tables only as wide as the batch needs (narrow_widths), not the compiled
+        # width: the runner pads them on the device (ModelRunner.pages_per_seq)
         self.narrow_page_tables = False
         self.token_buckets = sorted(set(token_buckets))
         self.seq_buckets = sorted(set(seq_buckets))
@@ -151,11 +151,20 @@ class StepInputBuilder:
                 self._fit(self.seq_buckets, max(len(batch.seqs), 1), "sequences"),
                 self._fit(self.page_buckets, pages, "pages per sequence"))
 
+    def narrow_widths(self, width: int) -> list[int]:
+        """The page-table widths below `width` that build() emits with narrow_page_tables: powers of 4
+        from MIN_PAGE_TABLE_WIDTH (few: the runner compiles a small padding function for each)."""
+        out, w = [], MIN_PAGE_TABLE_WIDTH
+        while self.narrow_page_tables and w < width:
+            out.append(w)
+            w *= 4
+        return out
+
     def build(self, batch: ScheduledBatch) -> StepInput:
         """The padded StepInput of a batch (numpy only; the engine moves it to the device).
         Same result as make_step_input (the reference), vectorized over tokens; with
-        narrow_page_tables its page table keeps only the first power-of-two columns that hold
-        every sequence's pages (the rest would be PAD_PAGE)."""
+        narrow_page_tables its page table keeps only the first columns that hold every sequence's
+        pages (the narrowest of narrow_widths(); the rest would be PAD_PAGE)."""
         T, S, P = self.padded_shape(batch)
         ps, seqs = self.page_size, batch.seqs
         n_new = np.fromiter((s.num_new for s in seqs), np.int32, len(seqs))
@@ -163,7 +172,8 @@ class StepInputBuilder:
         kv_lens = cached + n_new
         n_pages = -(-kv_lens // ps)
         if self.narrow_page_tables:
-            P = min(P, pow2_buckets(max(int(n_pages.max(initial=1)), MIN_PAGE_TABLE_WIDTH), MIN_PAGE_TABLE_WIDTH)[-1])
+            most = int(n_pages.max(initial=1))
+            P = next((w for w in self.narrow_widths(P) if w >= most), P)
         total = int(n_new.sum())
         token_ids = np.zeros(T, np.int32)
         token_ids[:total] = np.fromiter(itertools.chain.from_iterable(s.new_token_ids for s in seqs), np.int32, total)

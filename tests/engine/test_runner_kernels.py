@@ -74,6 +74,11 @@ def test_a_narrow_page_table_is_padded_on_the_device_to_the_compiled_width():
         results.append((sync.token_ids[:2], sync.logprobs[:2], overlapped.logprobs[:2]))
     for got, want in zip(results[1], results[0]):
         np.testing.assert_array_equal(got, want)
+    from jaxsgl.engine.model_runner import _widen_page_table
+
+    before = _widen_page_table._cache_size()
+    runner.warm_page_tables([1, 4, 8], [16, 32])  # warm-up: (4, 16) is compiled already, 5 are new
+    assert _widen_page_table._cache_size() == before + 5
     too_wide = make_step_input(seqs, PAGE, num_tokens=64, num_seqs=4, pages_per_seq=128)
     with pytest.raises(ValueError, match="pages_per_seq 64"):
         runner.run(too_wide, greedy_sampling_input(4, 64), SamplingFlags())
