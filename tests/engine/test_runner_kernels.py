@@ -76,9 +76,12 @@ def test_a_narrow_page_table_is_padded_on_the_device_to_the_compiled_width():
         np.testing.assert_array_equal(got, want)
     from jaxsgl.engine.model_runner import _widen_page_table
 
-    before = _widen_page_table._cache_size()
-    runner.warm_page_tables([1, 4, 8], [16, 32])  # warm-up: (4, 16) is compiled already, 5 are new
-    assert _widen_page_table._cache_size() == before + 5
+    runner.warm_page_tables([1, 4, 8], [16, 32])  # warm-up: every (sequence bucket, width) compiled
+    warmed = _widen_page_table._cache_size()
+    for S in (1, 4, 8):
+        for w in (16, 32):
+            _widen_page_table(np.zeros((S, w), np.int32), width=64)
+    assert _widen_page_table._cache_size() == warmed  # nothing left to compile
     too_wide = make_step_input(seqs, PAGE, num_tokens=64, num_seqs=4, pages_per_seq=128)
     with pytest.raises(ValueError, match="pages_per_seq 64"):
         runner.run(too_wide, greedy_sampling_input(4, 64), SamplingFlags())
