@@ -46,15 +46,15 @@ from jaxsgl.scheduler.batch import ScheduledBatch
 
 FEATURES = ("tokens", "prefill_tokens", "seqs", "decode_seqs", "decode_ctx", "prefill_attn",
             "padded_tokens", "padded_seqs", "padded_attn")
+PADDED_TABLE = "padded_table"  # in a candidate: one bucket_<b> feature per token bucket of the padding
 # Candidate feature sets step_profile.py fits (the lowest cross-validated error wins).
 CANDIDATE_FEATURES: dict[str, tuple[str, ...]] = {
     "tokens+attn": ("tokens", "decode_ctx", "prefill_attn"),
     "tokens+seqs+attn": ("tokens", "seqs", "decode_ctx", "prefill_attn"),
     "padded": ("padded_tokens", "decode_ctx", "prefill_attn"),
     "padded+ref_attn": ("padded_tokens", "padded_attn"),
-    "padded_table": ("padded_table", "decode_ctx", "prefill_attn"),
+    "padded_table": (PADDED_TABLE, "decode_ctx", "prefill_attn"),
 }
-PADDED_TABLE = "padded_table"  # in a candidate: one bucket_<b> feature per token bucket of the padding
 
 
 class StepCost(Protocol):
@@ -211,7 +211,7 @@ def fit_best(points: Sequence[Mapping[str, float]], times: Sequence[float],
         if PADDED_TABLE in feats:
             if not counts or min(counts.values()) < 2:
                 continue
-            feats = tuple(f"bucket_{b}" for b in padding.token_buckets) + tuple(f for f in feats if f != PADDED_TABLE)
+            feats = tuple(f"bucket_{b}" for b in buckets) + tuple(f for f in feats if f != PADDED_TABLE)
         if len(times) > len(feats) + 1:
             fits[name] = fit_linear(points, times, feats, padding=padding)
     best = min(fits, key=lambda n: fits[n].fit["cv_mape"])
