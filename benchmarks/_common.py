@@ -180,3 +180,30 @@ def gpu_kernel_times(run, iters: int) -> tuple[dict[str, float], float]:
                 lo, hi = min(lo, ev.start_ns), max(hi, ev.end_ns)
     shutil.rmtree(d, ignore_errors=True)
     return dict(per), (hi - lo if per else 0.0)
+
+
+KERNEL_KINDS = (("matmul", ("gemm", "cutlass", "nvjet", "xmma", "cublas", "matmul", "dot")),
+                ("attention", ("attention", "paged", "ragged", "mosaic", "pallas", "triton", "flash")),
+                ("layout copy", ("copy", "transpose")),
+                ("sampling / reductions", ("reduce", "sort", "topk", "argmax", "scan")))
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other fusions")
+
+
+def profile_kernels(run, iters: int) -> dict:
+    """GPU time per call of each kernel `run` launches (CUPTI via jax.profiler), grouped by kind."""
+    import collections
+
+    per, span = gpu_kernel_times(run, iters)
+    if not per:
+        return {"error": "no GPU kernels in the trace"}
+    kinds: dict[str, float] = collections.defaultdict(float)
+    for name, ns in per.items():
+        kinds[kernel_kind(name)] += ns
+    us = lambda ns: round(ns / iters / 1e3, 1)  # noqa: E731
+    return {"kinds_us": {k: us(v) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "kernels_us": {k: us(v) for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:200]},
+            "sum_us": us(sum(per.values())), "span_us": us(span)}

@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import gpu_kernel_times, tiny_model_dir  # noqa: E402
+from _common import profile_kernels, tiny_model_dir  # noqa: E402
 from jaxsgl import kernels  # noqa: E402
 from jaxsgl.engine.grammar_tables import GrammarTables, apply_upload, init_tables  # noqa: E402
 from jaxsgl.engine.model_runner import ModelRunner, weights_nbytes  # noqa: E402
@@ -57,6 +57,90 @@ def time_calls(fn, n: int, sync_each: bool) -> float:
             np.asarray(out)
     jax.block_until_ready(out)
     return (time.perf_counter() - t0) / n * 1e3
+
+
+def dispatch_ms(fn, n: int) -> float:
+    """Median host time of one call returning, the device idle before each (launch cost, not queueing)."""
+    times = []
+    for _ in range(n):
+        jax.block_until_ready(fn())
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+        jax.block_until_ready(out)
+    return float(np.median(times)) * 1e3
+
+
+def dispatch_study(runner, fn, cell, flags, iters: int) -> dict:
+    """Host ms per call of the same step dispatched the ways the engine could: the compiled step on
+    the same device buffers each call, on freshly transferred inputs, and ModelRunner.run_async (the
+    engine's call: pack, transfer, device-side page-table padding, the previous step's tokens).
+    Each as 'idle' (the device idle before the call) and 'busy' (back to back, one step in flight,
+    as the overlapped engine runs; with its steps per second)."""
+    S, ctx, width, pps, step, si, flat, layout, hint, table = cell
+    flat_np, table_np = np.asarray(flat), np.asarray(table)
+    src = np.where(np.arange(step.num_tokens) < S, np.arange(step.num_tokens), -1).astype(np.int32)
+    state = {"prev": None}
+
+    def same():
+        out, runner.kv = fn(runner.weights, runner.kv, flat, table, layout=layout, hint=hint)
+        return out
+
+    def fresh():
+        out, runner.kv = fn(runner.weights, runner.kv, jax.device_put(flat_np), jax.device_put(table_np),
+                            layout=layout, hint=hint)
+        return out
+
+    def run_async():
+        h = runner.run_async(step, si, flags, state["prev"], src if state["prev"] is not None else src * 0 - 1)
+        state["prev"] = h
+        return h.out
+
+    def run_async_no_prev():
+        return runner.run_async(step, si, flags, None, src * 0 - 1).out
+
+    def numpy_args(with_table: bool):  # host arrays as jit arguments: JAX transfers them in the call
+        def call():
+            out, runner.kv = fn(runner.weights, runner.kv, flat_np, table_np if with_table else table,
+                                layout=layout, hint=hint)
+            return out
+        return call
+
+    def cycling(k: int):  # k buffer sets transferred beforehand, used in turn (k = 2: two fixed addresses)
+        ring = [(jax.device_put(flat_np), jax.device_put(table_np)) for _ in range(k)]
+        turn = {"i": 0}
+
+        def call():
+            turn["i"] = (turn["i"] + 1) % k
+            out, runner.kv = fn(runner.weights, runner.kv, *ring[turn["i"]], layout=layout, hint=hint)
+            return out
+        return call
+
+    out = {}
+    for name, call in (("same_buffers", same), ("alternating_2", cycling(2)), ("distinct", cycling(2 * iters + 4)),
+                       ("fresh_inputs", fresh), ("numpy_flat", numpy_args(False)),
+                       ("numpy_flat_table", numpy_args(True)), ("run_async_no_prev", run_async_no_prev),
+                       ("run_async", run_async)):
+        jax.block_until_ready(call())
+        idle = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            o = call()
+            idle.append(time.perf_counter() - t0)
+            jax.block_until_ready(o)
+        busy, pending = [], call()
+        t_start = time.perf_counter()
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            o = call()
+            busy.append(time.perf_counter() - t0)
+            np.asarray(pending)  # read the previous step back, as the engine does
+            pending = o
+        np.asarray(pending)
+        out[name] = {"idle_ms": 1e3 * float(np.median(idle)), "busy_ms": 1e3 * float(np.median(busy)),
+                     "step_ms": 1e3 * (time.perf_counter() - t_start) / iters}
+        print(f"dispatch {name}: {json.dumps(out[name])}", flush=True)
+    return out
 
 
 def grammar_rows(model_dir: Path, cfg, n: int) -> tuple[GrammarTables, list[int]]:
@@ -88,31 +172,18 @@ def roofline_ms(cfg, weight_bytes: int, params: int, S: int, ctx: int, kv_bytes_
     return 1e3 * max(nbytes / bandwidth, flops / peak_flops), nbytes, flops
 
 
-KERNEL_KINDS = (("matmul", ("gemm", "cutlass", "nvjet", "xmma", "cublas", "matmul", "dot")),
-                ("attention", ("attention", "paged", "ragged", "mosaic", "pallas", "triton", "flash")),
-                ("layout copy", ("copy", "transpose")),
-                ("sampling / reductions", ("reduce", "sort", "topk", "argmax", "scan")))
-
-
-def kernel_kind(name: str) -> str:
-    low = name.lower()
-    return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other fusions")
-
-
-def profile_kernels(run, iters: int) -> dict:
-    """GPU time per call of each kernel `run` launches (CUPTI via jax.profiler), grouped by kind."""
-    import collections
-
-    per, span = gpu_kernel_times(run, iters)
-    if not per:
-        return {"error": "no GPU kernels in the trace"}
-    kinds: dict[str, float] = collections.defaultdict(float)
-    for name, ns in per.items():
-        kinds[kernel_kind(name)] += ns
-    us = lambda ns: round(ns / iters / 1e3, 1)  # noqa: E731
-    return {"kinds_us": {k: us(v) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
-            "kernels_us": {k: us(v) for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:40]},
-            "sum_us": us(sum(per.values())), "span_us": us(span)}
+def print_width_diff(rows: list[dict]) -> None:
+    """Where a profiled cell ran at two page-table widths: the kernels whose GPU time differs most."""
+    prof = [r for r in rows if "kernels_us" in r.get("profile", {})]
+    for narrow, wide in zip(prof, prof[1:]):
+        if (narrow["batch"], narrow["context"]) != (wide["batch"], wide["context"]):
+            continue
+        a, b = narrow["profile"]["kernels_us"], wide["profile"]["kernels_us"]
+        diff = sorted(((b.get(k, 0.0) - a.get(k, 0.0), k) for k in set(a) | set(b)), reverse=True)
+        print(f"batch {narrow['batch']}, context {narrow['context']}: width {wide['page_table_width']} vs "
+              f"{narrow['page_table_width']}, kernels {wide['profile']['sum_us']:.0f} vs {narrow['profile']['sum_us']:.0f} us:")
+        for d, k in diff[:8] + diff[-3:]:
+            print(f"  {d:+9.1f} us  {k[:110]}")
 
 
 def main() -> None:
@@ -137,6 +208,8 @@ def main() -> None:
                     help="compile every (batch, context) step ahead of time on this many threads")
     ap.add_argument("--profile", default=None, metavar="BATCH,CONTEXT",
                     help="also trace that cell's step: GPU time per kernel and per kind (jax.profiler)")
+    ap.add_argument("--dispatch-study", action="store_true",
+                    help="host launch cost of the largest batch's step: same buffers, fresh inputs, run_async")
     ap.add_argument("--smoke", action="store_true", help="tiny random model, batches 1 2, context 32, 3 iters")
     ap.add_argument("--out", default="decode_step.json")
     args = ap.parse_args()
@@ -193,6 +266,7 @@ def main() -> None:
             row["fraction"] = row["roofline_ms"] / row["device_ms"]
         else:
             row["sync_ms"] = time_calls(device_only, args.iters, True)
+            row["dispatch_ms"] = dispatch_ms(device_only, args.iters)
             row["runner_ms"] = time_calls(lambda: runner.run(step, si, flags).token_ids, args.iters, False)
         if args.grammar and width == pps:
             src = np.full(step.num_tokens, -1, np.int32)
@@ -202,29 +276,34 @@ def main() -> None:
                 run = lambda: runner.run_async(step, sinput, f, None, src, grammar=g).out  # noqa: E731
                 row[name] = time_calls(run, args.iters, False)
             row["grammar_pct"] = 100 * (row["grammar_ms"] / row["async_ms"] - 1)
-        if args.profile and tuple(map(int, args.profile.split(","))) == (S, ctx) and width == pps:
+        if args.profile and tuple(map(int, args.profile.split(","))) == (S, ctx):  # every width
             row["profile"] = profile_kernels(device_only, max(args.iters // 2, 3))
         rows.append(row)
         print(json.dumps(row), flush=True)
+    study = None
+    if args.dispatch_study:
+        study = dispatch_study(runner, fn, next(c for c in reversed(cells) if c[2] == c[3]), flags, args.iters)
     Path(args.out).write_text(json.dumps({"model": args.model, "device": jax.devices()[0].device_kind,
-                                          "argv": sys.argv, "compile_s": compile_s, "rows": rows}, indent=2))
+                                          "argv": sys.argv, "compile_s": compile_s, "rows": rows,
+                                          "dispatch_study": study}, indent=2))
     for r in rows:
         if "profile" in r and "kinds_us" in r["profile"]:
             p = r["profile"]
             print(f"batch {r['batch']}, context {r['context']}: kernels {p['sum_us']:.0f} us of a {p['span_us']:.0f} us "
                   "span per step: " + ", ".join(f"{k} {v:.0f} us" for k, v in p["kinds_us"].items()))
+    print_width_diff(rows)
     if args.roofline:
         print(f"{'batch':>6}{'context':>9}{'step ms':>10}{'roofline ms':>13}{'fraction':>10}")
         for r in rows:
             print(f"{r['batch']:>6}{r['context']:>9}{r['device_ms']:>10.2f}{r['roofline_ms']:>13.2f}"
                   f"{r['fraction']:>9.0%}")
         return
-    print(f"{'batch':>6}{'context':>9}{'P width':>9}{'device ms':>11}{'sync ms':>9}{'runner ms':>11}{'async ms':>10}"
-          f"{'grammar ms':>12}{'grammar %':>11}")
+    print(f"{'batch':>6}{'context':>9}{'P width':>9}{'device ms':>11}{'sync ms':>9}{'dispatch':>10}{'runner ms':>11}"
+          f"{'async ms':>10}{'grammar ms':>12}{'grammar %':>11}")
     for r in rows:
         g = (f"{r['async_ms']:>10.2f}{r['grammar_ms']:>12.2f}{r['grammar_pct']:>10.1f}%" if "grammar_ms" in r else "")
         print(f"{r['batch']:>6}{r['context']:>9}{r['page_table_width']:>9}{r['device_ms']:>11.2f}{r['sync_ms']:>9.2f}"
-              f"{r['runner_ms']:>11.2f}{g}")
+              f"{r['dispatch_ms']:>10.2f}{r['runner_ms']:>11.2f}{g}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import DATASETS, make_workloads, tiny_model_dir, workload_summary  # noqa: E402
+from _common import DATASETS, make_workloads, profile_kernels, tiny_model_dir, workload_summary  # noqa: E402
 from jaxsgl.engine.engine import Engine  # noqa: E402
 
 SMOKE = dict(num_prompts=4, input_len=[8, 24], output_len=[2, 4], groups=2, per_group=2, system_len=16,
@@ -74,8 +74,11 @@ def run_workload(eng: Engine, work) -> dict:
 def step_kinds(steps: list[dict], t0: float) -> dict:
     """Where the wall time went, by kind of step: count, wall seconds (end to end of the previous
     step, the first from t0) and padded-to-nothing new tokens, for pure decode steps and steps with
-    a prefill (mixed or not)."""
-    out = {k: {"steps": 0, "wall_s": 0.0, "new_tokens": 0, "decode_rows": 0} for k in ("decode", "prefill")}
+    a prefill (mixed or not); and the engine loop's host seconds by phase (StepTrace's prepare /
+    dispatch / wait / process times: wait ~0 means the device waited on the host)."""
+    phases = ("prepare_time", "dispatch_time", "wait_time", "process_time")
+    out = {k: {"steps": 0, "wall_s": 0.0, "new_tokens": 0, "decode_rows": 0, **{p: 0.0 for p in phases}}
+           for k in ("decode", "prefill")}
     prev = t0
     for s in steps:
         k = out["prefill" if s["prefill_tokens"] else "decode"]
@@ -83,6 +86,8 @@ def step_kinds(steps: list[dict], t0: float) -> dict:
         k["wall_s"] += s["end_time"] - prev
         k["new_tokens"] += s["new_tokens"]
         k["decode_rows"] += s["num_decode_seqs"]
+        for p in phases:
+            k[p] += s.get(p) or 0.0
         prev = s["end_time"]
     return out
 
@@ -126,6 +131,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="the Engine's context_length (default: the model's; it sets the page table's width)")
     ap.add_argument("--disable-overlap-schedule", action="store_true", help="synchronous steps (no overlap scheduling)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile", action="store_true",
+                    help="trace one more pass of the first workload (jax.profiler): GPU time per kernel and the "
+                         "GPU's busy time against the wall (is the engine waiting on the host?)")
     ap.add_argument("--smoke", action="store_true", help="tiny random model and workloads (CI: seconds on a CPU)")
     ap.add_argument("--out", default="offline_throughput.json")
     args = ap.parse_args(argv)
@@ -164,6 +172,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}/cache-{cache}: warm-up pass {warm['wall_s']:.1f}s", flush=True)
             r = run_workload(eng, work)
             eng.scheduler.cache.enabled = True
+            if args.profile and len(rows) == 0:
+                r["profile"] = profile_kernels(lambda: run_workload(eng, work), 1)
+                print(f"{name}/cache-{cache} profile: {json.dumps(r['profile'])[:2000]}", flush=True)
             result[f"{name}/cache-{cache}"] = r
             rows.append((f"{name}/cache-{cache}", r))
             print(f"{name}/cache-{cache}: {json.dumps(r)}", flush=True)

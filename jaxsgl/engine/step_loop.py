@@ -63,6 +63,7 @@ class StepLoop:
     def step(self) -> None:
         """Schedule and dispatch the next step; complete the previous one (overlap) or this one."""
         sched = self.scheduler
+        t_start = time.perf_counter()
         prev, synced = self.inflight, False
         if prev is not None and self._needs_host_ids():
             self.inflight = None
@@ -85,6 +86,7 @@ class StepLoop:
         tables = self.grammar.tables if self.grammar is not None else None
         handle = self.runner.run_async(step, si, flags, prev.handle if prev is not None else None, src,
                                        grammar=tables)
+        batch.trace.prepare_time, batch.trace.dispatch_time = t0 - t_start, time.perf_counter() - t0
         sched.advance(batch)
         batch.trace.sync_fallback = synced
         cur = InFlight(batch, states, step, flags, handle, t0)
@@ -107,10 +109,13 @@ class StepLoop:
 
     def _complete(self, f: InFlight) -> None:
         """Read a step back (blocks on it) and apply it (RequestTracker.on_step_output)."""
+        trace, t_wait = f.batch.trace, time.perf_counter()
         out = self.runner.collect(f.handle)
-        f.batch.trace.step_time = time.perf_counter() - f.t0
-        self.step_times.append(f.batch.trace.step_time)
+        t_out = time.perf_counter()
+        trace.step_time, trace.wait_time = t_out - f.t0, t_out - t_wait
+        self.step_times.append(trace.step_time)
         self.tracker.on_step_output(f.batch, f.states, f.step, f.flags.input_logprobs, out)
         if self.check_integrity:
             self.scheduler.check_integrity()
-        f.batch.trace.end_time = time.perf_counter()
+        trace.end_time = time.perf_counter()
+        trace.process_time = trace.end_time - t_out

@@ -35,6 +35,11 @@ class StepTrace:
     step_time: float | None = None   # seconds in ModelRunner.run (transfer + device + transfer back);
     #                                  overlap: from dispatch until the results are on the host
     end_time: float | None = None    # time.perf_counter() when the engine finished the step (host work included)
+    # Host seconds of the engine's loop spent on this step, by phase (where a step's wall goes):
+    prepare_time: float | None = None   # schedule + build the step's inputs
+    dispatch_time: float | None = None  # ModelRunner.run_async (transfer + launch; returns before the device ends)
+    wait_time: float | None = None      # blocked reading its results back (the device still running)
+    process_time: float | None = None   # RequestTracker.on_step_output (stop checks, detokenizing, outputs)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -35,6 +35,10 @@ def test_overlap_runs_decodes_from_device_tokens_without_fallback(overlap_engine
     assert len([t for t in steps if t["num_seqs"]]) == 12  # 1 prefill + 11 decodes: no step for the 13th token
     assert not any(t["sync_fallback"] for t in steps)
     assert overlap_engine.loop.inflight is None and not overlap_engine.scheduler.in_flight
+    for t in steps:  # where each step's host time went (benchmarks/offline_throughput.py sums these)
+        phases = [t[k] for k in ("prepare_time", "dispatch_time", "wait_time", "process_time")]
+        assert all(isinstance(x, float) and x >= 0 for x in phases)
+        assert t["wait_time"] <= t["step_time"]  # waited within dispatch -> results on the host
 
 
 def test_stop_strings_stop_ids_and_streaming_match_sync(overlap_engine, tiny_engine):

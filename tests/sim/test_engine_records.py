@@ -14,7 +14,7 @@ from jaxsgl.scheduler import StepTrace
 from jaxsgl.scheduler.records import REQUEST_COLUMNS, as_frame
 from jaxsgl.sim import ReplayCost, Simulator
 
-TIME_FIELDS = ("step_time", "end_time")
+TIME_FIELDS = ("step_time", "end_time", "prepare_time", "dispatch_time", "wait_time", "process_time")  # the engine's clock only
 
 
 def workload() -> list[Request]:
