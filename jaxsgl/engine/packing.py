@@ -31,20 +31,26 @@ def _padded(n: int) -> int:
 
 
 def pack(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, Layout]:
-    """Concatenate arrays into one int32 buffer; the layout (static) says how to cut it."""
-    parts, layout = [], []
+    """Concatenate arrays into one int32 buffer; the layout (static) says how to cut it.
+    Written field by field into one zeroed buffer (np.pad per field was a quarter of the engine
+    loop's host time at batch 256)."""
+    flats, layout, total = [], [], 0
     for name, a in arrays.items():
-        a = np.ascontiguousarray(a)
+        a = np.asarray(a)
         dt = a.dtype.name
         if dt == "bool":
-            flat = a.astype(np.int32).ravel()
+            flat = a.reshape(-1)
         elif dt in _AS_INT32:
-            flat = a.view(np.int32).ravel()
+            flat = np.ascontiguousarray(a).view(np.int32).reshape(-1)
         else:
             raise TypeError(f"cannot pack {name} of dtype {dt}")
-        parts.append(np.pad(flat, (0, _padded(flat.size) - flat.size)))
+        flats.append((total, flat))
         layout.append((name, tuple(a.shape), dt))
-    return np.concatenate(parts) if parts else np.zeros(0, np.int32), tuple(layout)
+        total += _padded(flat.size)
+    out = np.zeros(total, np.int32)
+    for off, flat in flats:
+        out[off:off + flat.size] = flat  # bool -> 0 / 1
+    return out, tuple(layout)
 
 
 def unpack(flat: jax.Array, layout: Layout) -> dict[str, jax.Array]:
