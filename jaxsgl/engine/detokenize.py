@@ -7,6 +7,17 @@ from typing import Any
 STOP_REGEX_WINDOW = 4096  # characters of the text's tail a stop_regex is searched in
 
 
+def backend_decode(tokenizer: Any):
+    """The Rust tokenizer's own decode when it gives exactly what tokenizer.decode gives (a fast
+    tokenizer that does not clean up spaces): a third of the per-call cost (1.1 vs 3.1 us on the
+    2-core CPU), paid twice per output token per request. None otherwise."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not getattr(tokenizer, "is_fast", False) or \
+            getattr(tokenizer, "clean_up_tokenization_spaces", True):
+        return None
+    return backend.decode
+
+
 class OutputText:
     """The text of one request's output ids, grown a token at a time.
 
@@ -27,8 +38,11 @@ class OutputText:
         self.prefix_offset = 0
         self.read_offset = 0
         self.stopped_at: str | None = None
+        self._backend_decode = backend_decode(tokenizer)
 
     def _decode(self, ids: list[int]) -> str:
+        if self._backend_decode is not None:
+            return self._backend_decode(ids, skip_special_tokens=self.skip)
         return "" if self.tok is None else self.tok.decode(ids, skip_special_tokens=self.skip)
 
     def append(self, token_id: int) -> None:
@@ -36,6 +50,8 @@ class OutputText:
         if self.stopped_at is not None:
             return
         self.ids.append(token_id)
+        if self.tok is None:  # no tokenizer (skip_tokenizer_init): ids only, no text
+            return
         before = len(self.text)
         prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
         full = self._decode(self.ids[self.prefix_offset:])

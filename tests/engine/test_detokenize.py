@@ -64,3 +64,34 @@ def test_extend_equals_appending_one_by_one(tok, stop):
         assert many.text == one.text
     if not stop:
         assert many.text == tok.decode(ids, skip_special_tokens=True)
+
+
+def test_backend_decode_gives_what_the_tokenizer_gives(tok):
+    """OutputText decodes with the Rust tokenizer directly (backend_decode): the same strings as
+    tokenizer.decode, special tokens and broken UTF-8 windows included."""
+    import numpy as np
+
+    from jaxsgl.engine.detokenize import backend_decode
+
+    fast = backend_decode(tok)
+    assert fast is not None  # the default model's tokenizer is fast and does not clean up spaces
+    rng = np.random.default_rng(0)
+    specials = list(tok.all_special_ids)
+    for _ in range(200):
+        ids = rng.integers(0, len(tok), int(rng.integers(1, 12))).tolist()
+        if rng.random() < 0.3:
+            ids.insert(int(rng.integers(len(ids) + 1)), int(rng.choice(specials)))
+        for skip in (True, False):
+            assert fast(ids, skip_special_tokens=skip) == tok.decode(ids, skip_special_tokens=skip)
+
+    class Slow:  # a tokenizer that cleans up spaces keeps its own decode
+        is_fast, clean_up_tokenization_spaces, backend_tokenizer = True, True, object()
+    assert backend_decode(Slow()) is None and backend_decode(None) is None
+
+
+def test_without_a_tokenizer_only_ids_are_kept():
+    out = OutputText(None, ["x"])
+    for t in (5, 6, 7):
+        out.append(t)
+    out.flush()
+    assert out.ids == [5, 6, 7] and out.text == "" and out.stopped_at is None
