@@ -207,3 +207,36 @@ def profile_kernels(run, iters: int) -> dict:
     return {"kinds_us": {k: us(v) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
             "kernels_us": {k: us(v) for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:200]},
             "sum_us": us(sum(per.values())), "span_us": us(span)}
+
+
+def host_event_times(run, iters: int, top: int = 25) -> list[dict]:
+    """Trace `iters` calls of run() with jax.profiler and return the host-side events (XLA/PJRT/CUDA
+    runtime TraceMe annotations, not Python frames) that took the most time in all: name, thread,
+    count, total and longest ms. Shows which host call waits (e.g. a transfer behind a running step).
+    Note: while profiling, XLA runs its CUDA graphs as plain kernel launches."""
+    import collections
+    import glob
+
+    import jax
+
+    d = tempfile.mkdtemp()
+    with jax.profiler.trace(d):
+        for _ in range(iters):
+            run()
+    prof = jax.profiler.ProfileData.from_file(glob.glob(f"{d}/**/*.xplane.pb", recursive=True)[0])
+    agg: dict[tuple[str, str], list[float]] = collections.defaultdict(lambda: [0, 0.0, 0.0])
+    for plane in prof.planes:
+        if not plane.name.startswith("/host:CPU"):
+            continue
+        for line in plane.lines:
+            for ev in line.events:
+                if ev.name.startswith("$"):  # Python frames
+                    continue
+                a = agg[(ev.name[:100], line.name[:40])]
+                a[0] += 1
+                a[1] += ev.duration_ns / 1e6
+                a[2] = max(a[2], ev.duration_ns / 1e6)
+    shutil.rmtree(d, ignore_errors=True)
+    rows = sorted(agg.items(), key=lambda kv: -kv[1][1])[:top]
+    return [{"name": n, "thread": t, "count": c, "total_ms": round(tot, 3), "max_ms": round(mx, 3)}
+            for (n, t), (c, tot, mx) in rows]

@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import profile_kernels, tiny_model_dir  # noqa: E402
+from _common import host_event_times, profile_kernels, tiny_model_dir  # noqa: E402
 from jaxsgl import kernels  # noqa: E402
 from jaxsgl.engine.grammar_tables import GrammarTables, apply_upload, init_tables  # noqa: E402
 from jaxsgl.engine.model_runner import ModelRunner, weights_nbytes  # noqa: E402
@@ -72,7 +72,7 @@ def dispatch_ms(fn, n: int) -> float:
     return float(np.median(times)) * 1e3
 
 
-def dispatch_study(runner, fn, cell, flags, iters: int) -> dict:
+def dispatch_study(runner, fn, cell, flags, iters: int, trace: bool = False) -> dict:
     """Host ms per call of the same step dispatched the ways the engine could: the compiled step on
     the same device buffers each call, on freshly transferred inputs, and ModelRunner.run_async (the
     engine's call: pack, transfer, device-side page-table padding, the previous step's tokens).
@@ -159,6 +159,19 @@ def dispatch_study(runner, fn, cell, flags, iters: int) -> dict:
         out[name] = {"idle_ms": 1e3 * float(np.median(idle)), "busy_ms": 1e3 * float(np.median(busy)),
                      "step_ms": 1e3 * (time.perf_counter() - t_start) / iters}
         print(f"dispatch {name}: {json.dumps(out[name])}", flush=True)
+    if trace:  # which host call waits: the host passed as arguments with a step in flight, traced
+        call, state["pending"] = numpy_args(False), None
+
+        def busy_step():
+            o = call()
+            if state["pending"] is not None:
+                np.asarray(state["pending"])
+            state["pending"] = o
+        busy_step()
+        out["numpy_flat_busy_host_events"] = host_event_times(busy_step, 6)
+        np.asarray(state["pending"])
+        for e in out["numpy_flat_busy_host_events"][:15]:
+            print(f"  host event {e['total_ms']:8.2f} ms  x{e['count']:<4} max {e['max_ms']:7.2f}  {e['thread']:<24} {e['name']}")
     return out
 
 
@@ -229,6 +242,8 @@ def main() -> None:
                     help="also trace that cell's step: GPU time per kernel and per kind (jax.profiler)")
     ap.add_argument("--dispatch-study", action="store_true",
                     help="host launch cost of the largest batch's step: same buffers, fresh inputs, run_async")
+    ap.add_argument("--dispatch-trace", action="store_true",
+                    help="with --dispatch-study: the host events of launches from host arrays with a step in flight")
     ap.add_argument("--smoke", action="store_true", help="tiny random model, batches 1 2, context 32, 3 iters")
     ap.add_argument("--out", default="decode_step.json")
     args = ap.parse_args()
@@ -301,7 +316,8 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     study = None
     if args.dispatch_study:
-        study = dispatch_study(runner, fn, next(c for c in reversed(cells) if c[2] == c[3]), flags, args.iters)
+        study = dispatch_study(runner, fn, next(c for c in reversed(cells) if c[2] == c[3]), flags, args.iters,
+                               trace=args.dispatch_trace)
     Path(args.out).write_text(json.dumps({"model": args.model, "device": jax.devices()[0].device_kind,
                                           "argv": sys.argv, "compile_s": compile_s, "rows": rows,
                                           "dispatch_study": study}, indent=2))

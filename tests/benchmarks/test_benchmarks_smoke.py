@@ -37,9 +37,9 @@ def _tiny_dir(with_tokenizer: bool = False) -> str:
 # script -> its smoke arguments (a callable: made when the run starts); "--out FILE" is appended
 SMOKE: dict[str, list[str] | Callable[[], list[str]]] = {
     "attention.py": ["--smoke"],
-    "decode_step.py": ["--smoke"],
+    "decode_step.py": ["--smoke", "--profile", "2,32", "--dispatch-study", "--dispatch-trace"],
     "mosaic_extend_probe.py": ["--smoke"],
-    "offline_throughput.py": ["--smoke"],
+    "offline_throughput.py": ["--smoke", "--profile"],
     "peer_hf.py": ["--smoke"],
     "prefill_step.py": ["--smoke"],
     "tree_of_thought.py": ["--smoke"],
