@@ -63,12 +63,12 @@ class StepLoop:
     def step(self) -> None:
         """Schedule and dispatch the next step; complete the previous one (overlap) or this one."""
         sched = self.scheduler
-        t_start = time.perf_counter()
         prev, synced = self.inflight, False
         if prev is not None and self._needs_host_ids():
             self.inflight = None
             self._complete(prev)
             prev, synced = None, True
+        t_start = time.perf_counter()
         batch = sched.schedule()
         if not batch:
             sched.cancel_pending()
