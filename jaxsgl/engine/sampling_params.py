@@ -111,6 +111,15 @@ class SamplingParams:
         return constraint_from_params(regex=self.regex, json_schema=self.json_schema, ebnf=self.ebnf,
                                       choices=self.choices)
 
+    @functools.cached_property
+    def device_row(self) -> tuple:
+        """This request's row of the step's sampling arrays (build_sampling_input), computed once:
+        (temperature, 0 when greedy; top_p; top_k; min_p; frequency, presence and repetition
+        penalties; seed mod 2**32; uses_penalties). Params do not change once a request is made."""
+        return (0.0 if self.greedy else self.temperature, self.top_p, self.top_k, self.min_p,
+                self.frequency_penalty, self.presence_penalty, self.repetition_penalty, self.seed % 2**32,
+                self.uses_penalties)
+
     @property
     def greedy(self) -> bool:
         return self.temperature == 0 or self.top_k == 1
