@@ -137,7 +137,8 @@ def dispatch_study(runner, fn, cell, flags, iters: int, trace: bool = False) -> 
     for name, call in (("same_buffers", same), ("alternating_2", cycling(2)), ("distinct", cycling(2 * iters + 4)),
                        ("fresh_inputs", fresh), ("numpy_flat", numpy_args(False)),
                        ("numpy_flat_table", numpy_args(True)), ("pinned_param", pinned_param()),
-                       ("pinned_param_staged", pinned_param([jax.device_put(flat_np, pinned) for _ in range(2 * iters + 4)])),
+                       ("pinned_param_staged",
+                        pinned_param([jax.device_put(flat_np, pinned) for _ in range(2 * iters + 4)])),
                        ("run_async_no_prev", run_async_no_prev),
                        ("run_async", run_async)):
         jax.block_until_ready(call())
@@ -171,7 +172,8 @@ def dispatch_study(runner, fn, cell, flags, iters: int, trace: bool = False) -> 
         out["numpy_flat_busy_host_events"] = host_event_times(busy_step, 6)
         np.asarray(state["pending"])
         for e in out["numpy_flat_busy_host_events"][:15]:
-            print(f"  host event {e['total_ms']:8.2f} ms  x{e['count']:<4} max {e['max_ms']:7.2f}  {e['thread']:<24} {e['name']}")
+            print(f"  host event {e['total_ms']:8.2f} ms  x{e['count']:<4} max {e['max_ms']:7.2f}  "
+                  f"{e['thread']:<24} {e['name']}")
     return out
 
 
@@ -213,7 +215,8 @@ def print_width_diff(rows: list[dict]) -> None:
         a, b = narrow["profile"]["kernels_us"], wide["profile"]["kernels_us"]
         diff = sorted(((b.get(k, 0.0) - a.get(k, 0.0), k) for k in set(a) | set(b)), reverse=True)
         print(f"batch {narrow['batch']}, context {narrow['context']}: width {wide['page_table_width']} vs "
-              f"{narrow['page_table_width']}, kernels {wide['profile']['sum_us']:.0f} vs {narrow['profile']['sum_us']:.0f} us:")
+              f"{narrow['page_table_width']}, kernels {wide['profile']['sum_us']:.0f} vs "
+              f"{narrow['profile']['sum_us']:.0f} us:")
         for d, k in diff[:8] + diff[-3:]:
             print(f"  {d:+9.1f} us  {k[:110]}")
 

@@ -50,7 +50,7 @@ class RequestTracker:
         if input_logprobs:
             record_logprobs(batch, states, step, out)
         row_of = {id(s.req): i for i, s in enumerate(batch.seqs)}
-        for req in self.scheduler.fill(batch, out.token_ids[:len(batch.seqs)]):
+        for req in self.scheduler.fill(batch, out.token_ids[:len(batch.seqs)].tolist()):  # Python ints: cheaper per row
             st = self.states.get(req.rid)
             if st is not None and st.req is req and not st.done:
                 self._on_token(st, row_of[id(req)], out)
