@@ -255,37 +255,39 @@ class Scheduler:
         budget[0] = max(left - n, 0)
         return n
 
-    def _work(self, req: Req, n: int) -> SeqWork:
+    def _work(self, req: Req, n: int, decoding: bool | None = None) -> SeqWork:
+        """decoding: req.is_decoding, when the caller knows it already."""
         kv = req.kv_len
         return SeqWork(req, req.token_slice(kv, kv + n), kv, req.pages, need_logits=kv + n == req.seq_len,
-                       is_prefill=not req.is_decoding)
+                       is_prefill=not (req.is_decoding if decoding is None else decoding))
 
     def _plan_running(self, budget: list[int], trace: StepTrace, *, decode: bool, extend: bool) -> list[SeqWork]:
         """Work for already-running requests; retracts some if their pages cannot be found."""
-        plan: list[tuple[Req, int]] = []
+        plan: list[tuple[Req, int, bool]] = []  # (request, tokens to feed, decoding)
         for req in self.running:
             if req.num_placeholders and (req.remaining_new_tokens == 0 or req.needs_known_tokens):
                 continue  # its last token is in flight: it ends, or can be planned, once that is filled
-            if req.is_decoding:
+            decoding = req.is_decoding
+            if decoding:
                 if decode:
-                    plan.append((req, 1))
+                    plan.append((req, 1, True))
             elif extend and req.num_pending > 0:
                 n = self._take_chunk(budget, req.num_pending)
                 if n > 0:
-                    plan.append((req, n))
+                    plan.append((req, n, False))
         while True:
-            need = sum(max(self.pool.pages_for(r.kv_len + n) - len(r.pages), 0) for r, n in plan)
+            need = sum(max(self.pool.pages_for(r.kv_len + n) - len(r.pages), 0) for r, n, _ in plan)
             if need <= self.kv.available_pages():
                 break
             victim = self._pick_victim()
             if victim is None:
                 raise RuntimeError(f"cannot find {need} pages even with every request retracted")
             self._retract(victim, trace)
-            plan = [(r, n) for r, n in plan if r is not victim]
-        for req, n in plan:
+            plan = [p for p in plan if p[0] is not victim]
+        for req, n, _ in plan:
             ok = self.kv.ensure_pages(req, req.kv_len + n)
             assert ok, "pages were counted as available"
-        return [self._work(req, n) for req, n in plan]
+        return [self._work(req, n, decoding) for req, n, decoding in plan]
 
     def _pick_victim(self) -> Req | None:
         """Retraction order: lowest priority, then fewest output tokens, then latest arrival."""
