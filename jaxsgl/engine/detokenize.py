@@ -7,6 +7,19 @@ from typing import Any
 STOP_REGEX_WINDOW = 4096  # characters of the text's tail a stop_regex is searched in
 
 
+def decode_stream(tokenizer: Any, skip_special_tokens: bool):
+    """A Rust incremental decoder (tokenizers' DecodeStream: the same window-and-hold-back algorithm as
+    OutputText's, one call and one decode per token instead of two: 1.5 vs 3.9 us per token on the
+    2-core CPU) where backend_decode applies and the installed tokenizers has it; else None."""
+    if backend_decode(tokenizer) is None:
+        return None
+    try:
+        from tokenizers.decoders import DecodeStream
+    except ImportError:
+        return None
+    return DecodeStream(skip_special_tokens=skip_special_tokens)
+
+
 def backend_decode(tokenizer: Any):
     """The Rust tokenizer's own decode when it gives exactly what tokenizer.decode gives (a fast
     tokenizer that does not clean up spaces): a third of the per-call cost (1.1 vs 3.1 us on the
@@ -39,6 +52,7 @@ class OutputText:
         self.read_offset = 0
         self.stopped_at: str | None = None
         self._backend_decode = backend_decode(tokenizer)
+        self._stream = decode_stream(tokenizer, skip_special_tokens)  # None: two window decodes per token
 
     def _decode(self, ids: list[int]) -> str:
         if self._backend_decode is not None:
@@ -53,6 +67,12 @@ class OutputText:
         if self.tok is None:  # no tokenizer (skip_tokenizer_init): ids only, no text
             return
         before = len(self.text)
+        if self._stream is not None:
+            piece = self._stream.step(self.tok.backend_tokenizer, token_id)  # None: held back
+            if piece:
+                self.text += piece
+            self._check_stop(before)
+            return
         prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
         full = self._decode(self.ids[self.prefix_offset:])
         if len(full) > len(prefix) and not full.endswith("\ufffd"):
@@ -65,7 +85,7 @@ class OutputText:
         the same text as appending them one by one. When they end inside a character, or a stop string
         matches among them, it appends them one by one instead (what is held back, and where the text
         stops, stay exactly append's)."""
-        if self.stopped_at is not None or len(token_ids) <= 1:
+        if self.stopped_at is not None or len(token_ids) <= 1 or self._stream is not None:
             for t in token_ids:
                 self.append(t)
             return
@@ -90,6 +110,12 @@ class OutputText:
 
     def flush(self) -> None:
         """At the end: take whatever is still held back (e.g. an unfinished character)."""
+        if self.stopped_at is None and self._stream is not None:
+            full = self._decode(self.ids)
+            if len(full) > len(self.text) and full.startswith(self.text):
+                before, self.text = len(self.text), full
+                self._check_stop(before)
+            return
         if self.stopped_at is None and self.read_offset < len(self.ids):
             prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
             before = len(self.text)

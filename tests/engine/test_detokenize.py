@@ -95,3 +95,35 @@ def test_without_a_tokenizer_only_ids_are_kept():
         out.append(t)
     out.flush()
     assert out.ids == [5, 6, 7] and out.text == "" and out.stopped_at is None
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_decode_stream_grows_the_same_text_as_window_decodes(tok, skip):
+    """OutputText's Rust incremental decoder (decode_stream) against its two-window-decode path: the
+    same text after every token, through extend() and flush(), on random ids (special tokens, pieces
+    of multi-byte characters) and on real text."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    specials = list(tok.all_special_ids)
+    text_ids = tok.encode("Héllo wörld! 日本語 🎉 naïve café — “quotes” and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢. def f(x): return x ** 2")
+    for trial in range(120):
+        if trial % 3 == 0:
+            ids = text_ids[int(rng.integers(0, 5)):]
+        else:
+            ids = rng.integers(0, len(tok), int(rng.integers(1, 40))).tolist()
+            for _ in range(int(rng.integers(0, 3))):
+                ids.insert(int(rng.integers(len(ids) + 1)), int(rng.choice(specials)))
+        fast, slow = OutputText(tok, [], skip), OutputText(tok, [], skip)
+        slow._stream = None
+        assert fast._stream is not None
+        i = 0
+        while i < len(ids):
+            k = int(rng.integers(1, 4))
+            for out in (fast, slow):
+                out.extend(ids[i:i + k]) if k > 1 else out.append(ids[i])
+            assert fast.text == slow.text, (trial, ids[:i + k])
+            i += k
+        fast.flush()
+        slow.flush()
+        assert fast.text == slow.text, (trial, ids)
