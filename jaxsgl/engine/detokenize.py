@@ -53,6 +53,7 @@ class OutputText:
         self.stopped_at: str | None = None
         self._backend_decode = backend_decode(tokenizer)
         self._stream = decode_stream(tokenizer, skip_special_tokens)  # None: two window decodes per token
+        self._backend_tok = getattr(tokenizer, "backend_tokenizer", None)  # what the stream decodes with
 
     def _decode(self, ids: list[int]) -> str:
         if self._backend_decode is not None:
@@ -68,7 +69,7 @@ class OutputText:
             return
         before = len(self.text)
         if self._stream is not None:
-            piece = self._stream.step(self.tok.backend_tokenizer, token_id)  # None: held back
+            piece = self._stream.step(self._backend_tok, token_id)  # None: held back
             if piece:
                 self.text += piece
             self._check_stop(before)

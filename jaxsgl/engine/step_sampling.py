@@ -56,7 +56,7 @@ def build_sampling_input(batch: ScheduledBatch, states: list[RequestState], step
             silent.append(i)
         if row[8]:
             penal.append(i)
-        if seq.is_prefill and st.logprob_start_len >= 0:  # _wants_input_logprobs
+        if _wants_input_logprobs(seq, st):
             want_in.append(i)
         if seq.need_logits and counters[-1] < p.min_new_tokens:
             bans[i] = _banned(st, eos_ids)
