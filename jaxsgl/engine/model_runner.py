@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,7 +68,7 @@ def _step(weights: Weights, kv: KVCache, flat: jax.Array, page_table: jax.Array,
           hint: kernels.QLenHint, cfg: ModelConfig, attn_impl: str, flags: SamplingFlags) -> tuple[jax.Array, KVCache]:
     """Unpack the step's inputs, run forward + sampling, pack the outputs into one int32 array.
     hint (static): the attention kernels' promised bounds on the sequences' new-token counts."""
-    arrays = {**unpack(flat, layout), "step.page_table": page_table}
+    arrays = {**unpack(_on_device(flat), layout), "step.page_table": _on_device(page_table)}
     out, _, kv = _forward_sample(weights, kv, arrays, None, hint=hint, cfg=cfg, attn_impl=attn_impl, flags=flags)
     return out, kv
 
@@ -78,7 +79,7 @@ def _step_overlap(weights: Weights, kv: KVCache, flat: jax.Array, page_table: ja
     """_step whose token_ids[t] come from prev[0, src[t]] where src[t] >= 0 (and, with a grammar,
     each row's automaton state from prev[1, grammar_src] where grammar_src >= 0); also returns
     int32[2, carry]: the sampled ids and next automaton states (the next step's prev)."""
-    arrays = {**unpack(flat, layout), "step.page_table": page_table}
+    arrays = {**unpack(_on_device(flat), layout), "step.page_table": _on_device(page_table)}
     src = arrays.pop("src")
     arrays["step.token_ids"] = jnp.where(src >= 0, prev[0, jnp.maximum(src, 0)], arrays["step.token_ids"])
     if flags.grammar:
@@ -91,6 +92,12 @@ def _step_overlap(weights: Weights, kv: KVCache, flat: jax.Array, page_table: ja
     if flags.grammar:
         carry = carry.at[1, :sampled.next_state.shape[0]].set(sampled.next_state)
     return out, carry, kv
+
+
+def _on_device(x: jax.Array) -> jax.Array:
+    """Inside a jitted step: an input given in host memory (run_async's page-locked inputs), copied to
+    the device as part of the step; a no-op for an input already on the device."""
+    return jax.device_put(x, jax.memory.Space.Device)
 
 
 def _forward_sample(weights: Weights, kv: KVCache, arrays: dict[str, jax.Array], grammar: GrammarTables | None,
@@ -115,10 +122,12 @@ class ModelRunner:
 
     def __init__(self, cfg: ModelConfig, weights: Weights, *, num_pages: int, page_size: int,
                  kv_dtype: Any = None, attn_impl: str = "reference", max_seqs: int = 0,
-                 pages_per_seq: int | None = None) -> None:
+                 pages_per_seq: int | None = None, pinned_inputs: bool | None = None) -> None:
         """pages_per_seq: the page-table width every step is compiled for, when there is one (the
         kernels'): a narrower table (StepInputBuilder.narrow_page_tables) travels as it is and is
-        padded to this width on the device. None: steps run at the width they come with."""
+        padded to this width on the device. None: steps run at the width they come with.
+        pinned_inputs: run_async sends its inputs in page-locked host memory (where the backend has
+        it); False: as numpy, like run(). None: True unless $JAXSGL_PINNED_INPUTS is "0" (A/B runs)."""
         self.cfg = cfg
         self.pages_per_seq = pages_per_seq
         self.weights = weights
@@ -126,13 +135,22 @@ class ModelRunner:
         self.attn_impl = attn_impl
         self.kv_dtype = kv_dtype or weights.embed.dtype
         t0 = time.perf_counter()
-        self.kv = jax.block_until_ready(init_kv_cache(cfg, num_pages, page_size, self.kv_dtype))
+        # committed to the device, as every step's KV output is once its inputs are (page-locked ones
+        # are): the executables warm-up compiles then match the ones the steps call
+        self.kv = jax.block_until_ready(init_kv_cache(cfg, num_pages, page_size, self.kv_dtype, jax.devices()[0]))
         kv_s = time.perf_counter() - t0
         self._fns: dict[SamplingFlags, Any] = {}
         self._overlap_fns: dict[SamplingFlags, Any] = {}
         self.max_seqs = max_seqs  # run_async: rows carried from one step to the next (>= any step's S)
-        # run_async's "previous tokens" when there is no previous step (device_put: no compile, unlike jnp.zeros)
-        self._no_prev = jax.device_put(np.zeros((2, max_seqs), np.int32))
+        # run_async's "previous tokens" when there is no previous step (device_put: no compile, unlike
+        # jnp.zeros), committed like a previous step's tokens (warm-up lowers the steps with it)
+        device = jax.devices()[0]
+        self._no_prev = jax.device_put(np.zeros((2, max_seqs), np.int32), device)
+        if pinned_inputs is None:
+            pinned_inputs = os.environ.get("JAXSGL_PINNED_INPUTS", "1") != "0"
+        has_pinned = "pinned_host" in {m.kind for m in device.addressable_memories()}
+        self._pinned = (jax.sharding.SingleDeviceSharding(device, memory_kind="pinned_host")
+                        if pinned_inputs and has_pinned else None)
         log.info("KV cache: %d pages x %d tokens, %.1f MiB in %.1fs", num_pages, page_size,
                  num_pages * page_size * kv_bytes_per_token(cfg, self.kv_dtype) / 2**20, kv_s)
 
@@ -141,7 +159,7 @@ class ModelRunner:
         pages are released first: the pool fills most of the accelerator, two would not fit."""
         num_pages = self.kv.num_pages
         self.release_kv()
-        self.kv = init_kv_cache(self.cfg, num_pages, self.page_size, self.kv_dtype)
+        self.kv = init_kv_cache(self.cfg, num_pages, self.page_size, self.kv_dtype, jax.devices()[0])
 
     def release_kv(self) -> None:
         """Free the KV pages now (sets self.kv to None), so that a next engine in this process
@@ -180,7 +198,8 @@ class ModelRunner:
             if (src >= 0).any():
                 raise ValueError("run_async: src refers to a previous step but none was given")
         flat, layout = pack({**_inputs(step, si), "src": np.asarray(src, np.int32)})
-        out, tokens, self.kv = self._overlap_fn(flags)(self.weights, self.kv, flat, self._page_table(step),
+        out, tokens, self.kv = self._overlap_fn(flags)(self.weights, self.kv, self._host(flat),
+                                                       self._page_table(step, self._host),
                                                        self._no_prev if prev is None else prev.tokens,
                                                        grammar if flags.grammar else None, layout=layout,
                                                        hint=self._hint(step, hint))
@@ -194,7 +213,8 @@ class ModelRunner:
         if flags.grammar:
             raise ValueError("lower_async_step: grammar steps need the grammar tables")
         flat, layout = pack({**_inputs(step, si), "src": np.full(step.num_tokens, -1, np.int32)})
-        return self._overlap_fn(flags).lower(self.weights, self.kv, flat, self._page_table(step), self._no_prev,
+        return self._overlap_fn(flags).lower(self.weights, self.kv, self._host(flat),
+                                             self._page_table(step, self._host), self._no_prev,
                                              None, layout=layout, hint=self._hint(step, hint))
 
     def _overlap_fn(self, flags: SamplingFlags):
@@ -204,18 +224,24 @@ class ModelRunner:
                                                                static_argnames=("layout", "hint")))
         return self._overlap_fns[flags]
 
-    def _page_table(self, step: StepInput) -> Any:
-        """The step's page table as its jitted step takes it: as it is, or (narrower than
-        pages_per_seq) sent narrow and padded with PAD_PAGE on the device. At batch 256 the 8B
-        model's full table (8,192 pages of a 128k context) is 8 MB a step to build, pack and copy;
-        the pages in use are a few KB. Reads nothing else; the padding jit compiles once per shape."""
+    def _host(self, x: np.ndarray) -> Any:
+        """A host input of run_async as its jitted step takes it: in page-locked host memory (the step
+        copies it to the device, without the launch waiting for the step in flight), else as it is."""
+        return x if self._pinned is None else jax.device_put(x, self._pinned)
+
+    def _page_table(self, step: StepInput, send: Callable[[np.ndarray], Any] = lambda x: x) -> Any:
+        """The step's page table as its jitted step takes it (through `send`: run_async's _host): as
+        it is, or (narrower than pages_per_seq) sent narrow and padded with PAD_PAGE on the device. At
+        batch 256 the 8B model's full table (8,192 pages of a 128k context) is 8 MB a step to build,
+        pack and copy; the pages in use are a few KB. Reads nothing else; the padding jit compiles
+        once per shape."""
         pt = step.page_table
         width = self.pages_per_seq
         if width is None or pt.shape[1] == width:
-            return pt
+            return send(pt)
         if pt.shape[1] > width:
             raise ValueError(f"page table of width {pt.shape[1]} > pages_per_seq {width}")
-        return _widen_page_table(pt, width=width)
+        return _widen_page_table(send(pt), width=width)
 
     def warm_page_tables(self, seq_buckets: list[int], widths: list[int]) -> None:
         """Compile (and run once) the device padding of each narrow page-table width, for each
@@ -225,7 +251,8 @@ class ModelRunner:
         for S in seq_buckets:
             for w in widths:
                 if w < self.pages_per_seq:
-                    _widen_page_table(np.full((S, w), PAD_PAGE, np.int32), width=self.pages_per_seq).block_until_ready()
+                    table = self._host(np.full((S, w), PAD_PAGE, np.int32))
+                    _widen_page_table(table, width=self.pages_per_seq).block_until_ready()
 
     def hints(self) -> tuple[kernels.QLenHint, ...]:
         """The attention hints a step can compile under (kernels.step_hints)."""
@@ -249,7 +276,7 @@ class ModelRunner:
 
 @functools.partial(jax.jit, static_argnames=("width",))
 def _widen_page_table(page_table: jax.Array, *, width: int) -> jax.Array:
-    return jnp.pad(page_table, ((0, 0), (0, width - page_table.shape[1])), constant_values=PAD_PAGE)
+    return jnp.pad(_on_device(page_table), ((0, 0), (0, width - page_table.shape[1])), constant_values=PAD_PAGE)
 
 
 def _inputs(step: StepInput, si: SamplingInput) -> dict[str, np.ndarray]:

@@ -92,8 +92,8 @@ def _compile_events_here() -> dict[str, int]:
 
 def _arg_key(x: Any) -> tuple:
     """What an argument's executable depends on, with one device (a hashable tuple, cheap to make)."""
-    if isinstance(x, jax.Array):
-        return x.shape, x.dtype, x.weak_type, x.committed
+    if isinstance(x, jax.Array):  # committed, and where it lives (device or page-locked host memory)
+        return x.shape, x.dtype, x.weak_type, (x.committed, x.sharding.memory_kind)
     aval = jax.typeof(x)
     return aval.shape, aval.dtype, aval.weak_type, None
 

@@ -43,11 +43,12 @@ class KVCache:
         return int(self.k[0].shape[1])
 
 
-def init_kv_cache(cfg: ModelConfig, num_pages: int, page_size: int, dtype: Any = jnp.bfloat16) -> KVCache:
-    """Zeroed KV pages for every layer."""
+def init_kv_cache(cfg: ModelConfig, num_pages: int, page_size: int, dtype: Any = jnp.bfloat16,
+                  device: Any = None) -> KVCache:
+    """Zeroed KV pages for every layer (committed to `device` when given)."""
     shape = (num_pages, page_size, cfg.num_kv_heads, cfg.head_dim)
-    return KVCache(k=[jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)],
-                   v=[jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)])
+    return KVCache(k=[jnp.zeros(shape, dtype, device=device) for _ in range(cfg.num_layers)],
+                   v=[jnp.zeros(shape, dtype, device=device) for _ in range(cfg.num_layers)])
 
 
 def kv_bytes_per_token(cfg: ModelConfig, dtype: Any = jnp.bfloat16) -> int:

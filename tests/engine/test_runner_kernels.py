@@ -80,8 +80,37 @@ def test_a_narrow_page_table_is_padded_on_the_device_to_the_compiled_width():
     warmed = _widen_page_table._cache_size()
     for S in (1, 4, 8):
         for w in (16, 32):
-            _widen_page_table(np.zeros((S, w), np.int32), width=64)
+            _widen_page_table(runner._host(np.zeros((S, w), np.int32)), width=64)  # as run_async sends it
     assert _widen_page_table._cache_size() == warmed  # nothing left to compile
     too_wide = make_step_input(seqs, PAGE, num_tokens=64, num_seqs=4, pages_per_seq=128)
     with pytest.raises(ValueError, match="pages_per_seq 64"):
         runner.run(too_wide, greedy_sampling_input(4, 64), SamplingFlags())
+
+
+def test_run_async_sends_page_locked_inputs_and_computes_what_numpy_inputs_give():
+    """run_async's inputs travel in page-locked host memory (copied to the device inside the step);
+    the results equal those of numpy inputs (pinned_inputs=False, the way run() passes them)."""
+    cfg = ModelConfig(arch="llama", vocab_size=101, hidden_size=64, intermediate_size=64, num_layers=1,
+                      num_heads=2, num_kv_heads=1, head_dim=32, rms_norm_eps=1e-5, rope_theta=10000.0,
+                      rope_scaling=RopeScaling(), max_position_embeddings=1024, tie_word_embeddings=True)
+    weights = random_weights(weight_specs(cfg, jnp.float32), seed=5, scale=0.3)
+    seqs = [(list(range(5, 45)), 0, [3, 7, 1]), (list(range(9, 29)), 0, [9, 2])]
+    results = []
+    for pinned in (False, True):
+        runner = ModelRunner(cfg, weights, num_pages=24, page_size=PAGE, max_seqs=4, pages_per_seq=64,
+                             pinned_inputs=pinned)
+        sent = runner._host(np.zeros(8, np.int32))
+        assert isinstance(sent, np.ndarray) != pinned
+        if pinned:
+            assert sent.sharding.memory_kind == "pinned_host"
+        prefill = make_step_input(seqs, PAGE, num_tokens=64, num_seqs=4, pages_per_seq=16)
+        first = runner.run_async(prefill, greedy_sampling_input(4, 64), SamplingFlags(), None,
+                                 np.full(64, -1, np.int32))
+        decode = make_step_input([([0], 40, [3, 7, 1]), ([0], 20, [9, 2])], PAGE, num_tokens=8, num_seqs=4,
+                                 pages_per_seq=16)
+        src = np.array([0, 1, -1, -1, -1, -1, -1, -1], np.int32)  # the tokens the prefill sampled
+        second = runner.run_async(decode, greedy_sampling_input(4, 8), SamplingFlags(), first, src)
+        a, b = runner.collect(first), runner.collect(second)
+        results.append((a.token_ids[:2], a.logprobs[:2], b.token_ids[:2], b.logprobs[:2]))
+    for got, want in zip(results[1], results[0]):
+        np.testing.assert_array_equal(got, want)
