@@ -4,7 +4,7 @@
     python benchmarks/step_profile.py --preset gpu --model-path benchmarks/configs/llama-3.1-8b \\
         --load-format dummy --out benchmarks/results/step_profile_llama8b_h200.json
     python benchmarks/step_profile.py --preset gpu --model-path benchmarks/configs/llama-3.1-8b \\
-        --load-format dummy --attention-backend pallas --out benchmarks/results/step_profile_llama8b_h200_triton.json
+        --load-format dummy --attention-backend pallas_triton --out benchmarks/results/step_profile_llama8b_h200_triton.json
     python benchmarks/step_profile.py --refit benchmarks/results/step_profile_llama8b_h200.json  # no engine
 
 Phases (every request greedy, ignore_eos; the cache is flushed between configurations):

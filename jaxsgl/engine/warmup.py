@@ -65,10 +65,12 @@ def warm_up(runner: ModelRunner, builder: StepInputBuilder, threads: int | None 
             progress(desc="warm-up: compiling step variants", total=len(variants), unit="variant") as bar:
         # lowered here, one after another in a fixed order (the same IR, so the same cache keys, in
         # every process); compiled on the pool as each one is lowered
-        compiles = []
+        compiles, lowering_s = [], 0.0
         for (T, S, P), hint in variants:
-            compiles.append(pool.submit(runner.lower_async_step(padding_step(T, S, P), greedy_sampling_input(S, T),
-                                                                SamplingFlags(), hint)))
+            t_lower = time.perf_counter()
+            thunk = runner.lower_async_step(padding_step(T, S, P), greedy_sampling_input(S, T), SamplingFlags(), hint)
+            lowering_s += time.perf_counter() - t_lower
+            compiles.append(pool.submit(thunk))
             compiles[-1].add_done_callback(lambda _: bar.update(1))
         if while_compiling is not None:
             while_compiling()
@@ -80,6 +82,7 @@ def warm_up(runner: ModelRunner, builder: StepInputBuilder, threads: int | None 
                                         np.full(T, -1, np.int32), hint=hint))
     widths = builder.narrow_widths(builder.page_buckets[-1])
     runner.warm_page_tables(builder.seq_buckets, widths)
-    log.info("warm-up: compiled %d step variants in %.1fs (%d threads), ran them (and %d page-table paddings) in "
-             "%.1fs", len(variants), t1 - t0, workers, len(widths) * len(builder.seq_buckets), time.perf_counter() - t1)
+    log.info("warm-up: compiled %d step variants in %.1fs (%d threads; tracing and lowering them on this thread "
+             "%.1fs), ran them (and %d page-table paddings) in %.1fs", len(variants), t1 - t0, workers, lowering_s,
+             len(widths) * len(builder.seq_buckets), time.perf_counter() - t1)
     return len(variants)

@@ -56,12 +56,16 @@ def test_runner_kernels_match_reference_under_every_hint():
         np.testing.assert_allclose(lp, lp_ref, atol=0.05 if ON_GPU else 1e-4, err_msg=f"step {i}")
 
 
+def _one_layer_config() -> ModelConfig:
+    return ModelConfig(arch="llama", vocab_size=101, hidden_size=64, intermediate_size=64, num_layers=1,
+                       num_heads=2, num_kv_heads=1, head_dim=32, rms_norm_eps=1e-5, rope_theta=10000.0,
+                       rope_scaling=RopeScaling(), max_position_embeddings=1024, tie_word_embeddings=True)
+
+
 def test_a_narrow_page_table_is_padded_on_the_device_to_the_compiled_width():
     """ModelRunner(pages_per_seq=64) given a 16-column table (run and run_async) computes what the
     full 64-column table gives; a table wider than the compiled width is refused."""
-    cfg = ModelConfig(arch="llama", vocab_size=101, hidden_size=64, intermediate_size=64, num_layers=1,
-                      num_heads=2, num_kv_heads=1, head_dim=32, rms_norm_eps=1e-5, rope_theta=10000.0,
-                      rope_scaling=RopeScaling(), max_position_embeddings=1024, tie_word_embeddings=True)
+    cfg = _one_layer_config()
     weights = random_weights(weight_specs(cfg, jnp.float32), seed=3, scale=0.3)
     seqs = [(list(range(5, 45)), 0, [3, 7, 1]), (list(range(9, 29)), 0, [9, 2])]
     results = []
@@ -90,9 +94,7 @@ def test_a_narrow_page_table_is_padded_on_the_device_to_the_compiled_width():
 def test_run_async_sends_page_locked_inputs_and_computes_what_numpy_inputs_give():
     """run_async's inputs travel in page-locked host memory (copied to the device inside the step);
     the results equal those of numpy inputs (pinned_inputs=False, the way run() passes them)."""
-    cfg = ModelConfig(arch="llama", vocab_size=101, hidden_size=64, intermediate_size=64, num_layers=1,
-                      num_heads=2, num_kv_heads=1, head_dim=32, rms_norm_eps=1e-5, rope_theta=10000.0,
-                      rope_scaling=RopeScaling(), max_position_embeddings=1024, tie_word_embeddings=True)
+    cfg = _one_layer_config()
     weights = random_weights(weight_specs(cfg, jnp.float32), seed=5, scale=0.3)
     seqs = [(list(range(5, 45)), 0, [3, 7, 1]), (list(range(9, 29)), 0, [9, 2])]
     results = []
