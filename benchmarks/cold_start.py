@@ -37,6 +37,11 @@ def on_event(event, **_):
     if event.startswith("/jax/compilation_cache/"):
         cache_events[event] = cache_events.get(event, 0) + 1
 jax.monitoring.register_event_listener(on_event)
+durations = {}  # seconds summed over threads: tracing, lowering, backend compile (a cache hit's load included)
+def on_duration(event, duration, **_):
+    if event.startswith(("/jax/core/compile/", "/jax/compilation_cache/cache_retrieval")):
+        durations[event] = durations.get(event, 0.0) + duration
+jax.monitoring.register_event_duration_secs_listener(on_duration)
 class Keep(logging.Handler):
     def emit(self, record):
         log_lines.append(f"{record.relativeCreated / 1e3:.1f}s {record.name}: {record.getMessage()}")
@@ -49,7 +54,7 @@ out = eng.generate(input_ids=[1, 2, 3, 4], sampling_params={"max_new_tokens": 4,
 t3 = time.perf_counter()
 print("COLD_START " + json.dumps({"import_s": t1 - t0, "engine_ready_s": t2 - t1, "first_request_s": t3 - t2,
                                   "variants": eng.runner.num_compiled(), "tokens": len(out["output_ids"]),
-                                  "jax_cache_events": cache_events, "log": log_lines}))
+                                  "jax_cache_events": cache_events, "jax_compile_seconds": durations, "log": log_lines}))
 eng.shutdown()
 """
 
@@ -111,10 +116,23 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"argv": sys.argv[1:], "engine_kwargs": kwargs, "machine": platform.node(), "cache": str(cache),
               "starts": starts}
     args.out.write_text(json.dumps(result, indent=1))
-    print(f"{'start':>6}{'wall s':>9}{'import s':>10}{'ready s':>9}{'1st req s':>11}{'variants':>10}")
+    print(f"{'start':>6}{'wall s':>9}{'import s':>10}{'ready s':>9}{'1st req s':>11}{'variants':>10}"
+          f"{'hits/misses':>13}{'trace s':>9}{'lower s':>9}{'compile s':>11}{'cache read s':>14}")
     for i, s in enumerate(starts, 1):
         print(f"{i:>6}{s['wall_s']:>9.1f}{s['import_s']:>10.1f}{s['engine_ready_s']:>9.1f}"
-              f"{s['first_request_s']:>11.2f}{s['variants']:>10}{_hits(s):>16}")
+              f"{s['first_request_s']:>11.2f}{s['variants']:>10}{_hits(s):>13}"
+              + "".join(f"{_seconds(s, key):>{w}.1f}" for key, w in _PHASES))
+    print("(trace / lower / compile / cache read: seconds summed over the compiling threads; a cache hit's "
+          "load is in both compile and cache read)")
+    return result
+
+
+_PHASES = (("/jax/core/compile/jaxpr_trace_duration", 9), ("/jax/core/compile/jaxpr_to_mlir_module_duration", 9),
+           ("/jax/core/compile/backend_compile_duration", 11), ("/jax/compilation_cache/cache_retrieval_time_sec", 14))
+
+
+def _seconds(start: dict, event: str) -> float:
+    return start.get("jax_compile_seconds", {}).get(event, 0.0)
     return result
 
 
