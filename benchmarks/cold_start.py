@@ -133,7 +133,6 @@ _PHASES = (("/jax/core/compile/jaxpr_trace_duration", 9), ("/jax/core/compile/ja
 
 def _seconds(start: dict, event: str) -> float:
     return start.get("jax_compile_seconds", {}).get(event, 0.0)
-    return result
 
 
 if __name__ == "__main__":

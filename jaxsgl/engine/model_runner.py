@@ -134,22 +134,22 @@ class ModelRunner:
         self.page_size = page_size
         self.attn_impl = attn_impl
         self.kv_dtype = kv_dtype or weights.embed.dtype
+        self.device = jax.devices()[0]
         t0 = time.perf_counter()
         # committed to the device, as every step's KV output is once its inputs are (page-locked ones
         # are): the executables warm-up compiles then match the ones the steps call
-        self.kv = jax.block_until_ready(init_kv_cache(cfg, num_pages, page_size, self.kv_dtype, jax.devices()[0]))
+        self.kv = jax.block_until_ready(init_kv_cache(cfg, num_pages, page_size, self.kv_dtype, self.device))
         kv_s = time.perf_counter() - t0
         self._fns: dict[SamplingFlags, Any] = {}
         self._overlap_fns: dict[SamplingFlags, Any] = {}
         self.max_seqs = max_seqs  # run_async: rows carried from one step to the next (>= any step's S)
         # run_async's "previous tokens" when there is no previous step (device_put: no compile, unlike
         # jnp.zeros), committed like a previous step's tokens (warm-up lowers the steps with it)
-        device = jax.devices()[0]
-        self._no_prev = jax.device_put(np.zeros((2, max_seqs), np.int32), device)
+        self._no_prev = jax.device_put(np.zeros((2, max_seqs), np.int32), self.device)
         if pinned_inputs is None:
             pinned_inputs = os.environ.get("JAXSGL_PINNED_INPUTS", "1") != "0"
-        has_pinned = "pinned_host" in {m.kind for m in device.addressable_memories()}
-        self._pinned = (jax.sharding.SingleDeviceSharding(device, memory_kind="pinned_host")
+        has_pinned = "pinned_host" in {m.kind for m in self.device.addressable_memories()}
+        self._pinned = (jax.sharding.SingleDeviceSharding(self.device, memory_kind="pinned_host")
                         if pinned_inputs and has_pinned else None)
         log.info("KV cache: %d pages x %d tokens, %.1f MiB in %.1fs", num_pages, page_size,
                  num_pages * page_size * kv_bytes_per_token(cfg, self.kv_dtype) / 2**20, kv_s)
@@ -159,7 +159,7 @@ class ModelRunner:
         pages are released first: the pool fills most of the accelerator, two would not fit."""
         num_pages = self.kv.num_pages
         self.release_kv()
-        self.kv = init_kv_cache(self.cfg, num_pages, self.page_size, self.kv_dtype, jax.devices()[0])
+        self.kv = init_kv_cache(self.cfg, num_pages, self.page_size, self.kv_dtype, self.device)
 
     def release_kv(self) -> None:
         """Free the KV pages now (sets self.kv to None), so that a next engine in this process
