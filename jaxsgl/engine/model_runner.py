@@ -231,16 +231,20 @@ class ModelRunner:
 
     def _page_table(self, step: StepInput, send: Callable[[np.ndarray], Any] = lambda x: x) -> Any:
         """The step's page table as its jitted step takes it (through `send`: run_async's _host): as
-        it is, or (narrower than pages_per_seq) sent narrow and padded with PAD_PAGE on the device. At
+        it is without pages_per_seq, else sent as narrow as build() made it and padded with PAD_PAGE
+        to pages_per_seq on the device (always in device memory: one executable per shape). At
         batch 256 the 8B model's full table (8,192 pages of a 128k context) is 8 MB a step to build,
         pack and copy; the pages in use are a few KB. Reads nothing else; the padding jit compiles
         once per shape."""
         pt = step.page_table
         width = self.pages_per_seq
-        if width is None or pt.shape[1] == width:
+        if width is None:
             return send(pt)
         if pt.shape[1] > width:
             raise ValueError(f"page table of width {pt.shape[1]} > pages_per_seq {width}")
+        # full width too goes through the device padding: the step then always takes its page table in
+        # device memory (sent as it is, a full table would be in page-locked host memory, another
+        # executable than the narrow tables' that warm-up does not compile)
         return _widen_page_table(send(pt), width=width)
 
     def warm_page_tables(self, seq_buckets: list[int], widths: list[int]) -> None:

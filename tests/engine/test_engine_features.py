@@ -174,6 +174,34 @@ def test_warmup_compiles_every_bucket_without_touching_the_cache(tiny_model_dir,
         assert kernels.step_hint([1, 30], "auto") == hints[0]
 
 
+def test_warmup_covers_narrow_and_full_page_tables_of_the_kernels_path(tiny_model_dir, monkeypatch):
+    """With a kernel impl (one compiled page-table width), steps send narrow tables that are widened
+    on the device: a step must take its table in the same memory whether narrow or full, or each
+    shape compiles again after warm-up (page-locked full tables vs device-widened narrow ones did,
+    on the H200 mid-run)."""
+    from jaxsgl.engine.engine import Engine
+    from jaxsgl.scheduler import StepInputBuilder
+
+    widths, real_build = set(), StepInputBuilder.build
+
+    def recording_build(self, batch):
+        step = real_build(self, batch)
+        widths.add(step.page_table.shape[1])
+        return step
+
+    monkeypatch.setattr(StepInputBuilder, "build", recording_build)
+    rng = np.random.default_rng(0)
+    prompts = [[int(t) for t in rng.integers(100, 40000, n)] for n in (20, 60, 300)]
+    with Engine(str(tiny_model_dir), dtype="float32", max_running_requests=4, chunked_prefill_size=64,
+                context_length=512, attention_backend="pallas_interpret", warmup=True, skip_tokenizer_init=True,
+                seq_buckets=[1, 4]) as eng:
+        compiled = eng.runner.num_compiled()
+        widths.clear()
+        eng.generate(input_ids=prompts, sampling_params={"max_new_tokens": 3, "temperature": 0, "ignore_eos": True})
+        assert widths == {16, 32}  # narrow (16 pages) and the full 512-token context
+        assert eng.runner.num_compiled() == compiled
+
+
 def test_a_failing_step_fails_its_requests_and_the_engine_recovers(tiny_engine, monkeypatch):
     real_run = tiny_engine.runner.run_async
     calls = {"n": 0}
