@@ -54,6 +54,7 @@ out = eng.generate(input_ids=[1, 2, 3, 4], sampling_params={"max_new_tokens": 4,
 t3 = time.perf_counter()
 print("COLD_START " + json.dumps({"import_s": t1 - t0, "engine_ready_s": t2 - t1, "first_request_s": t3 - t2,
                                   "variants": eng.runner.num_compiled(), "tokens": len(out["output_ids"]),
+                                  "output_ids": out["output_ids"], "torch_imported": "torch" in sys.modules,
                                   "jax_cache_events": cache_events, "jax_compile_seconds": durations, "log": log_lines}))
 eng.shutdown()
 """
@@ -113,8 +114,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps({"start": i + 1, **starts[-1]}), flush=True)
     import platform
 
+    # the same greedy tokens from the fresh compiles and from the cached (JAX's or jaxsgl's) executables
+    same = all(s["output_ids"] == starts[0]["output_ids"] for s in starts)
     result = {"argv": sys.argv[1:], "engine_kwargs": kwargs, "machine": platform.node(), "cache": str(cache),
-              "starts": starts}
+              "same_tokens_every_start": same, "starts": starts}
     args.out.write_text(json.dumps(result, indent=1))
     print(f"{'start':>6}{'wall s':>9}{'import s':>10}{'ready s':>9}{'1st req s':>11}{'variants':>10}"
           f"{'hits/misses':>13}{'trace s':>9}{'lower s':>9}{'compile s':>11}{'cache read s':>14}")
@@ -124,6 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
               + "".join(f"{_seconds(s, key):>{w}.1f}" for key, w in _PHASES))
     print("(trace / lower / compile / cache read: seconds summed over the compiling threads; a cache hit's "
           "load is in both compile and cache read)")
+    print(f"first request's greedy tokens the same in every start: {same}")
     return result
 
 

@@ -30,8 +30,8 @@ from jaxsgl.model.gguf_convert import cache_root
 log = logging.getLogger(__name__)
 _FORMAT = 1  # bump when what an entry holds changes
 EXECUTABLES_DIR = "jaxsgl-executables"  # under jax_compilation_cache_dir
-# The executable cache is on for the CPU. On a GPU it is untested (Triton and Mosaic kernels inside
-# serialized executables): JAXSGL_GPU_EXECUTABLE_CACHE=1 turns it on there, to measure it.
+# The executable cache is on for the CPU. On a GPU it is opt-in until measured end to end (Triton kernels
+# inside serialized executables load; Mosaic GPU ones do not): JAXSGL_GPU_EXECUTABLE_CACHE=1 turns it on.
 GPU_OPT_IN = "JAXSGL_GPU_EXECUTABLE_CACHE"
 
 
@@ -109,8 +109,9 @@ class PersistentJit:
     that JAX's cache already holds, but this one does not (a cache from before this one existed,
     or a source edit that left the program unchanged), keeps being traced, lowered and loaded from
     JAX's cache. Without a compilation cache directory, with more than one device, or off the CPU
-    (unless $JAXSGL_GPU_EXECUTABLE_CACHE=1: serialized GPU executables, Triton and Mosaic kernels
-    included, are untested here), it is exactly the jitted function.
+    (unless $JAXSGL_GPU_EXECUTABLE_CACHE=1: executables with Triton kernels load and run on the
+    H200; those with Mosaic GPU kernels do not load in another process and are not written, see
+    unserializable_kernels), it is exactly the jitted function.
     `fn` should be a functools.partial whose keywords are part of the key (their repr)."""
 
     def __init__(self, fn: Callable, *, donate_argnums: tuple[int, ...] = (),
@@ -130,14 +131,25 @@ class PersistentJit:
         return bool(jax.config.jax_compilation_cache_dir and jax.device_count() == 1 and backend_ok
                     and not set(static) - set(self._static_argnames))
 
-    def _executable(self, args: tuple, static: dict) -> Any:
+    def _entry(self, args: tuple, static: dict) -> tuple[Any, Path]:
+        """(signature of this call's executable, its file under the executable cache)."""
         leaves, treedef = jax.tree_util.tree_flatten(args)
         sig = (tuple(sorted(static.items())), treedef, tuple(map(_arg_key, leaves)))
+        key = repr((_environment_key(), self._fn_key, sig[0], str(sig[1]),
+                    [(tuple(shape), str(dtype), weak, committed) for shape, dtype, weak, committed in sig[2]]))
+        directory = Path(jax.config.jax_compilation_cache_dir) / EXECUTABLES_DIR
+        return sig, directory / (hashlib.sha256(key.encode()).hexdigest() + ".pkl")
+
+    def _executable(self, args: tuple, static: dict, lowered: Any = None) -> Any:
+        """The executable of this call (mutates self._compiled): remembered, loaded from the
+        executable cache, or compiled (from `lowered` when given)."""
+        sig, path = self._entry(args, static)
         compiled = self._compiled.get(sig)
+        if compiled is None and lowered is None:
+            compiled = self._load(path)
         if compiled is None:
-            directory = Path(jax.config.jax_compilation_cache_dir) / EXECUTABLES_DIR
-            compiled = self._compiled.setdefault(sig, self._load_or_compile(directory, sig, args, static))
-        return compiled
+            compiled = self._compile(path, lowered if lowered is not None else self._jit.lower(*args, **static))
+        return self._compiled.setdefault(sig, compiled)
 
     def __call__(self, *args: Any, **static: Any) -> Any:
         if not self._persistent(static):
@@ -150,24 +162,31 @@ class PersistentJit:
         self.lower(*args, **static)()
 
     def lower(self, *args: Any, **static: Any) -> Callable[[], None]:
-        """Trace and lower now; returns the thunk that compiles (or loads) the executable, which is
-        thread-safe and runs XLA without the GIL. Warm-up lowers every variant on one thread in a fixed
-        order and compiles them on several: lowering Mosaic GPU kernels on several threads at once gives
-        their serialized modules a different hash in each process, so JAX's persistent cache missed."""
-        if self._persistent(static):
-            return lambda: self._executable(args, static)  # (its key is ours: lowered when compiled)
-        lowered = self._jit.lower(*args, **static)
+        """Trace and lower now (unless the executable cache holds this executable: then nothing);
+        returns the thunk that compiles or loads the executable, which is thread-safe and runs XLA
+        without the GIL. Warm-up lowers every variant on one thread in a fixed order and compiles them
+        on several: lowering Mosaic GPU kernels on several threads at once gives their serialized
+        modules a different hash in each process, so JAX's persistent cache missed."""
+        if not self._persistent(static):
+            lowered = self._jit.lower(*args, **static)
 
-        def compile_lowered() -> None:
-            lowered.compile()
-        return compile_lowered
+            def compile_lowered() -> None:
+                lowered.compile()
+            return compile_lowered
+        sig, path = self._entry(args, static)
+        lowered = None
+        if sig not in self._compiled and not path.exists():
+            lowered = self._jit.lower(*args, **static)
 
-    def _load_or_compile(self, directory: Path, sig: tuple, args: tuple, static: dict) -> Any:
+        def load_or_compile() -> None:  # (a damaged entry is lowered on the calling thread: rare)
+            self._executable(args, static, lowered)
+        return load_or_compile
+
+    @staticmethod
+    def _load(path: Path) -> Any | None:
+        """The executable stored at path, or None (none there, or it cannot be loaded here)."""
         from jax.experimental import serialize_executable as se
 
-        key = repr((_environment_key(), self._fn_key, sig[0], str(sig[1]),
-                    [(tuple(shape), str(dtype), weak, committed) for shape, dtype, weak, committed in sig[2]]))
-        path = directory / (hashlib.sha256(key.encode()).hexdigest() + ".pkl")
         try:
             with open(path, "rb") as f:
                 payload, in_tree, out_tree = pickle.load(f)
@@ -176,24 +195,47 @@ class PersistentJit:
             log.debug("loaded executable %s in %.2fs", path.name, time.perf_counter() - t0)
             return compiled
         except FileNotFoundError:
-            pass
+            return None
         except Exception as e:  # noqa: BLE001 - a stale or damaged entry: compile again and replace it
             log.warning("ignoring the cached executable %s (%s: %s)", path, type(e).__name__, e)
+            return None
+
+    @staticmethod
+    def _compile(path: Path, lowered: Any) -> Any:
+        """Compile `lowered`; keep the executable at path when it was a fresh compile that can be
+        serialized (writes the executable cache, through JAX's cache)."""
+        from jax.experimental import serialize_executable as se
+
         events = _compile_events()
         before = dict(events)
-        compiled = self._jit.lower(*args, **static).compile()
+        compiled = lowered.compile()
         fresh = events.get(_MISS, 0) > before.get(_MISS, 0) and events.get(_HIT, 0) == before.get(_HIT, 0)
-        if fresh:  # compiled here and written to JAX's cache (so it took long enough to be worth it)
+        if fresh and not unserializable_kernels(lowered):  # compiled here and written to JAX's cache
             try:
                 data = pickle.dumps(se.serialize(compiled))
-                directory.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
                 os.replace(tmp, path)  # atomic: concurrent starts read a whole entry or none
             except Exception as e:  # noqa: BLE001 - not serializable here, or a read-only cache
                 log.debug("not caching the executable %s: %s: %s", path.name, type(e).__name__, e)
         return compiled
+
+
+# Custom calls whose serialized executables do not load in another process. Mosaic GPU kernels (the
+# Hopper extend kernel): their host-side launch code is JIT-compiled into the compiling process only
+# (jax 0.11.2 on the H200: "Failed to lookup host symbol ... _mlir_ciface_kernel_mosaic_gpu").
+UNSERIALIZABLE_CUSTOM_CALLS = ("mosaic_gpu",)
+
+
+def unserializable_kernels(lowered: Any) -> bool:
+    """Whether a lowered GPU program calls a kernel of UNSERIALIZABLE_CUSTOM_CALLS (reads its text: on
+    the GPU only, where such kernels exist)."""
+    if jax.default_backend() != "gpu":
+        return False
+    text = lowered.as_text()
+    return any(f'call_target_name = "{name}' in text for name in UNSERIALIZABLE_CUSTOM_CALLS)
 
 
 def persistent_jit(fn: Callable, *, donate_argnums: tuple[int, ...] = (),

@@ -83,6 +83,38 @@ def test_persistent_jit_reuses_its_executables_in_a_new_process(tmp_path):
     assert third["traced"] == 2 and third["entries"] == [] and third["outs"] == first["outs"]
 
 
+LOWER = STEP.split("outs = []")[0] + """
+import threading
+compile_cache.unserializable_kernels = lambda lowered: lowered.as_text().count("tanh") == 5  # stands in for Mosaic
+x = np.full((8, 64), 0.01, np.float32)
+thunks, traced_by_lower = [], []
+for n in (3, 5):
+    before = len(traced)
+    thunks.append(f.lower(w, kv, x, n=n))
+    traced_by_lower.append(len(traced) - before)
+for t in [threading.Thread(target=t) for t in thunks]:
+    t.start(); t.join()
+outs = []
+for n in (3, 5):
+    out, kv = f(w, kv, x, n=n)
+    outs.append(np.asarray(out).tolist())
+d = compile_cache.Path(jax.config.jax_compilation_cache_dir) / compile_cache.EXECUTABLES_DIR
+print(json.dumps({"outs": outs, "traced_by_lower": traced_by_lower, "traced": len(traced),
+                  "entries": len(list(d.glob("*.pkl"))) if d.exists() else 0}))
+"""
+
+
+def test_persistent_lower_traces_only_what_the_executable_cache_lacks(tmp_path):
+    """Warm-up's path: lower() traces on the calling thread (in order) only an executable that is not on
+    disk; one whose kernels cannot be serialized (Mosaic GPU on the GPU; here, by a stand-in predicate)
+    is never written, so every start lowers it and loads it from JAX's cache."""
+    first = _run(LOWER, tmp_path)
+    assert first["traced_by_lower"] == [1, 1] and first["traced"] == 2 and first["entries"] == 1
+    second = _run(LOWER, tmp_path)
+    assert second["traced_by_lower"] == [0, 1] and second["traced"] == 1 and second["entries"] == 1
+    assert second["outs"] == first["outs"]
+
+
 def test_background_tokenizer_load_gives_the_same_tokenizer_and_reraises_its_error(default_model_dir, tmp_path):
     """Engine and EngineProcess load the tokenizer on a thread while weights load and steps compile."""
     import pytest
