@@ -131,21 +131,28 @@ class PersistentJit:
         return bool(jax.config.jax_compilation_cache_dir and jax.device_count() == 1 and backend_ok
                     and not set(static) - set(self._static_argnames))
 
-    def _entry(self, args: tuple, static: dict) -> tuple[Any, Path]:
-        """(signature of this call's executable, its file under the executable cache)."""
+    @staticmethod
+    def _signature(args: tuple, static: dict) -> tuple:
+        """What tells this call's executable apart among this function's (cheap: every call makes one)."""
         leaves, treedef = jax.tree_util.tree_flatten(args)
-        sig = (tuple(sorted(static.items())), treedef, tuple(map(_arg_key, leaves)))
+        return tuple(sorted(static.items())), treedef, tuple(map(_arg_key, leaves))
+
+    def _path(self, sig: tuple) -> Path:
+        """The executable cache's file for a signature (hashes the whole environment: on a miss only)."""
         key = repr((_environment_key(), self._fn_key, sig[0], str(sig[1]),
                     [(tuple(shape), str(dtype), weak, committed) for shape, dtype, weak, committed in sig[2]]))
         directory = Path(jax.config.jax_compilation_cache_dir) / EXECUTABLES_DIR
-        return sig, directory / (hashlib.sha256(key.encode()).hexdigest() + ".pkl")
+        return directory / (hashlib.sha256(key.encode()).hexdigest() + ".pkl")
 
     def _executable(self, args: tuple, static: dict, lowered: Any = None) -> Any:
         """The executable of this call (mutates self._compiled): remembered, loaded from the
         executable cache, or compiled (from `lowered` when given)."""
-        sig, path = self._entry(args, static)
+        sig = self._signature(args, static)
         compiled = self._compiled.get(sig)
-        if compiled is None and lowered is None:
+        if compiled is not None:
+            return compiled
+        path = self._path(sig)
+        if lowered is None:
             compiled = self._load(path)
         if compiled is None:
             compiled = self._compile(path, lowered if lowered is not None else self._jit.lower(*args, **static))
@@ -173,12 +180,12 @@ class PersistentJit:
             def compile_lowered() -> None:
                 lowered.compile()
             return compile_lowered
-        sig, path = self._entry(args, static)
+        sig = self._signature(args, static)
         lowered = None
-        if sig not in self._compiled and not path.exists():
+        if sig not in self._compiled and not self._path(sig).exists():
             lowered = self._jit.lower(*args, **static)
 
-        def load_or_compile() -> None:  # (a damaged entry is lowered on the calling thread: rare)
+        def load_or_compile() -> None:  # (an entry that fails to load is lowered here, off this thread: rare)
             self._executable(args, static, lowered)
         return load_or_compile
 
