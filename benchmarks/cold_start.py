@@ -47,6 +47,7 @@ class Keep(logging.Handler):
         log_lines.append(f"{record.relativeCreated / 1e3:.1f}s {record.name}: {record.getMessage()}")
 logging.getLogger("jaxsgl").addHandler(Keep())
 logging.getLogger("jaxsgl").setLevel(logging.INFO)
+logging.getLogger("jaxsgl.model.compile_cache").setLevel(logging.DEBUG)  # each executable's load time
 t1 = time.perf_counter()
 eng = Engine(sys.argv[1] or None, warmup=True, **json.loads(sys.argv[2]))
 t2 = time.perf_counter()

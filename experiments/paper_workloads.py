@@ -285,6 +285,10 @@ def engine_main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--size", nargs="+", default=["gpu"], help="preset (small | fast | full | gpu), name=N items")
     ap.add_argument("--warm", choices=["pass", "none"], default="pass",
                     help="pass: an untimed replay first compiles the shapes it meets")
+    ap.add_argument("--warmup", action="store_true",
+                    help="compile every step shape when each engine starts, on all cores (Engine warmup=True; "
+                         "for the GPU, where a shape met in an untimed pass compiles alone in ~8-10 s)")
+    ap.add_argument("--seq-buckets", type=int, nargs="+", default=None, help="padded batch sizes (Engine option)")
     ap.add_argument("--max-total-tokens", type=int, default=None)
     ap.add_argument("--max-running-requests", type=int, default=64)
     ap.add_argument("--chunked-prefill-size", type=int, default=512)
@@ -303,12 +307,13 @@ def engine_main(argv: Sequence[str] | None = None) -> None:
           f"{time.perf_counter() - t0:.1f}s", flush=True)
     opts = dict(max_running_requests=args.max_running_requests, chunked_prefill_size=args.chunked_prefill_size,
                 max_total_tokens=args.max_total_tokens)
+    engine_only = dict(seq_buckets=args.seq_buckets, warmup=args.warmup)  # (not simulator options)
     rows: list[dict] = []
     out: dict[str, Any] = {"args": vars(args), "sizes": {w.name: sizes[w.name] for w in wls},
                            "workloads": [w.summary() for w in wls], "rows": rows}
     for cache in (True, False):
         with Engine(args.model_path, load_format=args.load_format, attention_backend=args.attention_backend,
-                    skip_tokenizer_init=True, disable_radix_cache=not cache, **opts) as eng:
+                    skip_tokenizer_init=True, disable_radix_cache=not cache, **engine_only, **opts) as eng:
             import jax
             out["device"] = str(jax.devices()[0].device_kind)
             out["sim_options"] = {**opts, "max_total_tokens": eng.scheduler.pool.capacity * eng.scheduler.page_size}

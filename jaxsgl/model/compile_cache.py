@@ -195,11 +195,12 @@ class PersistentJit:
         from jax.experimental import serialize_executable as se
 
         try:
+            t0 = time.perf_counter()
             with open(path, "rb") as f:
                 payload, in_tree, out_tree = pickle.load(f)
-            t0 = time.perf_counter()
+            t1 = time.perf_counter()
             compiled = se.deserialize_and_load(payload, in_tree, out_tree)
-            log.debug("loaded executable %s in %.2fs", path.name, time.perf_counter() - t0)
+            log.debug("loaded executable %s in %.2fs (read %.2fs)", path.name, time.perf_counter() - t0, t1 - t0)
             return compiled
         except FileNotFoundError:
             return None
@@ -217,7 +218,10 @@ class PersistentJit:
         before = dict(events)
         compiled = lowered.compile()
         fresh = events.get(_MISS, 0) > before.get(_MISS, 0) and events.get(_HIT, 0) == before.get(_HIT, 0)
-        if fresh and not unserializable_kernels(lowered):  # compiled here and written to JAX's cache
+        if fresh and unserializable_kernels(lowered):
+            log.debug("not caching the executable %s: it calls a kernel that does not load in another process",
+                      path.name)
+        elif fresh:  # compiled here and written to JAX's cache
             try:
                 data = pickle.dumps(se.serialize(compiled))
                 path.parent.mkdir(parents=True, exist_ok=True)
