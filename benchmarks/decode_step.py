@@ -241,8 +241,8 @@ def main() -> None:
                     help="physical KV pages; rows beyond it reuse pages (HBM traffic all the same: >> L2)")
     ap.add_argument("--compile-threads", type=int, default=os.cpu_count() or 1,
                     help="compile every (batch, context) step ahead of time on this many threads")
-    ap.add_argument("--profile", default=None, metavar="BATCH,CONTEXT",
-                    help="also trace that cell's step: GPU time per kernel and per kind (jax.profiler)")
+    ap.add_argument("--profile", nargs="+", default=[], metavar="BATCH,CONTEXT",
+                    help="also trace these cells' steps: GPU time per kernel and per kind (jax.profiler)")
     ap.add_argument("--dispatch-study", action="store_true",
                     help="host launch cost of the largest batch's step: same buffers, fresh inputs, run_async")
     ap.add_argument("--dispatch-trace", action="store_true",
@@ -313,7 +313,7 @@ def main() -> None:
                 run = lambda: runner.run_async(step, sinput, f, None, src, grammar=g).out  # noqa: E731
                 row[name] = time_calls(run, args.iters, False)
             row["grammar_pct"] = 100 * (row["grammar_ms"] / row["async_ms"] - 1)
-        if args.profile and tuple(map(int, args.profile.split(","))) == (S, ctx):  # every width
+        if (S, ctx) in {tuple(map(int, cell.split(","))) for cell in args.profile}:  # every width
             row["profile"] = profile_kernels(device_only, max(args.iters // 2, 3))
         rows.append(row)
         print(json.dumps(row), flush=True)
