@@ -123,7 +123,8 @@ class Engine:
         self.tokenizer = None
         load = None if opts.skip_tokenizer_init else self._load_tokenizer
         if opts.warmup:
-            warm_up(self.runner, self.builder, opts.warmup_compile_threads, while_compiling=load)
+            warm_up(self.runner, self.builder, opts.warmup_compile_threads, while_compiling=load,
+                    sampled=opts.warmup_sampled)
         if load is not None and self.tokenizer is None:
             load()
         self.eos_ids = set(self.cfg.eos_token_ids) if self.tokenizer is None else \
@@ -329,9 +330,10 @@ class Engine:
 
     def warmup(self) -> int:
         """Compile every step variant this engine can run (engine/warmup.py), on
-        warmup_compile_threads threads. Call before serving (the constructor does with
-        warmup=True). Returns the number compiled."""
-        return warm_up(self.runner, self.builder, self.options.warmup_compile_threads)
+        warmup_compile_threads threads (with warmup_sampled, the sampled steps' too). Call before
+        serving (the constructor does with warmup=True). Returns the number compiled."""
+        return warm_up(self.runner, self.builder, self.options.warmup_compile_threads,
+                       sampled=self.options.warmup_sampled)
 
     # ------------------------------------------------------------------ requests
     def _make_state(self, ids: list[int], params: SamplingParams, index: int, want_lp: bool, start: int | None,

@@ -30,6 +30,7 @@ class EngineOptions:
     skip_tokenizer_init: bool = False  # no tokenizer: input_ids in, output_ids out (text is "")
     seq_buckets: list[int] | None = None  # padded batch sizes; default powers of two up to max_running_requests
     warmup: bool = False  # compile every (tokens, seqs, pages) bucket of greedy steps before serving
+    warmup_sampled: bool = False  # warm-up also compiles the steps of batches with temperature > 0 (no top-k/p/min-p)
     warmup_compile_threads: int | None = None  # warm-up compiles this many variants at once (None: CPU count)
     disable_overlap_schedule: bool = False  # True: read each step back before the next (no overlap; engine/step_loop.py)
     disable_regex_jump_forward: bool = False  # constrained decoding: decode forced strings token by token

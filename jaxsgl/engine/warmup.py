@@ -47,15 +47,18 @@ def padding_step(T: int, S: int, P: int) -> StepInput:
 
 
 def warm_up(runner: ModelRunner, builder: StepInputBuilder, threads: int | None = None,
-            while_compiling: Callable[[], Any] | None = None) -> int:
+            while_compiling: Callable[[], Any] | None = None, sampled: bool = False) -> int:
     """Compile every variant on `threads` threads (None: the CPU count), then run each once (mutates
     runner's compiled-function caches and, through padding steps, nothing else). Returns how many.
     while_compiling: called on this thread once every variant is lowered, while the pool compiles
-    (compiling holds no GIL: the engine loads its tokenizer there)."""
-    variants = step_variants(runner, builder)
+    (compiling holds no GIL: the engine loads its tokenizer there). sampled: also the variants of
+    batches with temperature > 0 (SamplingFlags is part of the jit key: without them the first
+    sampled request of each shape compiles)."""
+    flag_sets = [SamplingFlags()] + ([SamplingFlags(sample=True)] if sampled else [])
+    variants = [(shape, hint, flags) for shape, hint in step_variants(runner, builder) for flags in flag_sets]
     if len(variants) > MANY_VARIANTS:
         log.warning("warm-up: %d step variants to compile (sequence buckets %s x token buckets x page-table widths "
-                    "x attention hints); on a CPU that takes many minutes and can exhaust the process's memory "
+                    "x attention hints x sampling modes); on a CPU that takes many minutes and can exhaust the process's memory "
                     "maps: shrink it with --max-running-requests, --seq-buckets or --context-length",
                     len(variants), builder.seq_buckets)
 
@@ -66,9 +69,9 @@ def warm_up(runner: ModelRunner, builder: StepInputBuilder, threads: int | None 
         # lowered here, one after another in a fixed order (the same IR, so the same cache keys, in
         # every process); compiled on the pool as each one is lowered
         compiles, lowering_s = [], 0.0
-        for (T, S, P), hint in variants:
+        for (T, S, P), hint, flags in variants:
             t_lower = time.perf_counter()
-            thunk = runner.lower_async_step(padding_step(T, S, P), greedy_sampling_input(S, T), SamplingFlags(), hint)
+            thunk = runner.lower_async_step(padding_step(T, S, P), greedy_sampling_input(S, T), flags, hint)
             lowering_s += time.perf_counter() - t_lower
             compiles.append(pool.submit(thunk))
             compiles[-1].add_done_callback(lambda _: bar.update(1))
@@ -77,8 +80,8 @@ def warm_up(runner: ModelRunner, builder: StepInputBuilder, threads: int | None 
         for f in compiles:
             f.result()
     t1 = time.perf_counter()
-    for (T, S, P), hint in variants:
-        runner.collect(runner.run_async(padding_step(T, S, P), greedy_sampling_input(S, T), SamplingFlags(), None,
+    for (T, S, P), hint, flags in variants:
+        runner.collect(runner.run_async(padding_step(T, S, P), greedy_sampling_input(S, T), flags, None,
                                         np.full(T, -1, np.int32), hint=hint))
     widths = builder.narrow_widths(builder.page_buckets[-1])
     runner.warm_page_tables(builder.seq_buckets, widths)

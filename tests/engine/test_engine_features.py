@@ -202,6 +202,25 @@ def test_warmup_covers_narrow_and_full_page_tables_of_the_kernels_path(tiny_mode
         assert eng.runner.num_compiled() == compiled
 
 
+def test_warmup_sampled_covers_requests_with_temperature(tiny_model_dir):
+    """SamplingFlags is part of the jit key: warmup_sampled compiles the temperature > 0 steps too, so a
+    sampled request (the OpenAI API's default) compiles nothing after warm-up; greedy ones neither."""
+    from jaxsgl.engine.engine import Engine
+    from jaxsgl.engine.warmup import step_variants
+
+    with Engine(str(tiny_model_dir), dtype="float32", max_running_requests=2, chunked_prefill_size=32,
+                context_length=128, warmup=True, warmup_sampled=True, skip_tokenizer_init=True) as eng:
+        compiled = eng.runner.num_compiled()
+        assert compiled == 2 * len(step_variants(eng.runner, eng.builder))
+        ids = [int(t) for t in np.random.default_rng(1).integers(100, 40000, 40)]
+        sampled = eng.generate(input_ids=[ids, ids[:7]], sampling_params={"max_new_tokens": 5, "temperature": 0.8,
+                                                                          "ignore_eos": True})
+        greedy = eng.generate(input_ids=ids, sampling_params={"max_new_tokens": 5, "temperature": 0,
+                                                              "ignore_eos": True})
+        assert all(len(o["output_ids"]) == 5 for o in sampled) and len(greedy["output_ids"]) == 5
+        assert eng.runner.num_compiled() == compiled
+
+
 def test_a_failing_step_fails_its_requests_and_the_engine_recovers(tiny_engine, monkeypatch):
     real_run = tiny_engine.runner.run_async
     calls = {"n": 0}
