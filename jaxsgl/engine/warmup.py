@@ -58,8 +58,8 @@ def warm_up(runner: ModelRunner, builder: StepInputBuilder, threads: int | None 
     variants = [(shape, hint, flags) for shape, hint in step_variants(runner, builder) for flags in flag_sets]
     if len(variants) > MANY_VARIANTS:
         log.warning("warm-up: %d step variants to compile (sequence buckets %s x token buckets x page-table widths "
-                    "x attention hints x sampling modes); on a CPU that takes many minutes and can exhaust the process's memory "
-                    "maps: shrink it with --max-running-requests, --seq-buckets or --context-length",
+                    "x attention hints x sampling modes); on a CPU that takes many minutes and can exhaust the "
+                    "process's memory maps: shrink it with --max-running-requests, --seq-buckets or --context-length",
                     len(variants), builder.seq_buckets)
 
     t0 = time.perf_counter()
