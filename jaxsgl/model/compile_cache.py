@@ -144,16 +144,16 @@ class PersistentJit:
         directory = Path(jax.config.jax_compilation_cache_dir) / EXECUTABLES_DIR
         return directory / (hashlib.sha256(key.encode()).hexdigest() + ".pkl")
 
-    def _executable(self, args: tuple, static: dict, lowered: Any = None) -> Any:
-        """The executable of this call (mutates self._compiled): remembered, loaded from the
-        executable cache, or compiled (from `lowered` when given)."""
+    def _executable(self, args: tuple, static: dict) -> Any:
+        """The executable of this call: remembered, else loaded or compiled (_build)."""
         sig = self._signature(args, static)
         compiled = self._compiled.get(sig)
-        if compiled is not None:
-            return compiled
-        path = self._path(sig)
-        if lowered is None:
-            compiled = self._load(path)
+        return compiled if compiled is not None else self._build(sig, self._path(sig), args, static, None)
+
+    def _build(self, sig: tuple, path: Path, args: tuple, static: dict, lowered: Any) -> Any:
+        """Load the executable at path, or compile it (from `lowered` when given, which means the file
+        was not there); remembers it (mutates self._compiled)."""
+        compiled = self._load(path) if lowered is None else None
         if compiled is None:
             compiled = self._compile(path, lowered if lowered is not None else self._jit.lower(*args, **static))
         return self._compiled.setdefault(sig, compiled)
@@ -181,12 +181,13 @@ class PersistentJit:
                 lowered.compile()
             return compile_lowered
         sig = self._signature(args, static)
-        lowered = None
-        if sig not in self._compiled and not self._path(sig).exists():
-            lowered = self._jit.lower(*args, **static)
+        if sig in self._compiled:
+            return lambda: None
+        path = self._path(sig)
+        lowered = None if path.exists() else self._jit.lower(*args, **static)
 
         def load_or_compile() -> None:  # (an entry that fails to load is lowered here, off this thread: rare)
-            self._executable(args, static, lowered)
+            self._build(sig, path, args, static, lowered)
         return load_or_compile
 
     @staticmethod
