@@ -10,7 +10,6 @@ text since the previous chunk (concatenated, the chunks equal the non-streamed t
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import itertools
 import logging
@@ -21,57 +20,25 @@ from collections.abc import Callable
 from typing import Any, AsyncIterator, Iterator
 
 from jaxsgl.engine.async_stream import AsyncStream, LoopBridge
-from jaxsgl.engine.detokenize import OutputText
 from jaxsgl.engine.model_runner import ModelRunner, kv_pages_for_memory, weights_nbytes
 from jaxsgl.engine.options import EngineOptions
 from jaxsgl.constrained import TokenVocab
 from jaxsgl.engine.grammar import GrammarRuntime
 from jaxsgl.engine.outputs import RequestTracker
-from jaxsgl.engine.request_state import _DONE, RequestState
+from jaxsgl.engine.request_io import forward_event, prepare_requests, with_times
+from jaxsgl.engine.request_state import RequestState
 from jaxsgl.engine.step_loop import StepLoop
 from jaxsgl.engine.warmup import warm_up
-from jaxsgl.engine.sampling_params import SamplingParams
 from jaxsgl.kernels import resolve_impl
 from jaxsgl.model.compile_cache import enable_compilation_cache
 from jaxsgl.model.loader import load_model, resolve_dtype
-from jaxsgl.scheduler import Req, Scheduler, StepInputBuilder
+from jaxsgl.scheduler import Scheduler, StepInputBuilder
 from jaxsgl.scheduler.records import request_records
 from jaxsgl.tokenizer import eos_token_ids, load_tokenizer
 
 log = logging.getLogger(__name__)
 CPU_DEFAULT_TOTAL_TOKENS = 16384
 GEN_THROUGHPUT_WINDOW_S = 10.0  # get_load()["gen_throughput"]: generated tokens/s over this window
-
-
-def _forward_event(st: RequestState, on_event: Callable[[str, str, Any], None], ev: Any) -> None:
-    """RequestState.sink of a submit()ted request: its events as on_event(rid, kind, payload)."""
-    if ev is not _DONE:
-        on_event(st.rid, "increment", _with_times(st, ev))
-        return
-    try:
-        st.raise_error()
-    except (ValueError, RuntimeError) as e:
-        on_event(st.rid, "failed", e)
-    else:
-        on_event(st.rid, "finished", _with_times(st, st.result()))
-
-
-def _with_times(st: RequestState, out: dict) -> dict:
-    """Add SGLang's per-request timing fields to a result's meta_info (mutates and returns out):
-    first_token_latency once a token was delivered; request_received_ts (wall clock); when finished,
-    request_finished_ts and decode_throughput (tokens/s after the first); num_retractions."""
-    meta = out["meta_info"]
-    wall = time.time() - time.perf_counter()  # perf_counter -> epoch seconds
-    meta["request_received_ts"] = st.created + wall
-    meta["num_retractions"] = st.req.num_retractions
-    if st.first_token_time is not None:
-        meta["first_token_latency"] = st.first_token_time - st.created
-    if meta.get("finish_reason") is not None:
-        meta["request_finished_ts"] = st.created + meta["e2e_latency"] + wall
-        decode_s = meta["e2e_latency"] - meta.get("first_token_latency", meta["e2e_latency"])
-        if meta["completion_tokens"] > 1 and decode_s > 0:
-            meta["decode_throughput"] = (meta["completion_tokens"] - 1) / decode_s
-    return out
 
 
 class Engine:
@@ -159,12 +126,12 @@ class Engine:
         priority (larger = more important) feeds the "priority" schedule and eviction policies.
         rid names the request(s) for abort() (default: generated; with n > 1, "{rid}-{i}").
         """
-        single, states = self._prepare(prompt, sampling_params, input_ids, return_logprob, logprob_start_len,
-                                       top_logprobs_num, stream, priority, rid)
+        single, states = prepare_requests(self, prompt, sampling_params, input_ids, return_logprob,
+                                          logprob_start_len, top_logprobs_num, stream, priority, rid)
         self._submit(states)
         if stream:
             return self._stream(states[0])
-        results = [_with_times(s, s.wait()) for s in states]
+        results = [with_times(s, s.wait()) for s in states]
         return results[0] if single and len(results) == 1 else results
 
     async def async_generate(self, prompt: str | list[str] | None = None,
@@ -178,8 +145,8 @@ class Engine:
         stream=True an AsyncStream of increments (engine/async_stream.py). The engine's loop thread wakes
         the caller's event loop directly, once per burst of increments (no thread per request). Cancelling
         the awaiting task, or closing the iterator early, aborts the request(s)."""
-        single, states = self._prepare(prompt, sampling_params, input_ids, return_logprob, logprob_start_len,
-                                       top_logprobs_num, stream, priority, rid)
+        single, states = prepare_requests(self, prompt, sampling_params, input_ids, return_logprob,
+                                          logprob_start_len, top_logprobs_num, stream, priority, rid)
         loop = asyncio.get_running_loop()
         bridge = self._bridges.get(loop)
         if bridge is None:
@@ -188,9 +155,9 @@ class Engine:
             bridge.attach(st)
         self._submit(states)
         if stream:
-            return AsyncStream(states[0], _with_times, self.abort)
+            return AsyncStream(states[0], with_times, self.abort)
         try:
-            results = [_with_times(s, await s.async_wait()) for s in states]
+            results = [with_times(s, await s.async_wait()) for s in states]
         finally:
             for s in states:
                 if not s.done:
@@ -207,54 +174,18 @@ class Engine:
         "increment" (stream=True; the increment dict), then exactly one of "finished" (the result dict) or
         "failed" (the ValueError / RuntimeError generate() would raise). Returns the request ids, in order.
         For a caller in another process (engine/engine_process.py)."""
-        _, states = self._prepare(prompt, sampling_params, input_ids, return_logprob, logprob_start_len,
-                                  top_logprobs_num, stream, priority, rid)
+        _, states = prepare_requests(self, prompt, sampling_params, input_ids, return_logprob, logprob_start_len,
+                                     top_logprobs_num, stream, priority, rid)
         for st in states:
-            st.sink = functools.partial(_forward_event, st, on_event)
+            st.sink = functools.partial(forward_event, st, on_event)
         self._submit(states)
         return [st.rid for st in states]
-
-    def _prepare(self, prompt, sampling_params, input_ids, return_logprob, logprob_start_len, top_logprobs_num,
-                 stream, priority, rid) -> tuple[bool, list[RequestState]]:
-        """Validate and build the RequestStates of one generate call (raises ValueError, queues nothing)."""
-        single = (input_ids is not None and (not input_ids or isinstance(input_ids[0], int))) or isinstance(prompt, str)
-        if input_ids is not None:
-            batch_ids = [list(input_ids)] if single else [list(x) for x in input_ids]
-        elif prompt is not None:
-            if self.tokenizer is None:
-                raise ValueError("this engine was started with skip_tokenizer_init: pass input_ids")
-            batch_ids = [self.tokenizer.encode(p) for p in ([prompt] if single else prompt)]
-        else:
-            raise ValueError("generate() needs a prompt or input_ids")
-        if not isinstance(top_logprobs_num, int) or not 0 <= top_logprobs_num <= self.cfg.vocab_size:
-            raise ValueError(f"top_logprobs_num must be an integer in [0, {self.cfg.vocab_size}], "
-                             f"got {top_logprobs_num!r}")
-        k = len(batch_ids)
-        per = lambda x, default: (x if isinstance(x, list) else [x] * k) if x is not None else [default] * k
-        params_l, lp_l, start_l = per(sampling_params, None), per(return_logprob, False), per(logprob_start_len, None)
-        prio_l = per(priority, 0)
-        rid_l = per(rid, None)
-        if not len(params_l) == len(lp_l) == len(start_l) == len(prio_l) == len(rid_l) == k:
-            raise ValueError(f"per-request argument lists must have {k} entries")
-        states = []
-        for ids, sp, want_lp, start, prio, user_rid in zip(batch_ids, params_l, lp_l, start_l, prio_l, rid_l):
-            params = SamplingParams.from_dict(sp)
-            for i in range(params.n):
-                name = None if user_rid is None else (str(user_rid) if params.n == 1 else f"{user_rid}-{i}")
-                states.append(self._make_state(ids, params, i, bool(want_lp), start, top_logprobs_num, stream,
-                                               int(prio), name))
-        names = [s.req.rid for s in states]
-        if len(set(names)) != len(names):
-            raise ValueError(f"duplicate request ids in one call: {names}")
-        if stream and len(states) != 1:
-            raise ValueError("stream=True takes a single prompt with n=1")
-        return single, states
 
     def _stream(self, st: RequestState) -> Iterator[dict]:
         """Increments of one request; closing the iterator early (a client that went away) aborts it."""
         try:
             for ev in st.iter_events():
-                yield _with_times(st, ev)
+                yield with_times(st, ev)
         finally:
             if not st.done:
                 self.abort(st.req.rid)
@@ -336,30 +267,6 @@ class Engine:
                        sampled=self.options.warmup_sampled)
 
     # ------------------------------------------------------------------ requests
-    def _make_state(self, ids: list[int], params: SamplingParams, index: int, want_lp: bool, start: int | None,
-                    top_n: int, stream: bool, priority: int = 0, rid: str | None = None) -> RequestState:
-        self.scheduler.check_fits(len(ids), params.max_new_tokens)
-        if any(not 0 <= t < self.cfg.vocab_size for t in ids):
-            raise ValueError(f"input_ids must be in [0, {self.cfg.vocab_size})")
-        start = -1 if start is None or not want_lp else start
-        if start >= len(ids) or start < -1:
-            raise ValueError(f"logprob_start_len {start} is outside the prompt of {len(ids)} tokens")
-        seed = params.seed if params.seed is not None else self.options.random_seed * 1_000_003 + next(self._rid)
-        params = dataclasses.replace(params, seed=seed + index)  # each of n samples draws its own stream
-        rid = rid if rid is not None else f"r{next(self._rid)}"
-        req = Req(rid, list(ids), max_new_tokens=params.max_new_tokens, priority=priority,
-                  logprob_start_len=max(start - 1, 0) if start >= 0 else None)
-        if self.tokenizer is None and params.stop:
-            raise ValueError("stop strings need a tokenizer (engine started with skip_tokenizer_init)")
-        if params.constraint is not None:
-            self._grammar_runtime()
-            req.needs_known_tokens = params.constraint.kind == "ebnf"  # its mask is computed on the host
-        if self.tokenizer is None and params.stop_regex:
-            raise ValueError("stop_regex needs a tokenizer (engine started with skip_tokenizer_init)")
-        text = OutputText(self.tokenizer, params.stop, params.skip_special_tokens, params.stop_regex)
-        return RequestState(req, params, text, return_logprob=want_lp, logprob_start_len=start,
-                            top_logprobs_num=top_n if want_lp else 0, stream=stream)
-
     def _submit(self, states: list[RequestState]) -> None:
         now = time.perf_counter()
         for s in states:

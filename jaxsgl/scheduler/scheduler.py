@@ -26,12 +26,13 @@ from dataclasses import dataclass
 
 from jaxsgl.cache.page_pool import PagePool
 from jaxsgl.cache.radix_cache import RadixCache
+from jaxsgl.scheduler.admission import admit, common_prefix_len  # noqa: F401  (common_prefix_len: re-exported)
 from jaxsgl.scheduler.batch import ScheduledBatch, SeqWork
 from jaxsgl.scheduler.config import SchedulerConfig
 from jaxsgl.scheduler.advance import advance_requests, fill_requests, trim_placeholders
 from jaxsgl.scheduler.integrity import check_scheduler_integrity
 from jaxsgl.scheduler.kv import ReqKV
-from jaxsgl.scheduler.policy import SchedulePolicy, arrival_order, make_schedule_policy
+from jaxsgl.scheduler.policy import SchedulePolicy, make_schedule_policy
 from jaxsgl.scheduler.request import Req, ReqStatus
 from jaxsgl.scheduler.trace import StepTrace
 
@@ -49,16 +50,6 @@ class SchedulerStats:
     @property
     def hit_rate(self) -> float:
         return self.cached_prompt_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
-
-
-def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix (block-wise slice compares, then per token)."""
-    n, i, block = min(len(a), len(b)), 0, 64
-    while i + block <= n and a[i:i + block] == b[i:i + block]:
-        i += block
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class Scheduler:
@@ -143,10 +134,10 @@ class Scheduler:
         budget = [self.config.prefill_budget]  # mutable prefill-token budget shared by both phases
         if self.config.mixed_batches:
             seqs = self._plan_running(budget, trace, decode=True, extend=True)
-            seqs += self._admit(budget, trace)
+            seqs += admit(self, budget, trace)
         else:
             seqs = self._plan_running(budget, trace, decode=False, extend=True)
-            seqs += self._admit(budget, trace)
+            seqs += admit(self, budget, trace)
             if not seqs:
                 seqs = self._plan_running(budget, trace, decode=True, extend=False)
         if any(not s.is_prefill for s in seqs):
@@ -305,88 +296,6 @@ class Scheduler:
         self.stats.num_retractions += 1
         trace.num_retracted += 1
         self.new_token_ratio = self.config.init_new_token_ratio
-
-    def _headroom_pages(self, req: Req) -> int:
-        """Pages reserved for req's future decode tokens (new_token_ratio estimate)."""
-        tokens = min(req.remaining_new_tokens, self.config.clip_max_new_tokens) * self.new_token_ratio
-        return self.pool.pages_for(int(tokens))
-
-    def _reserved_pages(self) -> int:
-        """Future pages running requests are expected to need (rest of prefill + decode headroom)."""
-        return sum(max(self.pool.pages_for(r.seq_len) - len(r.pages), 0) + self._headroom_pages(r)
-                   for r in self.running)
-
-    def _admission_order(self, trace: StepTrace) -> tuple[list[Req], set[int]]:
-        """Overdue requests (starvation bound) first in arrival order, then the policy's order."""
-        cfg, now = self.config, self.clock()
-        overdue, rest = [], []
-        for req in self.waiting:
-            late = ((cfg.max_wait_steps is not None and self.step - req.enqueue_step >= cfg.max_wait_steps)
-                    or (cfg.max_wait_seconds is not None and now - (req.arrival_time or now) >= cfg.max_wait_seconds))
-            (overdue if late else rest).append(req)
-        overdue.sort(key=arrival_order)
-        return overdue + self.policy.order(rest, self.cache), {id(r) for r in overdue}
-
-    def _held_by_dedup(self, req: Req, matched: int, prefilling: list[Req]) -> bool:
-        """True if req shares enough not-yet-cached prompt with a request being prefilled."""
-        if not (self.config.enable_prefix_dedup and self.cache.enabled):
-            return False
-        threshold = max(self.config.dedup_min_tokens, self.page_size)
-        ids = req.all_ids
-        return any(common_prefix_len(ids, other.all_ids) - matched >= threshold for other in prefilling)
-
-    def _admit(self, budget: list[int], trace: StepTrace) -> list[SeqWork]:
-        """Admit waiting requests in order until a budget (requests, tokens, pages) runs out."""
-        if not self.waiting or len(self.running) >= self.config.max_running_requests or budget[0] <= 0:
-            return []
-        order, overdue = self._admission_order(trace)
-        prefilling = [r for r in self.running if not r.is_decoding]
-        reserved = self._reserved_pages()
-        seqs: list[SeqWork] = []
-        admitted: set[int] = set()
-        for req in order:
-            if len(self.running) >= self.config.max_running_requests or budget[0] <= 0:
-                break
-            if req.num_retractions and req.enqueue_step == self.step:
-                continue  # retracted for lack of pages in this very step
-            match = self.kv.probe(req)
-            if self._held_by_dedup(req, match.length, prefilling):
-                trace.num_held_dedup += 1
-                continue
-            self.kv.attach(req, match)
-            need = self.pool.pages_for(req.seq_len) - len(req.pages) + self._headroom_pages(req)
-            if need > self.kv.available_pages() - reserved:
-                self.kv.detach_unused(req)
-                break
-            n = self._take_chunk(budget, req.num_pending)
-            if n == 0:
-                self.kv.detach_unused(req)
-                break
-            before = len(req.pages)
-            ok = self.kv.ensure_pages(req, req.kv_len + n)
-            assert ok, "pages were counted as available"
-            reserved += need - (len(req.pages) - before)
-            self._mark_admitted(req, match.length, trace, forced=id(req) in overdue)
-            self.cache.touch(match, len(req.cacheable_prefix()))
-            admitted.add(id(req))
-            prefilling.append(req)
-            seqs.append(self._work(req, n))
-        if admitted:
-            self.waiting = [r for r in self.waiting if id(r) not in admitted]
-        return seqs
-
-    def _mark_admitted(self, req: Req, matched: int, trace: StepTrace, *, forced: bool) -> None:
-        req.status = ReqStatus.RUNNING
-        req.num_admissions += 1
-        if req.first_admit_step is None:
-            req.first_admit_step = self.step
-            req.cached_len = min(matched, len(req.prompt_ids))
-            self.stats.prompt_tokens += len(req.prompt_ids)
-            self.stats.cached_prompt_tokens += req.cached_len
-        self.running.append(req)
-        trace.num_admitted += 1
-        trace.cached_tokens += matched
-        trace.num_forced_fair += int(forced)
 
     # ------------------------------------------------------------ bookkeeping
     def _end(self, req: Req | str, status: ReqStatus, reason: object) -> Req:
