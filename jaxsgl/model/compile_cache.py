@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import pickle
+import re
 import tempfile
 import threading
 import time
@@ -246,8 +247,17 @@ def unserializable_kernels(lowered: Any) -> bool:
     the GPU only, where such kernels exist)."""
     if jax.default_backend() != "gpu":
         return False
-    text = lowered.as_text()
-    return any(f'call_target_name = "{name}' in text for name in UNSERIALIZABLE_CUSTOM_CALLS)
+    return any(target.startswith(UNSERIALIZABLE_CUSTOM_CALLS) for target in custom_call_targets(lowered.as_text()))
+
+
+# A custom call in MLIR text: `stablehlo.custom_call @target(...)` as printed, `call_target_name = "target"`
+# in the generic form.
+_CUSTOM_CALL = re.compile(r'custom_call @([\w.$-]+)|call_target_name = "([^"]+)"')
+
+
+def custom_call_targets(mlir_text: str) -> set[str]:
+    """The custom-call targets (kernels, library calls) that a lowered program's text calls."""
+    return {a or b for a, b in _CUSTOM_CALL.findall(mlir_text)}
 
 
 def persistent_jit(fn: Callable, *, donate_argnums: tuple[int, ...] = (),

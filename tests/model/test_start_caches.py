@@ -143,3 +143,20 @@ def test_the_same_gguf_in_two_places_shares_one_conversion(tmp_path, monkeypatch
     os.utime(b, (1, 1))
     assert converted_dir(a) == converted_dir(b)
     assert converted_dir(c) != converted_dir(a)
+
+
+def test_custom_call_targets_reads_the_printed_and_the_generic_mlir_forms():
+    """The Mosaic check (unserializable_kernels) reads a lowered program's custom calls: session 14's matched
+    only the generic form, while Lowered.as_text() prints `stablehlo.custom_call @target`, so the H200 wrote
+    executables that then failed to load."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxsgl.model import compile_cache
+
+    printed = jax.jit(jnp.linalg.eigh).lower(jnp.eye(3)).as_text()  # a LAPACK custom call on the CPU
+    assert any(t.startswith("lapack_") for t in compile_cache.custom_call_targets(printed))
+    generic = '%0 = "stablehlo.custom_call"(%a) {call_target_name = "mosaic_gpu_v2", has_side_effect = true}'
+    assert compile_cache.custom_call_targets(generic) == {"mosaic_gpu_v2"}
+    assert compile_cache.custom_call_targets("stablehlo.custom_call @mosaic_gpu_v2(%a)") == {"mosaic_gpu_v2"}
+    assert "mosaic_gpu_v2".startswith(compile_cache.UNSERIALIZABLE_CUSTOM_CALLS)
