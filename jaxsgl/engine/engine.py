@@ -68,12 +68,10 @@ class Engine:
             max_context_len=self.context_len, max_wait_steps=opts.max_wait_steps,
             enable_prefix_dedup=opts.enable_prefix_dedup, random_seed=opts.random_seed)
         # The reference attention costs O(page-table width): give it several widths. Kernels stop at kv_len.
-        self.builder = StepInputBuilder.for_limits(
-            ps, max_tokens=self.scheduler.config.prefill_budget + opts.max_running_requests,
-            max_seqs=opts.max_running_requests, max_context_len=self.context_len,
+        self.builder = StepInputBuilder.for_engine(
+            ps, prefill_budget=self.scheduler.config.prefill_budget, max_running_requests=opts.max_running_requests,
+            max_context_len=self.context_len, seq_buckets=opts.seq_buckets,
             min_page_tokens=256 if self.attn_impl == "reference" else None)
-        if opts.seq_buckets:
-            self.builder.seq_buckets = sorted(set(opts.seq_buckets) | {opts.max_running_requests})
         log.info("scheduler and step buckets in %.1fs", time.perf_counter() - t_sched)
         # one compiled page-table width (the kernels stop at kv_len): steps send only the columns in use
         one_width = len(self.builder.page_buckets) == 1

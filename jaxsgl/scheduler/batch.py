@@ -136,6 +136,18 @@ class StepInputBuilder:
         return cls(page_size, capped_token_buckets(max_tokens, min(min_tokens, max_tokens)),
                    pow2_buckets(max_seqs, min(min_seqs, max_seqs)), page_buckets)
 
+    @classmethod
+    def for_engine(cls, page_size: int, *, prefill_budget: int, max_running_requests: int, max_context_len: int,
+                   seq_buckets: Sequence[int] | None = None, min_page_tokens: int | None = None) -> StepInputBuilder:
+        """The buckets an Engine pads its steps to (the Simulator pads its simulated steps the same way):
+        for_limits of the scheduler's limits, with the sequence buckets given (plus max_running_requests)."""
+        b = cls.for_limits(page_size, max_tokens=prefill_budget + max_running_requests,
+                           max_seqs=max_running_requests, max_context_len=max_context_len,
+                           min_page_tokens=min_page_tokens)
+        if seq_buckets:
+            b.seq_buckets = sorted(set(seq_buckets) | {max_running_requests})
+        return b
+
     @staticmethod
     def _fit(buckets: list[int], n: int, what: str) -> int:
         i = bisect.bisect_left(buckets, n)

@@ -15,8 +15,9 @@ Features of a batch (one SeqWork per sequence: num_new tokens fed, cached_len to
     padded_tokens   tokens rounded up to the engine's token bucket (what the jitted step computes)
     padded_attn     max(padded_tokens, 32) x page-table width in tokens (the plain-jnp reference
                     attention gathers each token's whole padded page table: the CPU path)
-    bucket_<b>      1 when the step pads to token bucket b (past the last bucket: linear weights on
-                    the last two), so the "padded table" candidate fits one time per bucket: a table
+    bucket_<b>      1 when the step pads to token bucket b (between two buckets or past the last:
+                    linear weights on the nearest two), so the "padded table" candidate fits one time per
+                    bucket of the profiled engine: a table
                     of the measured step times, where a line through them cannot follow the step's
                     memory-to-compute crossover (8B on an H200: ~4.5 ms to 256 tokens, then ~20 us a token)
 
@@ -37,7 +38,7 @@ import bisect
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -108,14 +109,18 @@ def step_features(seqs: Iterable[tuple[int, int, bool]], padding: Padding | None
 
 
 def bucket_weights(padded: float, buckets: Sequence[int]) -> dict[str, float]:
-    """The bucket_<b> features of a step padded to `padded` tokens (see the module docstring)."""
+    """The bucket_<b> features of a step padded to `padded` tokens (see the module docstring). A size
+    between two buckets (a simulated engine whose buckets differ from the profiled one's) or past the
+    last gets linear weights on the two nearest: the measured table, read as a piecewise-linear curve."""
+    buckets = sorted(buckets)
     out = {f"bucket_{b}": 0.0 for b in buckets}
-    if padded in buckets or len(buckets) < 2:
+    if padded in buckets or len(buckets) < 2 or padded < buckets[0]:
         out[f"bucket_{min(buckets, key=lambda b: abs(b - padded))}"] = 1.0
-    else:  # past the last bucket (the engine doubles it): extend the last segment's line
-        lo, hi = buckets[-2], buckets[-1]
-        t = (padded - lo) / (hi - lo)
-        out[f"bucket_{lo}"], out[f"bucket_{hi}"] = 1.0 - t, t
+        return out
+    i = min(bisect.bisect_left(buckets, padded), len(buckets) - 1)  # past the last: extend the last segment
+    lo, hi = buckets[i - 1], buckets[i]
+    t = (padded - lo) / (hi - lo)
+    out[f"bucket_{lo}"], out[f"bucket_{hi}"] = 1.0 - t, t
     return out
 
 
@@ -135,7 +140,16 @@ class LinearCost:
     idle_start: float = 0.0
 
     def predict(self, feats: Mapping[str, float]) -> float:
+        """The step time of a step's features. Its bucket_<b> weights are read again from padded_tokens
+        over this profile's buckets: `padding` may be a simulated engine's, with other buckets."""
+        basis = sorted(int(f[len("bucket_"):]) for f in self.coef if f.startswith("bucket_"))
+        if basis:
+            feats = {**feats, **bucket_weights(feats["padded_tokens"], basis)}
         return self.intercept + sum(c * feats[f] for f, c in self.coef.items())
+
+    def with_padding(self, padding: Padding) -> LinearCost:
+        """This cost with the steps padded to another engine's buckets (the fitted coefficients kept)."""
+        return replace(self, padding=padding)
 
     def __call__(self, batch: ScheduledBatch, start: float = 0.0) -> float:
         return self.predict(batch_features(batch, self.padding))

@@ -24,7 +24,8 @@ running the clock jumps to the next arrival. Output tokens are fake ids below 10
 recorded ids to replay). Options are the Engine's (EngineOptions names: schedule_policy,
 radix_eviction_policy, max_total_tokens, chunked_prefill_size, ...); `scheduler_options` sets any
 other SchedulerConfig field. `Simulator.start()` gives the same loop one iteration at a time
-(SimRun), so a caller can advance several simulated replicas on one clock. Host only, no JAX.
+(SimRun), so a caller can advance several simulated replicas on one clock. A LinearCost's steps are
+padded to the buckets an Engine with these options would use, not the profiled engine's. Host only, no JAX.
 """
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ from typing import Any, Protocol
 
 from jaxsgl.engine.options import EngineOptions
 from jaxsgl.scheduler import Req, ScheduledBatch, Scheduler
+from jaxsgl.scheduler.batch import StepInputBuilder
 from jaxsgl.scheduler.records import RequestTimes, as_frame, request_records
-from jaxsgl.sim.cost_model import StepCost
+from jaxsgl.sim.cost_model import LinearCost, Padding, StepCost
 from jaxsgl.sim.metrics import summarize
 
 # EngineOptions that do not affect scheduling (accepted and ignored, so engine kwargs can be reused).
@@ -82,12 +84,25 @@ class Simulator:
 
     def __init__(self, cost: StepCost, *, think_time: float = 0.0, check: bool = False,
                  scheduler_options: Mapping[str, Any] | None = None, **engine_options: Any) -> None:
-        self.cost = cost
         self.think_time = think_time
         self.check = check
         self.idle_start = float(getattr(cost, "idle_start", 0.0))  # extra s of a step dispatched to an idle engine
         self.opts = EngineOptions.from_kwargs(None, engine_options)
         self.scheduler_options = dict(scheduler_options or {})
+        self.cost = self._padded_as_simulated(cost)
+
+    def _padded_as_simulated(self, cost: StepCost) -> StepCost:
+        """cost with its steps padded to the token and sequence buckets that an Engine with these options
+        uses (StepInputBuilder.for_engine), not those of the profiled engine; page buckets stay the
+        profile's (they follow its attention impl)."""
+        if not isinstance(cost, LinearCost) or cost.padding is None:
+            return cost
+        limits = self.make_scheduler(lambda: 0.0).config
+        b = StepInputBuilder.for_engine(self.opts.page_size, prefill_budget=limits.prefill_budget,
+                                        max_running_requests=self.opts.max_running_requests,
+                                        max_context_len=limits.max_context_len, seq_buckets=self.opts.seq_buckets)
+        p = cost.padding
+        return cost.with_padding(Padding(b.token_buckets, b.seq_buckets, p.page_buckets, p.page_size))
 
     def make_scheduler(self, clock: Any) -> Scheduler:
         """A Scheduler built from the options exactly as the Engine builds its own."""

@@ -89,3 +89,24 @@ def test_the_padded_table_follows_a_memory_to_compute_knee() -> None:
     few = [p for p in pts if p["padded_tokens"] != 16][:100]
     name, _, fits = fit_best(few, [knee(p["padded_tokens"]) for p in few], padding=pad)
     assert "padded_table" not in fits
+
+
+def test_the_simulator_pads_steps_to_the_simulated_engines_buckets() -> None:
+    """A profile measured with chunk 2,048 and 256 running (buckets ..., 1024, 2048, 2304) used for an engine
+    with chunk 512 and 64 running: that engine pads a 520-token step to 640, not to 1,024, and the measured
+    table is read between its buckets (session 15: the simulator had used the profile's own buckets)."""
+    from jaxsgl.scheduler.batch import StepInputBuilder
+    from jaxsgl.sim import Simulator
+
+    profiled = Padding(token_buckets=[16, 256, 1024, 2048, 2304], seq_buckets=[1, 256], page_buckets=[512])
+    table = {"bucket_16": 0.004, "bucket_256": 0.008, "bucket_1024": 0.016, "bucket_2048": 0.040,
+             "bucket_2304": 0.045}
+    cost = LinearCost(table, 0.0, profiled)
+    sim = Simulator(cost, max_total_tokens=16384, chunked_prefill_size=512, max_running_requests=64)
+    engine = StepInputBuilder.for_engine(16, prefill_budget=512, max_running_requests=64, max_context_len=16384)
+    assert sim.cost.padding.token_buckets == engine.token_buckets and engine.token_buckets[-1] == 640
+    assert sim.cost.padding.page_buckets == [512]  # the profile's: they follow its attention impl
+    seqs = [(512, 0, True)] + [(1, 100, False)] * 8
+    assert step_features(seqs, sim.cost.padding)["padded_tokens"] == 640
+    assert sim.cost.predict(step_features(seqs, sim.cost.padding)) == pytest.approx(0.008 + 0.008 * 384 / 768)
+    assert cost.predict(step_features(seqs, profiled)) == pytest.approx(0.016)  # the profiled engine's 1,024
