@@ -189,6 +189,13 @@ def load_engine_results(path: str | os.PathLike | None = None) -> tuple[Path | N
     return None, None
 
 
+def engine_profile(results_path: str | os.PathLike) -> Path:
+    """The step profile of the machine and model that produced engine results
+    `paper_workloads_<tag>.json`: benchmarks/results/step_profile_<tag>.json (simulate them with it)."""
+    tag = Path(results_path).stem.removeprefix("paper_workloads_")
+    return RESULTS / f"step_profile_{tag}.json"
+
+
 def paired(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The rows of workloads that have both a cache-on and a cache-off row (a partial run has not)."""
     have: dict[str, set] = {}
