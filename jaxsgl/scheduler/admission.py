@@ -35,7 +35,7 @@ def _reserved_pages(sched: Scheduler) -> int:
                for r in sched.running)
 
 
-def _admission_order(sched: Scheduler, trace: StepTrace) -> tuple[list[Req], set[int]]:
+def _admission_order(sched: Scheduler) -> tuple[list[Req], set[int]]:
     """Overdue requests (starvation bound) first in arrival order, then the policy's; mutates only the policy."""
     cfg, now = sched.config, sched.clock()
     overdue, rest = [], []
@@ -60,7 +60,7 @@ def admit(sched: Scheduler, budget: list[int], trace: StepTrace) -> list[SeqWork
     """Admit waiting requests until a budget (requests, tokens, pages) runs out; mutates budget, trace, sched."""
     if not sched.waiting or len(sched.running) >= sched.config.max_running_requests or budget[0] <= 0:
         return []
-    order, overdue = _admission_order(sched, trace)
+    order, overdue = _admission_order(sched)
     prefilling = [r for r in sched.running if not r.is_decoding]
     reserved = _reserved_pages(sched)
     seqs: list[SeqWork] = []
