@@ -97,7 +97,8 @@ class Simulator:
         profile's (they follow its attention impl)."""
         if not isinstance(cost, LinearCost) or cost.padding is None:
             return cost
-        limits = self.make_scheduler(lambda: 0.0).config
+        # this class's scheduler, not a subclass's (whose make_scheduler may need its own __init__ done first)
+        limits = Simulator.make_scheduler(self, lambda: 0.0).config
         b = StepInputBuilder.for_engine(self.opts.page_size, prefill_budget=limits.prefill_budget,
                                         max_running_requests=self.opts.max_running_requests,
                                         max_context_len=limits.max_context_len, seq_buckets=self.opts.seq_buckets)
