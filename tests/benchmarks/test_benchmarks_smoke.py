@@ -40,6 +40,7 @@ SMOKE: dict[str, list[str] | Callable[[], list[str]]] = {
     "host_loop.py": ["--smoke"],
     "decode_step.py": ["--smoke", "--profile", "2,32", "--dispatch-study", "--dispatch-trace"],
     "mosaic_extend_probe.py": ["--smoke"],
+    "executable_reload.py": ["--smoke"],
     "offline_throughput.py": ["--smoke", "--profile"],
     "peer_hf.py": ["--smoke"],
     "prefill_step.py": ["--smoke"],
