@@ -17,7 +17,8 @@ P99 TTFT, hit rate, steps, and the simulator's relative error on each. A chained
 engine a client round trip after its predecessor finished (the engine has scheduled its next step by
 then): the simulator gets the engine's measured median turnaround as think_time (--client-turnaround).
 The JSON also keeps, per run, both sides' per-step trace (STEP_COLUMNS; `idle`: dispatched with
-nothing in flight) and per-request records (REQ_COLUMNS), times in seconds from the run's first
+nothing in flight; the engine's `prepare_time` (schedule + build, before `dispatch`) and `process_time`
+(after the results, before `end`): when its loop closed each step's arrival window) and per-request records (REQ_COLUMNS), times in seconds from the run's first
 arrival, one row per line. Needs Engine.request_records(); JAX is imported only in main().
 """
 from __future__ import annotations
@@ -40,7 +41,8 @@ from experiments.workloads import (Request, Workload, agents_workload, default_t
 
 METRICS = ("req_per_s", "total_tok_per_s", "ttft_p50", "ttft_p99", "hit_rate", "steps")
 STEP_COLUMNS = ("step", "num_seqs", "num_prefill_seqs", "num_decode_seqs", "new_tokens", "prefill_tokens",
-                "cached_tokens", "num_admitted", "queue_len", "num_running", "dispatch", "end", "step_time", "idle")
+                "cached_tokens", "num_admitted", "queue_len", "num_running", "dispatch", "end", "step_time", "idle",
+                "prepare_time", "process_time")
 REQ_COLUMNS = ("rid", "prompt_tokens", "cached_tokens", "output_tokens", "arrival_time", "admit_step",
                "first_token_time", "finish_time", "ttft")
 
@@ -135,8 +137,11 @@ def tables(recs: Sequence[dict], steps: Sequence[dict]) -> dict:
     rows, prev_end = [], float("-inf")
     for s in steps:
         end = s.get("end_time")
-        dispatch = None if end is None or s.get("step_time") is None else end - s["step_time"]
+        # end is after the step's results were processed (the engine's process_time; the simulator has none)
+        dispatch = None if end is None or s.get("step_time") is None else \
+            end - s["step_time"] - (s.get("process_time") or 0.0)
         row = {**s, "dispatch": rnd(dispatch, t0), "end": rnd(end, t0), "step_time": rnd(s.get("step_time")),
+               "prepare_time": rnd(s.get("prepare_time")), "process_time": rnd(s.get("process_time")),
                "idle": dispatch is not None and dispatch >= prev_end - 1e-9}
         rows.append([row.get(c) for c in STEP_COLUMNS])
         prev_end = end if end is not None else prev_end
