@@ -61,3 +61,17 @@ def test_resimulating_the_committed_h200_run_reproduces_its_simulator_side(tmp_p
     assert again["rows"] == recorded["rows"]
     assert [r["sim"] for r in again["runs"]] == [r["sim"] for r in recorded["runs"]]
     assert [r["engine"] for r in again["runs"]] == [r["engine"] for r in recorded["runs"]]  # kept as recorded
+
+
+def test_engine_step_tables_place_dispatch_before_the_results_processing() -> None:
+    """An engine step's end_time comes after its results are processed (process_time): dispatch is
+    end - step_time - process_time, and the loop's host phases are kept (session 15: dispatch was off by the
+    processing time, which hid when the engine closed each step's arrival window)."""
+    recs = [{"rid": "a", "prompt_tokens": 4, "cached_tokens": 0, "output_tokens": 2, "arrival_time": 10.0,
+             "admit_step": 0, "first_token_time": 10.02, "finish_time": 10.03, "ttft": 0.02}]
+    steps = [{"step": 0, "end_time": 10.020, "step_time": 0.015, "prepare_time": 0.001, "process_time": 0.002},
+             {"step": 1, "end_time": 10.030, "step_time": 0.012, "prepare_time": 0.001, "process_time": 0.001}]
+    rows = [dict(zip(STEP_COLUMNS, r)) for r in tables(recs, steps)["steps"]["rows"]]
+    assert rows[0]["dispatch"] == pytest.approx(0.003) and rows[0]["idle"]  # 10.020 - 0.015 - 0.002 - t0 10.0
+    assert rows[1]["dispatch"] == pytest.approx(0.017) and not rows[1]["idle"]  # before step 0's end: pipelined
+    assert rows[0]["prepare_time"] == 0.001 and rows[1]["process_time"] == 0.001
