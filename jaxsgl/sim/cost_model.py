@@ -35,6 +35,7 @@ times instead (exact replay of a recorded run). Host only: numpy, no JAX.
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -142,10 +143,14 @@ class LinearCost:
     def predict(self, feats: Mapping[str, float]) -> float:
         """The step time of a step's features. Its bucket_<b> weights are read again from padded_tokens
         over this profile's buckets: `padding` may be a simulated engine's, with other buckets."""
-        basis = sorted(int(f[len("bucket_"):]) for f in self.coef if f.startswith("bucket_"))
-        if basis:
-            feats = {**feats, **bucket_weights(feats["padded_tokens"], basis)}
+        if self._bucket_basis:
+            feats = {**feats, **bucket_weights(feats["padded_tokens"], self._bucket_basis)}
         return self.intercept + sum(c * feats[f] for f, c in self.coef.items())
+
+    @functools.cached_property
+    def _bucket_basis(self) -> list[int]:
+        """The token buckets of this profile's bucket_<b> coefficients (empty for a line); computed once."""
+        return sorted(int(f[len("bucket_"):]) for f in self.coef if f.startswith("bucket_"))
 
     def with_padding(self, padding: Padding) -> LinearCost:
         """This cost with the steps padded to another engine's buckets (the fitted coefficients kept)."""
