@@ -5,18 +5,21 @@
 
 jaxsgl's executable cache (jaxsgl/model/compile_cache.py) skips tracing and lowering on a warm start, but on the
 H200 (jax 0.11.2) executables holding the Mosaic GPU extend kernel failed to load in a new process ("Failed to
-lookup host symbol ... kernel_mosaic_gpu": session 14 saw 1 of 17 fail, session 15 10 of 15), so the cache no
-longer keeps them. This script asks why. It compiles two programs that each call the kernel (two shapes, two
-kernels), serializes their executables as the cache does and keeps their outputs; then, each in a fresh
-process, loads and runs them: both in either order, each alone, and each after lowering its program first (what
-JAX's own persistent cache does before loading, and that cache's entries did load). A load that works alone and
-fails second says the kernels' host symbols collide within a process; one that works only after lowering says
-the lowering registers what the executable needs.
+lookup host symbol ... kernel_mosaic_gpu": session 14 saw 1 of 17 fail, session 15 10 of 15). The lead (session 16,
+read in jaxlib's source): a loaded kernel links its host launcher against $MOSAIC_GPU_RUNTIME_LIB_PATH, which jax
+sets only when jax.experimental.mosaic.gpu is imported, i.e. when something is lowered first; the cache now sets
+it itself (compile_cache.mosaic_gpu_runtime). This script checks that. It compiles two programs that each call
+the kernel (two shapes, two kernels), serializes their executables as the cache does and keeps their outputs;
+then, each in a fresh process, loads and runs them with the variable unset (in order, or one alone), set by
+mosaic_gpu_runtime (in either order), or unset but after lowering first (what JAX's own persistent cache does
+before loading). Loads that fail unset and work set confirm the lead; loads that work alone and fail second
+would say that the kernels' host symbols collide within a process.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -25,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-SCENARIOS = [("a,b", False), ("b,a", False), ("a", False), ("b", False), ("a,b", True)]
+# (load order, lower first, $MOSAIC_GPU_RUNTIME_LIB_PATH: "unset" or "set" by compile_cache.mosaic_gpu_runtime)
+SCENARIOS = [("a,b", False, "unset"), ("a", False, "unset"), ("a,b", False, "set"), ("b,a", False, "set"),
+             ("a,b", True, "unset")]
 
 
 def programs(smoke: bool) -> dict:
@@ -61,17 +66,24 @@ def child_write(folder: Path, smoke: bool) -> None:
         print(json.dumps({"name": name, "custom_calls": sorted(custom_call_targets(lowered.as_text()))}), flush=True)
 
 
-def child_load(folder: Path, smoke: bool, order: list[str], lower_first: bool) -> None:
-    """Load (after lowering, with lower_first) and run each program in order; print a JSON line each."""
+def child_load(folder: Path, smoke: bool, order: list[str], lower_first: bool, runtime: str) -> None:
+    """Load (after lowering, with lower_first) and run each program in order, with the Mosaic runtime's
+    variable unset or set (mutates os.environ); print a JSON line each."""
     from jax.experimental.serialize_executable import deserialize_and_load
 
+    from jaxsgl.model.compile_cache import MOSAIC_GPU_RUNTIME_ENV, mosaic_gpu_runtime
+
     progs = programs(smoke)
+    os.environ.pop(MOSAIC_GPU_RUNTIME_ENV, None)
+    if runtime == "set":
+        mosaic_gpu_runtime()
     for name in order:
         fn, args = progs[name]
         row = {"name": name, "loaded": False, "same_output": None, "error": None}
         try:
             if lower_first:
                 fn.lower(*args)
+            row["runtime_lib"] = os.environ.get(MOSAIC_GPU_RUNTIME_ENV)
             exe = deserialize_and_load(*pickle.loads((folder / f"{name}.pkl").read_bytes()))
             row["loaded"] = True
             out = np.asarray(exe(*args), np.float32)
@@ -100,21 +112,22 @@ def main() -> None:
         folder, smoke = Path(a.child[1]), a.child[2] == "smoke"
         if a.child[0] == "write":
             return child_write(folder, smoke)
-        return child_load(folder, smoke, a.child[3].split(","), a.child[4] == "lower")
+        return child_load(folder, smoke, a.child[3].split(","), a.child[4] == "lower", a.child[5])
     import jax
 
     mode = "smoke" if a.smoke else "mosaic"
     with tempfile.TemporaryDirectory() as tmp:
         written = run_child("write", tmp, mode)
-        runs = [{"order": order, "lower_first": lower, "loads": run_child("load", tmp, mode, order,
-                                                                           "lower" if lower else "plain")}
-                for order, lower in SCENARIOS]
-    print(f"\ncompiled: {written}\n\n| process loads | lowered first | result per program |\n|---|---|---|")
+        runs = [{"order": order, "lower_first": lower, "runtime_lib": runtime,
+                 "loads": run_child("load", tmp, mode, order, "lower" if lower else "plain", runtime)}
+                for order, lower, runtime in SCENARIOS]
+    print(f"\ncompiled: {written}\n\n| process loads | lowered first | runtime library variable | result per program |"
+          "\n|---|---|---|---|")
     for r in runs:
         cells = "; ".join(f"{x['name']}: " + ("ok" if x.get("loaded") and x.get("same_output") else
                                               "loaded, output differs" if x.get("loaded") else
                                               f"FAILED ({(x.get('error') or '')[:120]})") for x in r["loads"])
-        print(f"| {r['order']} | {r['lower_first']} | {cells} |")
+        print(f"| {r['order']} | {r['lower_first']} | {r['runtime_lib']} | {cells} |")
     Path(a.out).write_text(json.dumps({"argv": sys.argv, "device": str(jax.devices()[0].device_kind),
                                        "jax": jax.__version__, "mode": mode, "written": written, "runs": runs},
                                       indent=1))

@@ -14,8 +14,12 @@ workload runs first and compiles the step shapes it meets (then the cache is flu
 every shape up front): compiled_during_run in each row must be 0, or that run timed a compile.
 Reported per run: throughput (requests/s and tokens/s over first arrival -> last finish), median and
 P99 TTFT, hit rate, steps, and the simulator's relative error on each. A chained call reaches the
-engine a client round trip after its predecessor finished (the engine has scheduled its next step by
-then): the simulator gets the engine's measured median turnaround as think_time (--client-turnaround).
+engine a client round trip after its predecessor finished: the simulator gets the engine's measured
+median turnaround as think_time (--client-turnaround), and each row the fraction of chained calls that
+made the first step dispatched after their predecessor's step ended, on both sides (chained_next). With
+the engine in this process, the client's Python runs on the engine's GIL: when it takes the GIL as the
+engine wakes it (mid-step), the engine's loop waits for the client's next call and then admits it,
+which no arrival time can tell the simulator; --engine-process (the server's setting) avoids that.
 The JSON also keeps, per run, both sides' per-step trace (STEP_COLUMNS; `idle`: dispatched with
 nothing in flight; the engine's `prepare_time` (schedule + build, before `dispatch`) and `process_time`
 (after the results, before `end`): when its loop closed each step's arrival window) and per-request records (REQ_COLUMNS), times in seconds from the run's first
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import json
 import sys
 import time
@@ -103,18 +108,19 @@ async def _client(engine: Any, wl: Workload, arrivals: Sequence[float], prefix: 
 
 
 def run_engine(engine: Any, wl: Workload, arrivals: Sequence[float], tag: str) -> tuple[dict, list[dict], list[dict]]:
-    """Warm up (same requests, untimed), flush the cache, replay. Returns (summary over this run's
+    """Warm up (same requests, untimed), flush the cache, replay (engine: an Engine or EngineProcess). Returns (summary over this run's
     records, its request records with the tag stripped from rids, its step trace); times on
     perf_counter's clock."""
     asyncio.run(_client(engine, wl, arrivals, f"warm-{tag}-"))
     engine.flush_cache()
-    first_step = engine.scheduler.step + 1
-    compiled = engine.runner.num_compiled()
+    first_step = max((s["step"] for s in engine.trace()), default=-1) + 1
+    compiled = engine.get_server_info()["compiled_step_variants"]
     asyncio.run(_client(engine, wl, arrivals, f"{tag}-"))
     recs = [{**r, "rid": r["rid"][len(tag) + 1:]} for r in engine.request_records(t0=0.0)
             if r["rid"].startswith(f"{tag}-")]
-    steps = engine.scheduler.trace_records(first_step)
-    return {**summarize(recs, steps), "compiled_during_run": engine.runner.num_compiled() - compiled}, recs, steps
+    steps = engine.trace(first_step)
+    compiled = engine.get_server_info()["compiled_step_variants"] - compiled
+    return {**summarize(recs, steps), "compiled_during_run": compiled}, recs, steps
 
 
 def run_sim(cost: Any, wl: Workload, arrivals: Sequence[float], **options: Any) -> SimResult:
@@ -128,6 +134,42 @@ def client_turnaround(wl: Workload, recs: Sequence[dict]) -> float | None:
     gaps = [by_rid[r.rid]["arrival_time"] - by_rid[r.after]["finish_time"] for r in wl.requests
             if r.after is not None and r.rid in by_rid and r.after in by_rid]
     return float(np.median(gaps)) if gaps else None
+
+
+def chained_lags(pairs: Sequence[tuple[str, str]], requests: Sequence[dict], steps: Sequence[dict]) -> list[int]:
+    """For each chained call (rid, the rid it waits for), in the rows of tables() (times from the run's
+    start): how many steps after the first step dispatched once its predecessor's step had ended it was
+    admitted. 0: it made that step (its arrival window was still open); 1: the one after. The engine
+    and the simulator should agree; session 15's react did not (the engine 24 of 42 at 0, the sim 7)."""
+    by_rid = {r["rid"]: r for r in requests}
+    order = sorted(s["step"] for s in steps)
+    by_step = {s["step"]: s for s in steps}
+    ends = [by_step[n]["end"] for n in order]
+    lags = []
+    for rid, after in pairs:
+        r, pred = by_rid.get(rid), by_rid.get(after)
+        if r is None or pred is None or r.get("admit_step") is None:
+            continue
+        i = bisect.bisect_left(ends, pred["finish_time"] - 1e-5)  # the step its predecessor finished in
+        if i >= len(order):
+            continue
+        later = [n for n in order[i + 1:] if by_step[n]["dispatch"] >= ends[i] - 1e-9]
+        if later:
+            lags.append(order.index(r["admit_step"]) - order.index(later[0]))
+    return lags
+
+
+def chained_next(wl: Workload, run: dict) -> dict:
+    """engine_/sim_chained_next: the fraction of the run's chained calls that made the first step
+    dispatched after their predecessor's step ended (chained_lags 0; None without chained calls)."""
+    pairs = [(r.rid, r.after) for r in wl.requests if r.after is not None]
+    out = {}
+    for side in ("engine", "sim"):
+        t = run[side]
+        lags = chained_lags(pairs, [dict(zip(t["requests"]["columns"], r)) for r in t["requests"]["rows"]],
+                            [dict(zip(t["steps"]["columns"], r)) for r in t["steps"]["rows"]])
+        out[f"{side}_chained_next"] = sum(lag == 0 for lag in lags) / len(lags) if lags else None
+    return out
 
 
 def tables(recs: Sequence[dict], steps: Sequence[dict]) -> dict:
@@ -189,6 +231,9 @@ def main() -> None:
                     help="padded batch sizes (default: the profile's, so the same shapes were measured)")
     ap.add_argument("--warmup", action="store_true",
                     help="compile every step shape at start (Engine warmup=True; many variants for an 8B model)")
+    ap.add_argument("--engine-process", action="store_true",
+                    help="the engine in a process of its own (the server's default), so the client's Python does "
+                         "not run on the engine's GIL (in one process it stalls the engine's loop: see chained_lags)")
     ap.add_argument("--client-turnaround", default="measured",
                     help="simulator think_time (s) of chained calls; 'measured': the engine run's median")
     ap.add_argument("--resimulate", default=None, metavar="FIDELITY.json",
@@ -199,7 +244,10 @@ def main() -> None:
     if args.resimulate:
         return resimulate(Path(args.resimulate), args.profile, args.model_path, Path(args.out))
 
-    from jaxsgl.engine.engine import Engine  # JAX from here on
+    if args.engine_process:
+        from jaxsgl.engine.engine_process import EngineProcess as Engine  # JAX in the child only
+    else:
+        from jaxsgl.engine.engine import Engine  # JAX from here on
 
     opts = dict(max_running_requests=args.max_running_requests, chunked_prefill_size=args.chunked_prefill_size,
                 max_total_tokens=args.max_total_tokens)
@@ -213,7 +261,7 @@ def main() -> None:
     # a compile inside a measured run would be timed: the untimed pass compiles what it meets, --warmup all shapes
     with Engine(args.model_path, load_format=args.load_format, attention_backend=args.attention_backend,
                 skip_tokenizer_init=True, seq_buckets=seq_buckets, warmup=args.warmup, **opts) as eng:
-        opts["max_total_tokens"] = eng.scheduler.pool.capacity * eng.scheduler.page_size  # the sim's pool = the engine's
+        opts["max_total_tokens"] = eng.get_load()["max_total_num_tokens"]  # the sim's pool = the engine's
         runs_meta = {"sim_options": dict(opts)}
         for name in args.workloads:
             wl = build_workload(name, tokenize, workload_size(args.size, name))
@@ -224,13 +272,14 @@ def main() -> None:
                 turn = client_turnaround(wl, e_recs)
                 think = (turn or 0.0) if args.client_turnaround == "measured" else float(args.client_turnaround)
                 s = run_sim(cost, wl, arr, think_time=think, **opts)
+                run = {**runs_meta, "workload": name, "rate": rate_s, "client_turnaround_s": turn,
+                       "sim_think_time_s": think, "sim_idle_start_s": getattr(cost, "idle_start", 0.0),
+                       "engine": tables(e_recs, e_steps), "sim": tables(s.requests, s.steps)}
                 row = {"workload": name, "rate": rate_s, "requests": len(wl.requests),
-                       "compiled_during_run": e["compiled_during_run"], **compare(e, s.summary)}
+                       "compiled_during_run": e["compiled_during_run"], **compare(e, s.summary),
+                       **chained_next(wl, run)}
                 rows.append(row)
-                runs.append({**runs_meta, "workload": name, "rate": rate_s, "client_turnaround_s": turn,
-                             "sim_think_time_s": think,
-                             "sim_idle_start_s": getattr(cost, "idle_start", 0.0),
-                             "engine": tables(e_recs, e_steps), "sim": tables(s.requests, s.steps)})
+                runs.append(run)
                 print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
                 Path(args.out).write_text(dumps({"args": vars(args), "rows": rows, "runs": runs}) + "\n")
     print_worst(rows)
@@ -259,6 +308,7 @@ def resimulate(recorded: Path, profile: str, model_path: str | None, out: Path) 
         engine = {m: row[f"engine_{m}"] for m in METRICS}
         row.update(compare(engine, s.summary))
         run.update(sim_idle_start_s=getattr(cost, "idle_start", 0.0), sim=tables(s.requests, s.steps))
+        row.update(chained_next(wl, run))
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
     data["resimulated"] = {"from": str(recorded), "profile": profile, "argv": sys.argv,
                            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}

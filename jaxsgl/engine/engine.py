@@ -214,7 +214,8 @@ class Engine:
 
     def get_server_info(self) -> dict[str, Any]:
         return {"model_path": str(self.model_dir), "options": vars(self.options), "attention_backend": self.attn_impl,
-                "context_length": self.context_len, **self.cache_stats()}
+                "context_length": self.context_len, "compiled_step_variants": self.runner.num_compiled(),
+                **self.cache_stats()}
 
     def trace(self, since_step: int = 0) -> list[dict]:
         """Per-step trace (batch size, new/cached tokens, evictions, queue length, step time) of the

@@ -5,7 +5,8 @@ the GIL that the engine's loop thread needs between steps, and every step waits 
 the server at 88-92% of in-process throughput that way). EngineProcess starts the Engine in a child process
 (a fresh `python -m` interpreter) and talks to it over a socket pair, as SGLang's tokenizer manager talks to its scheduler:
 
-- this process: async_generate / abort / get_load / get_server_info / cache_stats / flush_cache / shutdown,
+- this process: async_generate / abort / get_load / get_server_info / cache_stats / flush_cache / trace /
+  request_records / shutdown,
   the tokenizer (loaded here too: tokenize, chat templates), model_dir, cfg, options, context_len. A reader
   thread takes the child's messages and wakes each event loop once per message (LoopBridge);
 - the child: Engine.submit() per call; its events are batched by a sender thread, one pickled message per
@@ -35,7 +36,7 @@ from jaxsgl.tokenizer import load_tokenizer_in_background
 
 log = logging.getLogger(__name__)
 RPC_TIMEOUT_S = 60.0
-_RPC_METHODS = ("get_load", "get_server_info", "cache_stats", "flush_cache")
+_RPC_METHODS = ("get_load", "get_server_info", "cache_stats", "flush_cache", "trace", "request_records")
 
 
 class RemoteRequest:
@@ -157,6 +158,14 @@ class EngineProcess:
     def flush_cache(self) -> None:
         self._rpc("flush_cache")
 
+    def trace(self, since_step: int = 0) -> list[dict]:
+        """Engine.trace: the child's per-step records (times on perf_counter's clock, which a child shares)."""
+        return self._rpc("trace", since_step)
+
+    def request_records(self, t0: float | None = None) -> list[dict]:
+        """Engine.request_records: the child's per-request records (arrival = when the child took the call)."""
+        return self._rpc("request_records", t0)
+
     def shutdown(self) -> None:
         """Stop the child's engine (requests in flight fail) and wait for the child to exit."""
         if not self._closed:
@@ -189,11 +198,11 @@ class EngineProcess:
             self._closed = True
             raise RuntimeError("engine is shut down") from None
 
-    def _rpc(self, method: str) -> Any:
+    def _rpc(self, method: str, *args: Any) -> Any:
         fut: Future = Future()
         cid = next(self._ids)
         self._calls[cid] = fut
-        self._send(("call", cid, method))
+        self._send(("call", cid, method, args))
         return fut.result(timeout=RPC_TIMEOUT_S)
 
     def _read(self) -> None:
@@ -306,7 +315,7 @@ def _child_main(conn: Connection) -> None:
             elif msg[0] == "abort":
                 engine.abort(msg[1])
             elif msg[0] == "call" and msg[2] in _RPC_METHODS:
-                reply(("returned", msg[1], getattr(engine, msg[2])()))
+                reply(("returned", msg[1], getattr(engine, msg[2])(*msg[3])))
             elif msg[0] == "shutdown":
                 break
     finally:

@@ -32,8 +32,11 @@ log = logging.getLogger(__name__)
 _FORMAT = 1  # bump when what an entry holds changes
 EXECUTABLES_DIR = "jaxsgl-executables"  # under jax_compilation_cache_dir
 # The executable cache is on for the CPU. On a GPU it is opt-in until measured end to end (Triton kernels
-# inside serialized executables load; Mosaic GPU ones do not): JAXSGL_GPU_EXECUTABLE_CACHE=1 turns it on.
+# inside serialized executables load; Mosaic GPU ones load only with their runtime library found, see
+# mosaic_gpu_runtime): JAXSGL_GPU_EXECUTABLE_CACHE=1 turns it on.
 GPU_OPT_IN = "JAXSGL_GPU_EXECUTABLE_CACHE"
+# Where a loaded Mosaic GPU kernel's host launcher finds mosaic_gpu_launch_kernel / mosaic_gpu_init_tma_desc.
+MOSAIC_GPU_RUNTIME_ENV = "MOSAIC_GPU_RUNTIME_LIB_PATH"
 
 
 def enable_compilation_cache() -> None:
@@ -111,8 +114,8 @@ class PersistentJit:
     or a source edit that left the program unchanged), keeps being traced, lowered and loaded from
     JAX's cache. Without a compilation cache directory, with more than one device, or off the CPU
     (unless $JAXSGL_GPU_EXECUTABLE_CACHE=1: executables with Triton kernels load and run on the
-    H200; those with Mosaic GPU kernels do not load in another process and are not written, see
-    unserializable_kernels), it is exactly the jitted function.
+    H200; those with Mosaic GPU kernels load only with their runtime library found, and are not
+    written without it, see mosaic_gpu_runtime), it is exactly the jitted function.
     `fn` should be a functools.partial whose keywords are part of the key (their repr)."""
 
     def __init__(self, fn: Callable, *, donate_argnums: tuple[int, ...] = (),
@@ -186,6 +189,8 @@ class PersistentJit:
             return lambda: None
         path = self._path(sig)
         lowered = None if path.exists() else self._jit.lower(*args, **static)
+        if lowered is None:
+            mosaic_gpu_runtime()  # here, before the pool's threads load (setenv beside getenv in C races)
 
         def load_or_compile() -> None:  # (an entry that fails to load is lowered here, off this thread: rare)
             self._build(sig, path, args, static, lowered)
@@ -196,6 +201,7 @@ class PersistentJit:
         """The executable stored at path, or None (none there, or it cannot be loaded here)."""
         from jax.experimental import serialize_executable as se
 
+        mosaic_gpu_runtime()  # before any Mosaic GPU kernel is linked in this process
         try:
             t0 = time.perf_counter()
             with open(path, "rb") as f:
@@ -236,18 +242,39 @@ class PersistentJit:
         return compiled
 
 
-# Custom calls whose serialized executables do not load in another process. Mosaic GPU kernels (the
-# Hopper extend kernel): their host-side launch code is JIT-compiled into the compiling process only
-# (jax 0.11.2 on the H200: "Failed to lookup host symbol ... _mlir_ciface_kernel_mosaic_gpu").
-UNSERIALIZABLE_CUSTOM_CALLS = ("mosaic_gpu",)
+# Custom calls whose serialized executables do not load in another process without their runtime
+# library. A Mosaic GPU kernel's executable carries its host launcher as object code, linked again on load
+# against the library named by $MOSAIC_GPU_RUNTIME_LIB_PATH; jax sets that variable only when
+# jax.experimental.mosaic.gpu is imported, which a process that loads instead of lowering never does
+# (jax 0.11.2 on the H200: "Failed to lookup host symbol ... kernel_mosaic_gpu"). mosaic_gpu_runtime() sets it.
+NEEDS_RUNTIME_LIBRARY = ("mosaic_gpu",)
+
+
+def mosaic_gpu_runtime() -> str | None:
+    """The Mosaic GPU runtime library, as jax.experimental.mosaic.gpu finds it on import, without
+    importing that module (MLIR dialects, absl): sets $MOSAIC_GPU_RUNTIME_LIB_PATH when unset (mutates
+    os.environ). None where jaxlib has no Mosaic GPU (CPU builds)."""
+    if os.environ.get(MOSAIC_GPU_RUNTIME_ENV):
+        return os.environ[MOSAIC_GPU_RUNTIME_ENV]
+    try:
+        from jax._src.lib import mosaic_gpu as mosaic_gpu_lib  # the bindings, found as jax finds them
+        path = Path(mosaic_gpu_lib._mosaic_gpu_ext.__file__).parent / "libmosaic_gpu_runtime.so"
+    except (ImportError, AttributeError):
+        return None
+    if not path.is_file():
+        return None
+    os.environ[MOSAIC_GPU_RUNTIME_ENV] = str(path)
+    return str(path)
 
 
 def unserializable_kernels(lowered: Any) -> bool:
-    """Whether a lowered GPU program calls a kernel of UNSERIALIZABLE_CUSTOM_CALLS (reads its text: on
-    the GPU only, where such kernels exist)."""
+    """Whether a lowered GPU program calls a kernel whose serialized executable would not load in
+    another process: one of NEEDS_RUNTIME_LIBRARY when mosaic_gpu_runtime() finds no library (reads the
+    program's text: on the GPU only, where such kernels exist)."""
     if jax.default_backend() != "gpu":
         return False
-    return any(target.startswith(UNSERIALIZABLE_CUSTOM_CALLS) for target in custom_call_targets(lowered.as_text()))
+    needs = any(t.startswith(NEEDS_RUNTIME_LIBRARY) for t in custom_call_targets(lowered.as_text()))
+    return needs and mosaic_gpu_runtime() is None
 
 
 # A custom call in MLIR text: `stablehlo.custom_call @target(...)` as printed, `call_target_name = "target"`

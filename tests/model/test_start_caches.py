@@ -159,4 +159,31 @@ def test_custom_call_targets_reads_the_printed_and_the_generic_mlir_forms():
     generic = '%0 = "stablehlo.custom_call"(%a) {call_target_name = "mosaic_gpu_v2", has_side_effect = true}'
     assert compile_cache.custom_call_targets(generic) == {"mosaic_gpu_v2"}
     assert compile_cache.custom_call_targets("stablehlo.custom_call @mosaic_gpu_v2(%a)") == {"mosaic_gpu_v2"}
-    assert "mosaic_gpu_v2".startswith(compile_cache.UNSERIALIZABLE_CUSTOM_CALLS)
+    assert "mosaic_gpu_v2".startswith(compile_cache.NEEDS_RUNTIME_LIBRARY)
+
+
+def test_mosaic_gpu_runtime_points_the_kernels_launcher_at_its_library(monkeypatch, tmp_path):
+    """A loaded Mosaic GPU executable links its host launcher against $MOSAIC_GPU_RUNTIME_LIB_PATH, which jax
+    sets only when jax.experimental.mosaic.gpu is imported (a loading process never does): mosaic_gpu_runtime
+    sets it from the bindings' folder, keeps a user's value, and gives None where jaxlib has no Mosaic GPU."""
+    import types
+
+    from jaxsgl.model import compile_cache
+
+    env = compile_cache.MOSAIC_GPU_RUNTIME_ENV
+    monkeypatch.setenv(env, "/opt/mine/libmosaic_gpu_runtime.so")
+    assert compile_cache.mosaic_gpu_runtime() == "/opt/mine/libmosaic_gpu_runtime.so"
+    monkeypatch.delenv(env)
+    ext = tmp_path / "_mosaic_gpu_ext.so"
+    ext.write_bytes(b"")
+    fake = types.ModuleType("jax._src.lib.mosaic_gpu")
+    fake._mosaic_gpu_ext = types.SimpleNamespace(__file__=str(ext))
+    monkeypatch.setitem(sys.modules, "jax._src.lib.mosaic_gpu", fake)
+    assert compile_cache.mosaic_gpu_runtime() is None  # the bindings without their runtime library
+    assert env not in os.environ
+    (tmp_path / "libmosaic_gpu_runtime.so").write_bytes(b"")
+    assert compile_cache.mosaic_gpu_runtime() == str(tmp_path / "libmosaic_gpu_runtime.so")
+    assert os.environ[env] == str(tmp_path / "libmosaic_gpu_runtime.so")
+    monkeypatch.delenv(env)
+    monkeypatch.setitem(sys.modules, "jax._src.lib.mosaic_gpu", None)  # a CPU jaxlib: the import fails
+    assert compile_cache.mosaic_gpu_runtime() is None

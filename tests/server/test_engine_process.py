@@ -91,6 +91,23 @@ def test_disconnected_stream_is_aborted_and_frees_its_pages(remote):
     assert "sglang:num_running_reqs" in m and "sglang:num_aborted_requests_total" in m
 
 
+def test_the_childs_step_trace_and_request_records_come_back(remote):
+    """experiments/fidelity.py --engine-process reads the child's traces: the records of a request made here
+    (its arrival is when the child took it, on the perf_counter clock both processes share) and its steps."""
+    engine = remote.engine
+    before = max((s["step"] for s in engine.trace()), default=-1)
+    t_sent = time.perf_counter()
+    out = _gen(remote.url, {"text": "Records, please:", "rid": "records-1", "sampling_params": GREEDY})
+    assert out["meta_info"]["completion_tokens"] == 12
+    steps = engine.trace(before + 1)
+    assert steps and all(s["step"] > before for s in steps)
+    assert all(s["step_time"] > 0 and s["prepare_time"] is not None for s in steps)
+    rec = {r["rid"]: r for r in engine.request_records(t0=0.0)}["records-1"]
+    assert rec["output_tokens"] == 12 and rec["admit_step"] > before
+    assert t_sent <= rec["arrival_time"] <= rec["first_token_time"] <= rec["finish_time"] <= time.perf_counter()
+    assert engine.get_server_info()["compiled_step_variants"] > 0
+
+
 def test_a_failed_start_raises_here():
     with pytest.raises(Exception, match="no-such-model"):
         EngineProcess("/no-such-model", dtype="float32")

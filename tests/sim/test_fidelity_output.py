@@ -75,3 +75,23 @@ def test_engine_step_tables_place_dispatch_before_the_results_processing() -> No
     assert rows[0]["dispatch"] == pytest.approx(0.003) and rows[0]["idle"]  # 10.020 - 0.015 - 0.002 - t0 10.0
     assert rows[1]["dispatch"] == pytest.approx(0.017) and not rows[1]["idle"]  # before step 0's end: pipelined
     assert rows[0]["prepare_time"] == 0.001 and rows[1]["process_time"] == 0.001
+
+
+def test_chained_lags_count_the_steps_a_chained_call_waited_past_the_first_it_could_make() -> None:
+    """The simulator closes a step's arrival window at the previous step's end: a chained call arriving with
+    the finish of its predecessor makes the first step dispatched after it (lag 0), one arriving 2 ms later
+    (steps take 10 ms) the next (lag 1). Session 15's react run on the H200: the engine 24 of 42 at 0."""
+    from experiments.fidelity import chained_lags, chained_next
+
+    base = list(range(10, 74))
+    wl = Workload("chain", [Request("a", base, 4), Request("b", base + list(range(200, 232)), 3, after="a"),
+                            Request("c", list(range(300, 340)), 40)])  # c keeps the engine busy
+    lags = {}
+    for think in (0.0, 0.002):
+        res = run_sim(LinearCost({}, 0.01), wl, [0.0, 0.0], think_time=think, max_total_tokens=2048)
+        t = tables(res.requests, res.steps)
+        reqs = [dict(zip(REQ_COLUMNS, r)) for r in t["requests"]["rows"]]
+        steps = [dict(zip(STEP_COLUMNS, r)) for r in t["steps"]["rows"]]
+        lags[think] = chained_lags([("b", "a")], reqs, steps)
+        assert chained_next(wl, {"engine": t, "sim": t})["sim_chained_next"] == (1.0 if think == 0.0 else 0.0)
+    assert lags == {0.0: [0], 0.002: [1]}
