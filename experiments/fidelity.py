@@ -14,12 +14,13 @@ workload runs first and compiles the step shapes it meets (then the cache is flu
 every shape up front): compiled_during_run in each row must be 0, or that run timed a compile.
 Reported per run: throughput (requests/s and tokens/s over first arrival -> last finish), median and
 P99 TTFT, hit rate, steps, and the simulator's relative error on each. A chained call reaches the
-engine a client round trip after its predecessor finished: the simulator gets the engine's measured
-median turnaround as think_time (--client-turnaround), and each row the fraction of chained calls that
-made the first step dispatched after their predecessor's step ended, on both sides (chained_next). With
-the engine in this process, the client's Python runs on the engine's GIL: when it takes the GIL as the
-engine wakes it (mid-step), the engine's loop waits for the client's next call and then admits it,
-which no arrival time can tell the simulator; --engine-process (the server's setting) avoids that.
+engine a client round trip after its predecessor finished, and the engine's loop waits for the calls a
+client queues inline (the GIL decides; jaxsgl/sim/client.py): the simulator replays the profile's
+measured client (its "client" section: turnarounds and the inline share, from a run of its own), or
+without one the engine run's median turnaround as think_time (--client-turnaround). Each row has the
+fraction of chained calls that made the first step dispatched after their predecessor's step ended, on
+both sides (chained_next). --engine-process runs the engine as the server does, in a process of its own
+(its child's intake thread races the loop for the GIL as an in-process client does).
 The JSON also keeps, per run, both sides' per-step trace (STEP_COLUMNS; `idle`: dispatched with
 nothing in flight; the engine's `prepare_time` (schedule + build, before `dispatch`) and `process_time`
 (after the results, before `end`): when its loop closed each step's arrival window) and per-request records (REQ_COLUMNS), times in seconds from the run's first
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import bisect
 import json
 import sys
 import time
@@ -39,10 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from jaxsgl.sim import SimResult, Simulator, load_profile, offline, poisson, summarize
+from jaxsgl.sim import (ChainedClient, SimResult, Simulator, chained_lags, load_client, load_profile, offline, poisson,
+                        summarize)
 
-from experiments.workloads import (Request, Workload, agents_workload, default_tokenize, mmlu_workload,
-                                   react_workload, zipf_prefix_workload)
+from experiments.workloads import (Request, Workload, agents_workload, chat_workload, default_tokenize,
+                                   mmlu_workload, react_workload, tot_workload, zipf_prefix_workload)
 
 METRICS = ("req_per_s", "total_tok_per_s", "ttft_p50", "ttft_p99", "hit_rate", "steps")
 STEP_COLUMNS = ("step", "num_seqs", "num_prefill_seqs", "num_decode_seqs", "new_tokens", "prefill_tokens",
@@ -53,7 +54,12 @@ REQ_COLUMNS = ("rid", "prompt_tokens", "cached_tokens", "output_tokens", "arriva
 
 
 def build_workload(name: str, tokenize: Any, size: int | None = None) -> Workload:
-    """The fidelity workloads: mmlu, react, agents (../shared/data) and zipf (synthetic)."""
+    """The fidelity workloads: mmlu, react, agents, tree-of-thought, multi-turn-chat (../shared/data) and
+    zipf (synthetic)."""
+    if name == "tree-of-thought":
+        return tot_workload(tokenize, num_questions=size or 8)
+    if name == "multi-turn-chat":
+        return chat_workload(tokenize, num_conversations=size or 24)
     if name == "mmlu":
         return mmlu_workload(tokenize, num_subjects=10, per_subject=size or 20)
     if name == "react":
@@ -128,6 +134,14 @@ def run_sim(cost: Any, wl: Workload, arrivals: Sequence[float], **options: Any) 
     return Simulator(cost, **options).run(wl.requests, list(arrivals))
 
 
+def sim_client(choice: str, profile: dict, measured: float | None) -> tuple[float, ChainedClient | None]:
+    """--client-turnaround: (think_time, client) for the simulator."""
+    client = load_client(profile) if choice == "profile" else None
+    if client is not None:
+        return 0.0, client
+    return ((measured or 0.0) if choice in ("profile", "measured") else float(choice)), None
+
+
 def client_turnaround(wl: Workload, recs: Sequence[dict]) -> float | None:
     """Median seconds from a call's finish to the arrival of the call chained after it (None: no chains)."""
     by_rid = {r["rid"]: r for r in recs}
@@ -136,38 +150,20 @@ def client_turnaround(wl: Workload, recs: Sequence[dict]) -> float | None:
     return float(np.median(gaps)) if gaps else None
 
 
-def chained_lags(pairs: Sequence[tuple[str, str]], requests: Sequence[dict], steps: Sequence[dict]) -> list[int]:
-    """For each chained call (rid, the rid it waits for), in the rows of tables() (times from the run's
-    start): how many steps after the first step dispatched once its predecessor's step had ended it was
-    admitted. 0: it made that step (its arrival window was still open); 1: the one after. The engine
-    and the simulator should agree; session 15's react did not (the engine 24 of 42 at 0, the sim 7)."""
-    by_rid = {r["rid"]: r for r in requests}
-    order = sorted(s["step"] for s in steps)
-    by_step = {s["step"]: s for s in steps}
-    ends = [by_step[n]["end"] for n in order]
-    lags = []
-    for rid, after in pairs:
-        r, pred = by_rid.get(rid), by_rid.get(after)
-        if r is None or pred is None or r.get("admit_step") is None:
-            continue
-        i = bisect.bisect_left(ends, pred["finish_time"] - 1e-5)  # the step its predecessor finished in
-        if i >= len(order):
-            continue
-        later = [n for n in order[i + 1:] if by_step[n]["dispatch"] >= ends[i] - 1e-9]
-        if later:
-            lags.append(order.index(r["admit_step"]) - order.index(later[0]))
-    return lags
+def table_lags(wl: Workload, side: dict) -> list[tuple[str, int]]:
+    """chained_lags (jaxsgl.sim.client) of one side's tables()."""
+    pairs = [(r.rid, r.after) for r in wl.requests if r.after is not None]
+    reqs = [dict(zip(side["requests"]["columns"], r)) for r in side["requests"]["rows"]]
+    steps = [dict(zip(side["steps"]["columns"], r)) for r in side["steps"]["rows"]]
+    return chained_lags(pairs, reqs, [(s["step"], s["dispatch"], s["end"]) for s in steps if s["end"] is not None])
 
 
 def chained_next(wl: Workload, run: dict) -> dict:
     """engine_/sim_chained_next: the fraction of the run's chained calls that made the first step
     dispatched after their predecessor's step ended (chained_lags 0; None without chained calls)."""
-    pairs = [(r.rid, r.after) for r in wl.requests if r.after is not None]
     out = {}
     for side in ("engine", "sim"):
-        t = run[side]
-        lags = chained_lags(pairs, [dict(zip(t["requests"]["columns"], r)) for r in t["requests"]["rows"]],
-                            [dict(zip(t["steps"]["columns"], r)) for r in t["steps"]["rows"]])
+        lags = [lag for _, lag in table_lags(wl, run[side])]
         out[f"{side}_chained_next"] = sum(lag == 0 for lag in lags) / len(lags) if lags else None
     return out
 
@@ -232,10 +228,10 @@ def main() -> None:
     ap.add_argument("--warmup", action="store_true",
                     help="compile every step shape at start (Engine warmup=True; many variants for an 8B model)")
     ap.add_argument("--engine-process", action="store_true",
-                    help="the engine in a process of its own (the server's default), so the client's Python does "
-                         "not run on the engine's GIL (in one process it stalls the engine's loop: see chained_lags)")
-    ap.add_argument("--client-turnaround", default="measured",
-                    help="simulator think_time (s) of chained calls; 'measured': the engine run's median")
+                    help="the engine in a process of its own (the server's default) instead of this one")
+    ap.add_argument("--client-turnaround", default="profile",
+                    help="chained calls in the simulator: 'profile' (the profile's client section, else "
+                         "'measured'), 'measured' (the engine run's median turnaround), or a think time (s)")
     ap.add_argument("--resimulate", default=None, metavar="FIDELITY.json",
                     help="no engine: keep that run's engine traces, simulate them again with --profile (the same "
                          "requests, arrivals and options; exact on any CPU), and write rows and sim traces to --out")
@@ -270,10 +266,11 @@ def main() -> None:
                 arr = root_arrivals(wl, rate)
                 e, e_recs, e_steps = run_engine(eng, wl, arr, f"{name}-{rate_s}")
                 turn = client_turnaround(wl, e_recs)
-                think = (turn or 0.0) if args.client_turnaround == "measured" else float(args.client_turnaround)
-                s = run_sim(cost, wl, arr, think_time=think, **opts)
+                think, client = sim_client(args.client_turnaround, profile, turn)
+                s = run_sim(cost, wl, arr, think_time=think, client=client, **opts)
                 run = {**runs_meta, "workload": name, "rate": rate_s, "client_turnaround_s": turn,
-                       "sim_think_time_s": think, "sim_idle_start_s": getattr(cost, "idle_start", 0.0),
+                       "sim_think_time_s": think, "sim_client": client.to_dict() if client else None,
+                       "sim_idle_start_s": getattr(cost, "idle_start", 0.0),
                        "engine": tables(e_recs, e_steps), "sim": tables(s.requests, s.steps)}
                 row = {"workload": name, "rate": rate_s, "requests": len(wl.requests),
                        "compiled_during_run": e["compiled_during_run"], **compare(e, s.summary),
@@ -295,6 +292,7 @@ def resimulate(recorded: Path, profile: str, model_path: str | None, out: Path) 
     run under `profile` (the same workload, seeded arrivals, think time and options)."""
     data = json.loads(recorded.read_text())
     args, cost, tokenize = data["args"], load_profile(profile), model_tokenize(model_path)
+    client = load_client(json.loads(Path(profile).read_text()))
     for row, run in zip(data["rows"], data["runs"]):
         wl = build_workload(row["workload"], tokenize, workload_size(args["size"], row["workload"]))
         arr = root_arrivals(wl, None if row["rate"] == "offline" else float(row["rate"]))
@@ -304,10 +302,12 @@ def resimulate(recorded: Path, profile: str, model_path: str | None, out: Path) 
         if len(wl.requests) != row["requests"]:
             raise ValueError(f"{row['workload']}: {len(wl.requests)} requests, the recording has {row['requests']} "
                              "(another tokenizer? pass the recording's --model-path)")
-        s = run_sim(cost, wl, arr, think_time=run["sim_think_time_s"], **opts)
+        s = run_sim(cost, wl, arr, think_time=run["sim_think_time_s"], client=client, **opts)
         engine = {m: row[f"engine_{m}"] for m in METRICS}
         row.update(compare(engine, s.summary))
         run.update(sim_idle_start_s=getattr(cost, "idle_start", 0.0), sim=tables(s.requests, s.steps))
+        if client is not None:
+            run["sim_client"] = client.to_dict()
         row.update(chained_next(wl, run))
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
     data["resimulated"] = {"from": str(recorded), "profile": profile, "argv": sys.argv,

@@ -13,6 +13,7 @@ See cost_model.py for the cost model's form, arrivals.py for arrival processes, 
 """
 from jaxsgl.scheduler.records import REQUEST_COLUMNS, RequestTimes, as_frame, request_records
 from jaxsgl.sim.arrivals import from_trace, gamma, offline, poisson
+from jaxsgl.sim.client import ChainedClient, chained_lags, load_client
 from jaxsgl.sim.cost_model import (CANDIDATE_FEATURES, FEATURES, ConstantCost, LinearCost, Padding, ReplayCost,
                                    StepCost, batch_features, fit_best, fit_linear, fit_profile, load_profile,
                                    step_features)
@@ -22,4 +23,4 @@ from jaxsgl.sim.simulator import SimResult, SimRun, Simulator, simulate
 __all__ = ["Simulator", "SimResult", "SimRun", "simulate", "StepCost", "LinearCost", "ConstantCost", "ReplayCost", "Padding",
            "FEATURES", "CANDIDATE_FEATURES", "step_features", "batch_features", "fit_linear", "fit_best", "fit_profile",
            "load_profile", "offline", "poisson", "gamma", "from_trace", "summarize", "REQUEST_COLUMNS",
-           "RequestTimes", "request_records", "as_frame"]
+           "RequestTimes", "request_records", "as_frame", "ChainedClient", "chained_lags", "load_client"]

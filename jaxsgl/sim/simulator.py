@@ -13,6 +13,11 @@ cost (cost_model.py) that advances the clock:
     overlap:  add arrivals <= now, schedule N+1, dispatch N+1 at now (it starts when N ends),
               advance N+1, now = end(N), complete N
 
+A chained call (`after`) arrives think_time after the call it waits for finishes; with `client` (a
+ChainedClient, client.py: measured by the step profile) instead its turnaround, or, for the share of
+calls the client queues inline (drawn per call), inline_turnaround after the finish, with the loop's next
+drain waiting for it: then it makes the step scheduled next.
+
 A step dispatched with nothing in flight (an idle engine; every step of the sync loop) also takes
 the cost's `idle_start` seconds (LinearCost.idle_start; 0 for costs without it): the host work that
 the overlapped loop hides under the previous step.
@@ -39,6 +44,7 @@ from jaxsgl.engine.options import EngineOptions
 from jaxsgl.scheduler import Req, ScheduledBatch, Scheduler
 from jaxsgl.scheduler.batch import StepInputBuilder
 from jaxsgl.scheduler.records import RequestTimes, as_frame, request_records
+from jaxsgl.sim.client import ChainedClient
 from jaxsgl.sim.cost_model import LinearCost, Padding, StepCost
 from jaxsgl.sim.metrics import summarize
 
@@ -82,9 +88,11 @@ class _InFlight:
 class Simulator:
     """Replays workloads through a fresh Scheduler per run. Mutates nothing it is given."""
 
-    def __init__(self, cost: StepCost, *, think_time: float = 0.0, check: bool = False,
-                 scheduler_options: Mapping[str, Any] | None = None, **engine_options: Any) -> None:
+    def __init__(self, cost: StepCost, *, think_time: float = 0.0, client: ChainedClient | None = None,
+                 check: bool = False, scheduler_options: Mapping[str, Any] | None = None,
+                 **engine_options: Any) -> None:
         self.think_time = think_time
+        self.client = client
         self.check = check
         self.idle_start = float(getattr(cost, "idle_start", 0.0))  # extra s of a step dispatched to an idle engine
         self.opts = EngineOptions.from_kwargs(None, engine_options)
@@ -192,6 +200,7 @@ class SimRun:
         self._heap: list[tuple[float, int, str]] = []
         self._seq = 0
         self._inflight: _InFlight | None = None
+        self._hold = 0.0  # the loop's next drain waits until then for calls queued inline (ChainedClient)
         self._finished: list[tuple[str, float]] = []
         self._wall0 = time.perf_counter()
 
@@ -208,7 +217,7 @@ class SimRun:
     def next_time(self) -> float | None:
         """Time of the next loop iteration; None when there is nothing to do until a submit."""
         if self.sched.has_work() or self._inflight is not None:
-            return self.now
+            return max(self.now, self._hold)
         if self._heap:
             return max(self.now, self._heap[0][0])
         return None
@@ -218,6 +227,7 @@ class SimRun:
         finish time) of the requests it finished."""
         self._finished = []
         sched = self.sched
+        self.now = max(self.now, self._hold)  # inline calls of the last completion are queued by then
         if not sched.has_work() and self._inflight is None:
             self.now = max(self.now, self._heap[0][0])  # idle: jump to the next arrival
         self._add_arrivals()
@@ -276,8 +286,15 @@ class SimRun:
         times.finish = t
         self.done.append((req, times))
         self._finished.append((req.rid, t))
+        client = self.sim.client
         for child in self.children.get(req.rid, ()):
-            self.submit(child, t + self.sim.think_time)
+            if client is None:
+                self.submit(child, t + self.sim.think_time)
+            elif client.is_inline(child.rid, self.sim.opts.random_seed):
+                self.submit(child, t + client.inline_turnaround)
+                self._hold = max(self._hold, t + client.inline_turnaround)
+            else:
+                self.submit(child, t + client.turnaround)
 
     def _complete(self, f: _InFlight) -> None:
         f.batch.trace.step_time = f.end - f.dispatch

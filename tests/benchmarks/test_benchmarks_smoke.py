@@ -53,6 +53,9 @@ SMOKE: dict[str, list[str] | Callable[[], list[str]]] = {
     # minutes on 2 cores; the tiny model with the default tokenizer takes seconds
     "constrained.py": lambda: ["--smoke", "--model-path", _tiny_dir(True), "--load-format", "dummy"],
     "cold_start.py": ["--smoke"],
+    "client_profile.py": lambda: ["--model-path", _tiny_dir(), "--load-format", "dummy", "--chains", "2",
+                                  "--calls", "3", "--prefix", "16", "--own", "8", "--max-new-tokens", "2",
+                                  "--background", "1"],
     "serving.py": lambda: ["--model", _tiny_dir(True), "--load-format", "dummy", "--num-prompts", "4",
                            "--input-len", "16", "--output-len", "4", "--rates", "inf", "--datasets", "random"],
     "router.py": ["--groups", "2", "--per-group", "2", "--system-words", "20", "--max-new-tokens", "2",

@@ -80,18 +80,54 @@ def test_engine_step_tables_place_dispatch_before_the_results_processing() -> No
 def test_chained_lags_count_the_steps_a_chained_call_waited_past_the_first_it_could_make() -> None:
     """The simulator closes a step's arrival window at the previous step's end: a chained call arriving with
     the finish of its predecessor makes the first step dispatched after it (lag 0), one arriving 2 ms later
-    (steps take 10 ms) the next (lag 1). Session 15's react run on the H200: the engine 24 of 42 at 0."""
-    from experiments.fidelity import chained_lags, chained_next
+    (steps take 10 ms) the next (lag 1); a client that queues its call inline (ChainedClient: the engine's
+    loop waits for it) makes that step even 2 ms later. Session 15's react on the H200: the engine 24 of 42
+    at lag 0, the simulator without a client model 7."""
+    from experiments.fidelity import chained_next, table_lags
+    from jaxsgl.sim import ChainedClient
 
     base = list(range(10, 74))
     wl = Workload("chain", [Request("a", base, 4), Request("b", base + list(range(200, 232)), 3, after="a"),
                             Request("c", list(range(300, 340)), 40)])  # c keeps the engine busy
-    lags = {}
-    for think in (0.0, 0.002):
-        res = run_sim(LinearCost({}, 0.01), wl, [0.0, 0.0], think_time=think, max_total_tokens=2048)
+    lags, ends = {}, {}  # ends: when b's step was dispatched, after a's finish
+    clients = {"think 0": (0.0, None), "think 2ms": (0.002, None),
+               "inline 2ms": (0.0, ChainedClient(turnaround=0.002, inline_probability=1.0, inline_turnaround=0.002)),
+               "not inline": (0.0, ChainedClient(turnaround=0.002, inline_probability=0.0, inline_turnaround=0.002))}
+    for name, (think, client) in clients.items():
+        res = run_sim(LinearCost({}, 0.01), wl, [0.0, 0.0], think_time=think, client=client, max_total_tokens=2048)
         t = tables(res.requests, res.steps)
-        reqs = [dict(zip(REQ_COLUMNS, r)) for r in t["requests"]["rows"]]
-        steps = [dict(zip(STEP_COLUMNS, r)) for r in t["steps"]["rows"]]
-        lags[think] = chained_lags([("b", "a")], reqs, steps)
-        assert chained_next(wl, {"engine": t, "sim": t})["sim_chained_next"] == (1.0 if think == 0.0 else 0.0)
-    assert lags == {0.0: [0], 0.002: [1]}
+        lags[name] = table_lags(wl, t)
+        assert chained_next(wl, {"engine": t, "sim": t})["sim_chained_next"] == (lags[name][0][1] == 0)
+        b = {r[0]: dict(zip(REQ_COLUMNS, r)) for r in t["requests"]["rows"]}["b"]
+        a = {r[0]: dict(zip(REQ_COLUMNS, r)) for r in t["requests"]["rows"]}["a"]
+        assert b["arrival_time"] == pytest.approx(a["finish_time"] + (think or 0.002 if name != "think 0" else 0.0))
+        steps = {r[0]: dict(zip(STEP_COLUMNS, r)) for r in t["steps"]["rows"]}
+        ends[name] = steps[b["admit_step"]]["dispatch"] - a["finish_time"]  # when the loop scheduled b's step
+    assert lags == {"think 0": [("b", 0)], "think 2ms": [("b", 1)], "inline 2ms": [("b", 0)], "not inline": [("b", 1)]}
+    assert ends["think 0"] == pytest.approx(0.0) and ends["inline 2ms"] == pytest.approx(0.002)  # the loop waited
+
+
+def test_inline_calls_are_drawn_per_request_and_reproducibly() -> None:
+    from jaxsgl.sim import ChainedClient
+
+    c = ChainedClient(turnaround=0.0013, inline_probability=0.6, inline_turnaround=0.0005)
+    draws = [c.is_inline(f"r{i}") for i in range(2000)]
+    assert 0.55 < sum(draws) / len(draws) < 0.65
+    assert draws == [c.is_inline(f"r{i}") for i in range(2000)]  # the same calls in every run
+    assert draws != [c.is_inline(f"r{i}", seed=1) for i in range(2000)]
+    assert not any(ChainedClient(inline_probability=0.0).is_inline(f"r{i}") for i in range(100))
+    m = ChainedClient.measured([0.0005, 0.0006, 0.0012, 0.0014, 0.0004], [0, 0, 1, 1, 0])
+    assert m.inline_probability == pytest.approx(0.6) and m.inline_turnaround == pytest.approx(0.0005)
+    assert m.turnaround == pytest.approx(0.0013)
+    assert ChainedClient.from_dict(m.to_dict()) == m
+
+
+def test_the_fidelity_run_takes_its_client_from_the_profile_when_it_has_one() -> None:
+    from experiments.fidelity import sim_client
+    from jaxsgl.sim import ChainedClient
+
+    client = ChainedClient(turnaround=0.0013, inline_probability=0.6, inline_turnaround=0.0005)
+    assert sim_client("profile", {"client": {**client.to_dict(), "measured": {}}}, 0.0007) == (0.0, client)
+    assert sim_client("profile", {}, 0.0007) == (0.0007, None)  # an older profile: the run's median turnaround
+    assert sim_client("measured", {"client": client.to_dict()}, 0.0007) == (0.0007, None)
+    assert sim_client("0.002", {"client": client.to_dict()}, 0.0007) == (0.002, None)
