@@ -189,7 +189,7 @@ class PersistentJit:
             return lambda: None
         path = self._path(sig)
         lowered = None if path.exists() else self._jit.lower(*args, **static)
-        if lowered is None:
+        if lowered is None and jax.default_backend() == "gpu":
             mosaic_gpu_runtime()  # here, before the pool's threads load (setenv beside getenv in C races)
 
         def load_or_compile() -> None:  # (an entry that fails to load is lowered here, off this thread: rare)
@@ -201,7 +201,8 @@ class PersistentJit:
         """The executable stored at path, or None (none there, or it cannot be loaded here)."""
         from jax.experimental import serialize_executable as se
 
-        mosaic_gpu_runtime()  # before any Mosaic GPU kernel is linked in this process
+        if jax.default_backend() == "gpu":
+            mosaic_gpu_runtime()  # before any Mosaic GPU kernel is linked in this process
         try:
             t0 = time.perf_counter()
             with open(path, "rb") as f:
