@@ -187,3 +187,22 @@ def test_mosaic_gpu_runtime_points_the_kernels_launcher_at_its_library(monkeypat
     monkeypatch.delenv(env)
     monkeypatch.setitem(sys.modules, "jax._src.lib.mosaic_gpu", None)  # a CPU jaxlib: the import fails
     assert compile_cache.mosaic_gpu_runtime() is None
+
+
+def test_mosaic_executables_are_written_only_where_their_runtime_library_is_found(monkeypatch):
+    """On a GPU, a program calling a Mosaic GPU kernel is kept in the executable cache when
+    mosaic_gpu_runtime finds the library its launcher links against on load, and not otherwise (it would
+    fail to load in the next process and compile again); programs without one are always kept."""
+    import types
+
+    from jaxsgl.model import compile_cache
+
+    mosaic = types.SimpleNamespace(as_text=lambda: 'stablehlo.custom_call @mosaic_gpu_v2(%arg0) {backend_config = ""}')
+    plain = types.SimpleNamespace(as_text=lambda: "stablehlo.add %a, %b")
+    monkeypatch.setattr(compile_cache.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(compile_cache, "mosaic_gpu_runtime", lambda: "/lib/libmosaic_gpu_runtime.so")
+    assert not compile_cache.unserializable_kernels(mosaic) and not compile_cache.unserializable_kernels(plain)
+    monkeypatch.setattr(compile_cache, "mosaic_gpu_runtime", lambda: None)
+    assert compile_cache.unserializable_kernels(mosaic) and not compile_cache.unserializable_kernels(plain)
+    monkeypatch.setattr(compile_cache.jax, "default_backend", lambda: "cpu")
+    assert not compile_cache.unserializable_kernels(mosaic)  # no such kernels off the GPU
