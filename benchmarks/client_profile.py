@@ -14,59 +14,19 @@ untimed first (compiles). For every chained call: its turnaround (arrival - its 
 whether it made the first step dispatched after its predecessor's step ended (chained_lags 0: queued
 inline, the loop waited for it). ChainedClient.measured(...) of them is written as the "client" section
 of --into (a step profile; nothing else in it changes) or to --out. Session 16 measured it on the CPU only.
+`python -m experiments.fidelity --client-turnaround measure` does the same on its own engine first.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.fidelity import run_engine, tables  # noqa: E402
-from experiments.workloads import Request, Workload  # noqa: E402
-from jaxsgl.sim import ChainedClient, chained_lags  # noqa: E402
-
-
-def chained_workload(chains: int, calls: int, prefix: int, own: int, max_new: int, background: int,
-                     vocab: int = 1000, seed: int = 0) -> Workload:
-    """`chains` chains of `calls` calls (prefix + own tokens each) and `background` long decodes."""
-    rng = np.random.default_rng(seed)
-    ids = lambda n: [int(x) for x in rng.integers(10, vocab, n)]  # noqa: E731
-    shared, reqs = ids(prefix), []
-    for c in range(chains):
-        for j in range(calls):
-            # lengths differ between calls, so the chains' calls finish in different steps (as an agent's do)
-            reqs.append(Request(f"chain{c}.{j}", shared + ids(own), max_new + (3 * c + j) % 7,
-                                after=f"chain{c}.{j - 1}" if j else None))
-    steps_per_call = max_new + 8  # a prefill step, the outputs, the client's turnaround
-    reqs += [Request(f"background{b}", ids(prefix), calls * steps_per_call) for b in range(background)]
-    return Workload("chained", reqs)
-
-
-def measure(engine, wl: Workload) -> tuple[ChainedClient, dict]:
-    """Run wl (untimed pass first) and measure its chained calls."""
-    summary, recs, steps = run_engine(engine, wl, [0.0] * sum(r.after is None for r in wl.requests), "client")
-    t = tables(recs, steps)
-    reqs = [dict(zip(t["requests"]["columns"], r)) for r in t["requests"]["rows"]]
-    rows = [dict(zip(t["steps"]["columns"], r)) for r in t["steps"]["rows"]]
-    by_rid = {r["rid"]: r for r in reqs}
-    pairs = [(r.rid, r.after) for r in wl.requests if r.after is not None]
-    lags = dict(chained_lags(pairs, reqs, [(s["step"], s["dispatch"], s["end"]) for s in rows if s["end"] is not None]))
-    turn = {rid: by_rid[rid]["arrival_time"] - by_rid[after]["finish_time"] for rid, after in pairs if rid in lags}
-    client = ChainedClient.measured([turn[r] for r in lags], list(lags.values()))
-    detail = {"chained_calls": len(lags), "inline_calls": sum(v == 0 for v in lags.values()),
-              "compiled_during_run": summary["compiled_during_run"],
-              "turnaround_ms_quartiles": [round(float(q) * 1e3, 3) for q in np.percentile(list(turn.values()),
-                                                                                       [25, 50, 75])],
-              "steps": len(rows), "step_ms_median": round(statistics.median(
-                  s["end"] - s["dispatch"] for s in rows if s["end"] is not None) * 1e3, 2)}
-    return client, detail
+from experiments.fidelity import chained_workload, measure_client  # noqa: E402
 
 
 def main() -> None:
@@ -95,7 +55,7 @@ def main() -> None:
                 skip_tokenizer_init=True, max_running_requests=args.max_running_requests) as eng:
         wl = chained_workload(args.chains, args.calls, args.prefix, args.own, args.max_new_tokens, args.background,
                               vocab=min(1000, eng.cfg.vocab_size))
-        client, detail = measure(eng, wl)
+        client, detail = measure_client(eng, wl)
     section = {**client.to_dict(), "measured": {**detail, "argv": sys.argv, "engine_process": args.engine_process,
                                                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}}
     print("| chained calls | inline | inline turnaround ms | other turnaround ms | median step ms |\n|---|---|---|---|---|")

@@ -16,8 +16,9 @@ Reported per run: throughput (requests/s and tokens/s over first arrival -> last
 P99 TTFT, hit rate, steps, and the simulator's relative error on each. A chained call reaches the
 engine a client round trip after its predecessor finished, and the engine's loop waits for the calls a
 client queues inline (the GIL decides; jaxsgl/sim/client.py): the simulator replays the profile's
-measured client (its "client" section: turnarounds and the inline share, from a run of its own), or
-without one the engine run's median turnaround as think_time (--client-turnaround). Each row has the
+measured client (its "client" section: turnarounds and the inline share, from a run of its own; or
+--client-turnaround measure: measured first on this engine, on chained_workload), or without one the engine
+run's median turnaround as think_time. Each row has the
 fraction of chained calls that made the first step dispatched after their predecessor's step ended, on
 both sides (chained_next). --engine-process runs the engine as the server does, in a process of its own
 (its child's intake thread races the loop for the GIL as an in-process client does).
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -134,6 +136,43 @@ def run_sim(cost: Any, wl: Workload, arrivals: Sequence[float], **options: Any) 
     return Simulator(cost, **options).run(wl.requests, list(arrivals))
 
 
+def chained_workload(chains: int = 8, calls: int = 10, prefix: int = 256, own: int = 32, max_new: int = 8,
+                     background: int = 4, vocab: int = 1000, seed: int = 0) -> Workload:
+    """The client measurement's workload (benchmarks/client_profile.py): `chains` chains of `calls` calls
+    (prefix + own tokens each) and `background` long decodes that keep the engine from idling."""
+    rng = np.random.default_rng(seed)
+    ids = lambda n: [int(x) for x in rng.integers(10, vocab, n)]  # noqa: E731
+    shared, reqs = ids(prefix), []
+    for c in range(chains):
+        for j in range(calls):
+            # lengths differ between calls, so the chains' calls finish in different steps (as an agent's do)
+            reqs.append(Request(f"chain{c}.{j}", shared + ids(own), max_new + (3 * c + j) % 7,
+                                after=f"chain{c}.{j - 1}" if j else None))
+    steps_per_call = max_new + 8  # a prefill step, the outputs, the client's turnaround
+    reqs += [Request(f"background{b}", ids(prefix), calls * steps_per_call) for b in range(background)]
+    return Workload("chained", reqs)
+
+
+def measure_client(engine: Any, wl: Workload) -> tuple[ChainedClient, dict]:
+    """Run wl (chained_workload; untimed pass first) and measure how its chained calls reached the engine."""
+    summary, recs, steps = run_engine(engine, wl, [0.0] * sum(r.after is None for r in wl.requests), "client")
+    t = tables(recs, steps)
+    reqs = [dict(zip(t["requests"]["columns"], r)) for r in t["requests"]["rows"]]
+    rows = [dict(zip(t["steps"]["columns"], r)) for r in t["steps"]["rows"]]
+    by_rid = {r["rid"]: r for r in reqs}
+    pairs = [(r.rid, r.after) for r in wl.requests if r.after is not None]
+    lags = dict(chained_lags(pairs, reqs, [(s["step"], s["dispatch"], s["end"]) for s in rows if s["end"] is not None]))
+    turn = {rid: by_rid[rid]["arrival_time"] - by_rid[after]["finish_time"] for rid, after in pairs if rid in lags}
+    client = ChainedClient.measured([turn[r] for r in lags], list(lags.values()))
+    detail = {"chained_calls": len(lags), "inline_calls": sum(v == 0 for v in lags.values()),
+              "compiled_during_run": summary["compiled_during_run"],
+              "turnaround_ms_quartiles": [round(float(q) * 1e3, 3) for q in np.percentile(list(turn.values()),
+                                                                                       [25, 50, 75])],
+              "steps": len(rows), "step_ms_median": round(statistics.median(
+                  s["end"] - s["dispatch"] for s in rows if s["end"] is not None) * 1e3, 2)}
+    return client, detail
+
+
 def sim_client(choice: str, profile: dict, measured: float | None) -> tuple[float, ChainedClient | None]:
     """--client-turnaround: (think_time, client) for the simulator."""
     client = load_client(profile) if choice == "profile" else None
@@ -231,7 +270,8 @@ def main() -> None:
                     help="the engine in a process of its own (the server's default) instead of this one")
     ap.add_argument("--client-turnaround", default="profile",
                     help="chained calls in the simulator: 'profile' (the profile's client section, else "
-                         "'measured'), 'measured' (the engine run's median turnaround), or a think time (s)")
+                         "'measured'), 'measure' (measure the client on this engine first: chained_workload), "
+                         "'measured' (the engine run's median turnaround), or a think time (s)")
     ap.add_argument("--resimulate", default=None, metavar="FIDELITY.json",
                     help="no engine: keep that run's engine traces, simulate them again with --profile (the same "
                          "requests, arrivals and options; exact on any CPU), and write rows and sim traces to --out")
@@ -259,6 +299,10 @@ def main() -> None:
                 skip_tokenizer_init=True, seq_buckets=seq_buckets, warmup=args.warmup, **opts) as eng:
         opts["max_total_tokens"] = eng.get_load()["max_total_num_tokens"]  # the sim's pool = the engine's
         runs_meta = {"sim_options": dict(opts)}
+        measured_client = None
+        if args.client_turnaround == "measure":  # its own workload, not the ones it is then checked on
+            measured_client, detail = measure_client(eng, chained_workload(vocab=min(1000, eng.cfg.vocab_size)))
+            print(json.dumps({"client": measured_client.to_dict(), **detail}), flush=True)
         for name in args.workloads:
             wl = build_workload(name, tokenize, workload_size(args.size, name))
             for rate_s in args.rates:
@@ -266,7 +310,8 @@ def main() -> None:
                 arr = root_arrivals(wl, rate)
                 e, e_recs, e_steps = run_engine(eng, wl, arr, f"{name}-{rate_s}")
                 turn = client_turnaround(wl, e_recs)
-                think, client = sim_client(args.client_turnaround, profile, turn)
+                think, client = (0.0, measured_client) if measured_client is not None else \
+                    sim_client(args.client_turnaround, profile, turn)
                 s = run_sim(cost, wl, arr, think_time=think, client=client, **opts)
                 run = {**runs_meta, "workload": name, "rate": rate_s, "client_turnaround_s": turn,
                        "sim_think_time_s": think, "sim_client": client.to_dict() if client else None,
@@ -292,7 +337,7 @@ def resimulate(recorded: Path, profile: str, model_path: str | None, out: Path) 
     run under `profile` (the same workload, seeded arrivals, think time and options)."""
     data = json.loads(recorded.read_text())
     args, cost, tokenize = data["args"], load_profile(profile), model_tokenize(model_path)
-    client = load_client(json.loads(Path(profile).read_text()))
+    profile_client = load_client(json.loads(Path(profile).read_text()))
     for row, run in zip(data["rows"], data["runs"]):
         wl = build_workload(row["workload"], tokenize, workload_size(args["size"], row["workload"]))
         arr = root_arrivals(wl, None if row["rate"] == "offline" else float(row["rate"]))
@@ -302,6 +347,8 @@ def resimulate(recorded: Path, profile: str, model_path: str | None, out: Path) 
         if len(wl.requests) != row["requests"]:
             raise ValueError(f"{row['workload']}: {len(wl.requests)} requests, the recording has {row['requests']} "
                              "(another tokenizer? pass the recording's --model-path)")
+        recorded = run.get("sim_client")  # the client the recording was simulated with, if any
+        client = profile_client or (ChainedClient.from_dict(recorded) if recorded else None)
         s = run_sim(cost, wl, arr, think_time=run["sim_think_time_s"], client=client, **opts)
         engine = {m: row[f"engine_{m}"] for m in METRICS}
         row.update(compare(engine, s.summary))

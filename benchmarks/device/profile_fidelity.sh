@@ -5,9 +5,9 @@
 # the larger budget: if it runs out, run `profile` here and the fidelity half as `fidelity.sh` (committed profile).
 # `profile_fidelity.sh profile` only measures the profile (~4 min): the committed fidelity JSON's engine
 # traces can be re-simulated on any CPU with a new profile (experiments/fidelity.py --resimulate).
-# WORKLOADS / SIZE override the fidelity run (default react mmlu agents; mmlu=6 react=16 agents=120). Before
-# it, benchmarks/client_profile.py adds the measured client to the profile (~1-2 min); ENGINE_PROCESS=1 runs
-# the engine in a process of its own for both (default: in the client's process).
+# WORKLOADS / SIZE override the fidelity run (default react mmlu agents; mmlu=6 react=16 agents=120); no time is
+# left here to measure the client first (fidelity.sh does); ENGINE_PROCESS=1 runs the engine in a process of its
+# own (default: in the client's process).
 # IMPL=pallas_triton measures the A100 path's profile (step_profile_llama8b_h200_triton.json; use with `profile`).
 cd "$(dirname "$0")/../.." && source benchmarks/device/_env.sh
 SUFFIX=$([ "${IMPL:-auto}" = pallas_triton ] && echo _triton)
@@ -16,9 +16,8 @@ SUFFIX=$([ "${IMPL:-auto}" = pallas_triton ] && echo _triton)
 timeout 330 python3 benchmarks/step_profile.py --preset gpu --model-path .gpu/model8b --load-format dummy \
   --max-seconds 300 --name llama-3.1-8b --attention-backend ${IMPL:-auto} --out $OUT/step_profile_llama8b_h200$SUFFIX.json 2>&1 | quiet 6
 [ "$1" = profile ] && exit 0
-P=$OUT/step_profile_llama8b_h200.json; [ -f $P ] || cp benchmarks/results/step_profile_llama8b_h200.json $P
+P=$OUT/step_profile_llama8b_h200.json; [ -f $P ] || P=benchmarks/results/step_profile_llama8b_h200.json
 EP=$([ "${ENGINE_PROCESS:-0}" = 1 ] && echo --engine-process || true)  # default: the engine in the client's process
-timeout 150 python3 benchmarks/client_profile.py --model-path .gpu/model8b --load-format dummy $EP --into $P 2>&1 | quiet 6
 timeout 255 python3 -m experiments.fidelity --model-path .gpu/model8b --load-format dummy --profile $P $EP \
   --workloads ${WORKLOADS:-react mmlu agents} --rates 4 16 --warmup --size ${SIZE:-mmlu=6 react=16 agents=120} \
   --out $OUT/fidelity_llama8b_h200.json 2>&1 | quiet 10
