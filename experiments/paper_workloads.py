@@ -257,8 +257,23 @@ def run_engine(engine: Any, wl: Workload, tag: str, warm: bool = True) -> dict:
     compiled = engine.runner.num_compiled()
     asyncio.run(_replay(engine, wl, tag))
     recs = [r for r in engine.request_records() if r["rid"].startswith(f"{tag}-")]
-    return {**summarize(recs, engine.scheduler.trace_records(first_step)),
-            "compiled_during_run": engine.runner.num_compiled() - compiled}
+    steps = engine.scheduler.trace_records(first_step)
+    return {**summarize(recs, steps), "compiled_during_run": engine.runner.num_compiled() - compiled,
+            "step_trace": step_table(steps, min((r["arrival_time"] for r in recs), default=0.0))}
+
+
+TRACE_COLUMNS = ("step", "num_seqs", "num_prefill_seqs", "num_admitted", "new_tokens", "cached_tokens", "end_time",
+                 "step_time", "prepare_time", "dispatch_time", "wait_time", "process_time")
+
+
+def step_table(steps: Sequence[Mapping[str, Any]], t0: float) -> dict:
+    """A timed run's steps (TRACE_COLUMNS; end_time from the first arrival, times in ms), where its host
+    phases show (the engine's prepare / dispatch / wait / process per step)."""
+    ms = lambda v: None if v is None else round(v * 1e3, 3)  # noqa: E731
+    rows = [[s["step"], s["num_seqs"], s["num_prefill_seqs"], s["num_admitted"], s["new_tokens"],
+             s["cached_tokens"], ms(None if s.get("end_time") is None else s["end_time"] - t0),
+             *(ms(s.get(k)) for k in TRACE_COLUMNS[7:])] for s in steps if s.get("num_seqs")]
+    return {"columns": list(TRACE_COLUMNS), "unit": "ms", "rows": rows}
 
 
 def model_tokenize(model_path: str | None) -> Tokenize:
@@ -330,6 +345,7 @@ def engine_main(argv: Sequence[str] | None = None) -> None:
                 row = {"workload": wl.name, "cache": "on" if cache else "off", "requests": len(wl.requests),
                        **{m: s[m] for m in METRICS}, "compiled_during_run": s["compiled_during_run"]}
                 rows.append(row)
+                out.setdefault("step_traces", {})[f"{wl.name}-{row['cache']}"] = s["step_trace"]
                 Path(args.out).write_text(json.dumps(out, indent=1))
                 print(f"[{time.perf_counter() - t0:6.1f}s] cache {row['cache']:3s} {wl.name:16s} "
                       f"({time.perf_counter() - t:5.1f}s) {row['req_per_s']:8.2f} req/s  hit {row['hit_rate']:.3f}  "

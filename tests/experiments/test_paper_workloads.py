@@ -91,3 +91,7 @@ def test_engine_cli_on_the_default_model(tmp_path: Path) -> None:
     assert off["hit_rate"] == 0.0 and on["hit_rate"] > 0.3
     assert off["prefill_tokens"] > on["prefill_tokens"]
     assert res["sizes"]["hellaswag"]["num_questions"] == 1 and res["sim_options"]["max_total_tokens"] > 0
+    trace = res["step_traces"]["hellaswag-on"]  # each timed step's host phases (where a run's time goes)
+    steps = [dict(zip(trace["columns"], r)) for r in trace["rows"]]
+    assert len(steps) == on["steps"] and sum(s["num_admitted"] for s in steps) == 4
+    assert all(s["prepare_time"] > 0 and s["step_time"] > 0 and s["end_time"] > 0 for s in steps)
