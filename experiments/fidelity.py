@@ -156,20 +156,16 @@ def chained_workload(chains: int = 8, calls: int = 10, prefix: int = 256, own: i
 def measure_client(engine: Any, wl: Workload) -> tuple[ChainedClient, dict]:
     """Run wl (chained_workload; untimed pass first) and measure how its chained calls reached the engine."""
     summary, recs, steps = run_engine(engine, wl, [0.0] * sum(r.after is None for r in wl.requests), "client")
-    t = tables(recs, steps)
-    reqs = [dict(zip(t["requests"]["columns"], r)) for r in t["requests"]["rows"]]
-    rows = [dict(zip(t["steps"]["columns"], r)) for r in t["steps"]["rows"]]
-    by_rid = {r["rid"]: r for r in reqs}
-    pairs = [(r.rid, r.after) for r in wl.requests if r.after is not None]
-    lags = dict(chained_lags(pairs, reqs, [(s["step"], s["dispatch"], s["end"]) for s in rows if s["end"] is not None]))
-    turn = {rid: by_rid[rid]["arrival_time"] - by_rid[after]["finish_time"] for rid, after in pairs if rid in lags}
-    client = ChainedClient.measured([turn[r] for r in lags], list(lags.values()))
+    lags = dict(table_lags(wl, tables(recs, steps)))
+    by_rid, after = {r["rid"]: r for r in recs}, {r.rid: r.after for r in wl.requests}
+    turn = {rid: by_rid[rid]["arrival_time"] - by_rid[after[rid]]["finish_time"] for rid in lags}
+    client = ChainedClient.measured(list(turn.values()), list(lags.values()))
     detail = {"chained_calls": len(lags), "inline_calls": sum(v == 0 for v in lags.values()),
               "compiled_during_run": summary["compiled_during_run"],
               "turnaround_ms_quartiles": [round(float(q) * 1e3, 3) for q in np.percentile(list(turn.values()),
                                                                                        [25, 50, 75])],
-              "steps": len(rows), "step_ms_median": round(statistics.median(
-                  s["end"] - s["dispatch"] for s in rows if s["end"] is not None) * 1e3, 2)}
+              "steps": len(steps), "step_ms_median": round(statistics.median(
+                  s["step_time"] for s in steps if s["step_time"] is not None) * 1e3, 2)}
     return client, detail
 
 

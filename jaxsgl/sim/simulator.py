@@ -14,7 +14,7 @@ cost (cost_model.py) that advances the clock:
               advance N+1, now = end(N), complete N
 
 A chained call (`after`) arrives think_time after the call it waits for finishes; with `client` (a
-ChainedClient, client.py: measured by the step profile) instead its turnaround, or, for the share of
+ChainedClient, client.py: measured by benchmarks/client_profile.py) instead its turnaround, or, for the share of
 calls the client queues inline (drawn per call), inline_turnaround after the finish, with the loop's next
 drain waiting for it: then it makes the step scheduled next.
 
