@@ -263,10 +263,18 @@ class RadixCache:
         limit = min(len(edge), end - pos)
         if key[pos:pos + limit] == edge[:limit]:
             return limit
-        i = self.page_size  # the first page matched through the children dict
-        while i < limit and key[pos + i] == edge[i]:
-            i += 1
-        return i // self.page_size * self.page_size
+        # key matches edge on [0, lo) (the first page through the children dict) and
+        # differs somewhere in [lo, hi): bisect with slice compares, then step.
+        lo, hi = self.page_size, limit
+        while hi - lo > 16:
+            mid = (lo + hi) // 2
+            if key[pos + lo:pos + mid] == edge[lo:mid]:
+                lo = mid
+            else:
+                hi = mid
+        while lo < hi and key[pos + lo] == edge[lo]:
+            lo += 1
+        return lo // self.page_size * self.page_size
 
     def _split(self, node: TreeNode, at: int) -> TreeNode:
         """Cut node's edge after `at` tokens; returns the new upper node (same lock_ref/stats)."""

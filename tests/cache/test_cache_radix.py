@@ -129,3 +129,16 @@ def test_integrity_catches_a_leak_and_a_double_owner():
     tree_page = cache.match_prefix([1]).pages[0]
     with pytest.raises(AssertionError):
         cache.check_integrity(owned_elsewhere=leaked + [tree_page])
+
+
+@pytest.mark.parametrize("page_size", [1, 4, 16])
+def test_a_long_edge_matches_up_to_the_page_where_it_diverges(page_size):
+    edge = list(range(1000, 1300))
+    pool = PagePool(400, page_size)
+    cache = RadixCache(pool)
+    cache.insert(edge, pool.alloc(len(edge) // page_size))
+    for at in range(len(edge) + 1):
+        key = edge[:at] + [7] * 20
+        expected = min(at, len(key) // page_size * page_size) // page_size * page_size
+        assert cache.prefix_len(key) == expected, at
+        assert cache.match_prefix(key, touch=False).length == expected, at
