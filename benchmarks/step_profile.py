@@ -18,6 +18,9 @@ Phases (every request greedy, ignore_eos; the cache is flushed between configura
   stream   --stream-background requests of --idle-prefix tokens decode while --stream-requests requests
            of each --stream-lens tokens arrive one every other step: steady mixed steps (a prefill that
            shares its step with decodes, the pipeline never drained), the shape of serving's prefills
+  agent    the stream phase over a cached prefix: the background requests share --agent-prefix tokens
+           (decodes at that context) and each arrival is that prefix plus --agent-lens own tokens (an
+           extend over a long cached prefix): the shape of an agent's or a chat's next call
 The sweep runs twice: the first pass compiles every step shape and is discarded. For each step of
 the measured pass it records the batch's features (jaxsgl.sim.cost_model.batch_features, captured
 by wrapping Engine.scheduler.schedule), `device` = StepTrace.step_time (ModelRunner dispatch to
@@ -57,12 +60,13 @@ PRESETS = {
     "cpu": dict(prefill_lens=[16, 64, 128, 256, 512, 1024], decode=[(1, 64), (1, 256), (1, 1024), (4, 64), (4, 256),
                 (4, 1024), (16, 64), (16, 256), (32, 64), (32, 256)], decode_steps=6, max_running_requests=32,
                 chunked_prefill_size=512, seq_buckets=[1, 4, 8, 16, 32], idle_lens=[16, 64], idle_prefix=64,
-                stream_lens=[64, 256]),
+                stream_lens=[64, 256], agent_lens=[], agent_prefix=512),
     "gpu": dict(prefill_lens=[64, 256, 512, 1024, 2048, 4096, 8192],
                 decode=[(b, c) for c in (256, 1024, 4096) for b in (1, 8, 32, 64, 128, 256)],
                 decode_steps=16, max_running_requests=256, chunked_prefill_size=2048,
                 seq_buckets=[1, 8, 32, 64, 128, 256], max_seconds=240.0, idle_lens=[16, 64, 256],
-                idle_prefix=256, stream_lens=[64, 128, 256, 512, 1024, 2048]),
+                idle_prefix=256, stream_lens=[64, 128, 256, 512, 1024, 2048], agent_lens=[16, 64, 256, 512],
+                agent_prefix=2048),
 }
 
 
@@ -164,7 +168,8 @@ def configs_of(args) -> list[tuple[str, int, int]]:
     short by --max-seconds still spans the shapes."""
     cfgs = sorted([("prefill", 1, n) for n in args.prefill_lens] + [("decode", b, c) for b, c in args.decode]
                   + [("idle", args.idle_repeats, n) for n in args.idle_lens]
-                  + [("stream", args.stream_background, n) for n in args.stream_lens], key=lambda k: k[1] * k[2])
+                  + [("stream", args.stream_background, n) for n in args.stream_lens]
+                  + [("agent", args.stream_background, n) for n in args.agent_lens], key=lambda k: k[1] * k[2])
     out = []
     while cfgs:
         out.append(cfgs.pop(0))
@@ -186,7 +191,8 @@ def sweep(eng, args, configs, feats: dict[int, dict], rng: np.random.Generator,
             print(f"  --max-seconds reached: skipping {name} and later", flush=True)
             break
         need = {"prefill": length + 1, "idle": args.idle_prefix + length + 1, "stream": max(length + 1, args.idle_prefix
-                + 3 * args.stream_requests + 4)}.get(kind, length + 16 + args.decode_steps)
+                + 3 * args.stream_requests + 4), "agent": args.agent_prefix + max(length + 1, 16 + 3 * args.stream_requests
+                + 4)}.get(kind, length + 16 + args.decode_steps)
         if need > eng.context_len:
             print(f"  {name}: skipped ({need} tokens > context length {eng.context_len})", flush=True)
             continue
@@ -196,6 +202,10 @@ def sweep(eng, args, configs, feats: dict[int, dict], rng: np.random.Generator,
         elif kind == "stream":
             background = [rand(args.idle_prefix) for _ in range(batch)]
             pts = run_stream(eng, background, [rand(length) for _ in range(args.stream_requests)], feats)
+        elif kind == "agent":
+            prefix = rand(args.agent_prefix)
+            pts = run_stream(eng, [prefix + rand(16) for _ in range(batch)],
+                             [prefix + rand(length) for _ in range(args.stream_requests)], feats)
         elif kind == "idle":
             pts = run_idle(eng, rand(args.idle_prefix), [rand(length) for _ in range(batch)], args.idle_pause, feats)
         else:
@@ -265,7 +275,10 @@ def main() -> None:
     ap.add_argument("--stream-lens", type=int, nargs="+", default=None,
                     help="prompt tokens of the stream phase's requests (each prefilled in a step shared with "
                          "--stream-background decoding requests of --idle-prefix tokens; steady mixed steps)")
-    ap.add_argument("--stream-background", type=int, default=8, help="decoding requests of the stream phase")
+    ap.add_argument("--stream-background", type=int, default=8, help="decoding requests of the stream and agent phases")
+    ap.add_argument("--agent-lens", type=int, nargs="+", default=None,
+                    help="own tokens of the agent phase's arrivals (over the --agent-prefix their background shares)")
+    ap.add_argument("--agent-prefix", type=int, default=None, help="cached prefix tokens of the agent phase")
     ap.add_argument("--stream-requests", type=int, default=6, help="stream-phase requests per size")
     ap.add_argument("--max-seconds", type=float, default=None,
                     help="budget of both passes after engine start (the compile pass gets 65%%; the measured pass "
@@ -335,7 +348,8 @@ def main() -> None:
         "uptime_before": load_before, "uptime_after": uptime(), "argv": sys.argv,
         "engine_options": {k: getattr(args, k) for k in ("page_size", "max_total_tokens", "max_running_requests",
                                                          "chunked_prefill_size", "seq_buckets", "idle_lens",
-                                                         "idle_prefix", "idle_repeats", "idle_pause")},
+                                                         "idle_prefix", "idle_repeats", "idle_pause", "agent_lens",
+                                                         "agent_prefix")},
         "padding": vars(padding), "compile_pass_s": compile_s, "measured_pass_s": round(measure_s, 2),
         "cost_form": "step_time = intercept + sum(coef[f] * feature[f]); features: jaxsgl/sim/cost_model.py",
         "cost": cost, "fits": choice, "candidates": {k: list(v) for k, v in CANDIDATE_FEATURES.items()},

@@ -55,21 +55,21 @@ REQ_COLUMNS = ("rid", "prompt_tokens", "cached_tokens", "output_tokens", "arriva
                "first_token_time", "finish_time", "ttft")
 
 
-def build_workload(name: str, tokenize: Any, size: int | None = None) -> Workload:
+def build_workload(name: str, tokenize: Any, size: int | None = None, seed: int = 0) -> Workload:
     """The fidelity workloads: mmlu, react, agents, tree-of-thought, multi-turn-chat (../shared/data) and
-    zipf (synthetic)."""
+    zipf (synthetic). Another seed picks other questions / conversations (agents: other calls)."""
     if name == "tree-of-thought":
-        return tot_workload(tokenize, num_questions=size or 8)
+        return tot_workload(tokenize, num_questions=size or 8, seed=seed)
     if name == "multi-turn-chat":
-        return chat_workload(tokenize, num_conversations=size or 24)
+        return chat_workload(tokenize, num_conversations=size or 24, seed=seed)
     if name == "mmlu":
-        return mmlu_workload(tokenize, num_subjects=10, per_subject=size or 20)
+        return mmlu_workload(tokenize, num_subjects=10, per_subject=size or 20, seed=seed)
     if name == "react":
-        return react_workload(tokenize, num_questions=size or 16)
+        return react_workload(tokenize, num_questions=size or 16, seed=seed)
     if name == "agents":
-        return agents_workload(tokenize, num_calls=size or 300)
+        return agents_workload(tokenize, num_calls=size or 300, start=seed * (size or 300), seed=seed)
     if name == "zipf":
-        return zipf_prefix_workload(num_requests=size or 400)
+        return zipf_prefix_workload(num_requests=size or 400, seed=seed)
     raise ValueError(f"unknown workload {name!r}")
 
 
@@ -115,11 +115,13 @@ async def _client(engine: Any, wl: Workload, arrivals: Sequence[float], prefix: 
     await asyncio.gather(*(run(r, t) for r, t in zip(roots, arrivals)))
 
 
-def run_engine(engine: Any, wl: Workload, arrivals: Sequence[float], tag: str) -> tuple[dict, list[dict], list[dict]]:
-    """Warm up (same requests, untimed), flush the cache, replay (engine: an Engine or EngineProcess). Returns (summary over this run's
-    records, its request records with the tag stripped from rids, its step trace); times on
-    perf_counter's clock."""
-    asyncio.run(_client(engine, wl, arrivals, f"warm-{tag}-"))
+def run_engine(engine: Any, wl: Workload, arrivals: Sequence[float], tag: str,
+               warm: bool = True) -> tuple[dict, list[dict], list[dict]]:
+    """Warm up (same requests, untimed; warm=False: none), flush the cache, replay (engine: an Engine or
+    EngineProcess). Returns (summary over this run's records, its request records with the tag stripped
+    from rids, its step trace); times on perf_counter's clock."""
+    if warm:
+        asyncio.run(_client(engine, wl, arrivals, f"warm-{tag}-"))
     engine.flush_cache()
     first_step = max((s["step"] for s in engine.trace()), default=-1) + 1
     compiled = engine.get_server_info()["compiled_step_variants"]
@@ -153,9 +155,13 @@ def chained_workload(chains: int = 8, calls: int = 10, prefix: int = 256, own: i
     return Workload("chained", reqs)
 
 
-def measure_client(engine: Any, wl: Workload) -> tuple[ChainedClient, dict]:
-    """Run wl (chained_workload; untimed pass first) and measure how its chained calls reached the engine."""
-    summary, recs, steps = run_engine(engine, wl, [0.0] * sum(r.after is None for r in wl.requests), "client")
+def measure_client(engine: Any, wl: Workload, arrivals: Sequence[float] | None = None,
+                   tag: str = "client") -> tuple[ChainedClient, dict]:
+    """Run wl (untimed pass first; roots at `arrivals`, default all at once) and measure how its chained
+    calls reached the engine: chained_workload, or a held-out trace of a workload (--client-turnaround
+    calibrate)."""
+    arrivals = [0.0] * sum(r.after is None for r in wl.requests) if arrivals is None else arrivals
+    summary, recs, steps = run_engine(engine, wl, arrivals, tag)
     lags = dict(table_lags(wl, tables(recs, steps)))
     by_rid, after = {r["rid"]: r for r in recs}, {r.rid: r.after for r in wl.requests}
     turn = {rid: by_rid[rid]["arrival_time"] - by_rid[after[rid]]["finish_time"] for rid in lags}
@@ -174,7 +180,7 @@ def sim_client(choice: str, profile: dict, measured: float | None) -> tuple[floa
     client = load_client(profile) if choice == "profile" else None
     if client is not None:
         return 0.0, client
-    return ((measured or 0.0) if choice in ("profile", "measured") else float(choice)), None
+    return ((measured or 0.0) if choice in ("profile", "measured", "calibrate") else float(choice)), None
 
 
 def client_turnaround(wl: Workload, recs: Sequence[dict]) -> float | None:
@@ -267,7 +273,13 @@ def main() -> None:
     ap.add_argument("--client-turnaround", default="profile",
                     help="chained calls in the simulator: 'profile' (the profile's client section, else "
                          "'measured'), 'measure' (measure the client on this engine first: chained_workload), "
-                         "'measured' (the engine run's median turnaround), or a think time (s)")
+                         "'calibrate' (per workload with chained calls and rate: measure it on a held-out trace, "
+                         "--calibration-seed, of that workload at that rate first), 'measured' (the engine run's "
+                         "median turnaround), or a think time (s)")
+    ap.add_argument("--calibration-seed", type=int, default=1,
+                    help="with --client-turnaround calibrate: the held-out trace's seed (the checked runs use 0)")
+    ap.add_argument("--calibration-size", nargs="+", default=None,
+                    help="with --client-turnaround calibrate: the held-out traces' sizes (as --size; default --size)")
     ap.add_argument("--resimulate", default=None, metavar="FIDELITY.json",
                     help="no engine: keep that run's engine traces, simulate them again with --profile (the same "
                          "requests, arrivals and options; exact on any CPU), and write rows and sim traces to --out")
@@ -304,13 +316,29 @@ def main() -> None:
             for rate_s in args.rates:
                 rate = None if rate_s == "offline" else float(rate_s)
                 arr = root_arrivals(wl, rate)
-                e, e_recs, e_steps = run_engine(eng, wl, arr, f"{name}-{rate_s}")
+                calibration = None
+                if args.client_turnaround == "calibrate" and any(r.after is not None for r in wl.requests):
+                    seed = args.calibration_seed
+                    held = build_workload(name, tokenize, workload_size(args.calibration_size or args.size, name),
+                                          seed=seed)
+                    cal_client, detail = measure_client(eng, held, root_arrivals(held, rate, seed=seed),
+                                                        f"calibrate-{name}-{rate_s}")
+                    calibration = {"seed": seed, "requests": len(held.requests), **detail}
+                    print(json.dumps({"workload": name, "rate": rate_s, "client": cal_client.to_dict(),
+                                      **calibration}), flush=True)
+                # the held-out passes ran this workload's shapes at this rate: no second untimed pass
+                e, e_recs, e_steps = run_engine(eng, wl, arr, f"{name}-{rate_s}", warm=calibration is None)
                 turn = client_turnaround(wl, e_recs)
-                think, client = (0.0, measured_client) if measured_client is not None else \
-                    sim_client(args.client_turnaround, profile, turn)
+                if calibration is not None:
+                    think, client = 0.0, cal_client
+                elif measured_client is not None:
+                    think, client = 0.0, measured_client
+                else:
+                    think, client = sim_client(args.client_turnaround, profile, turn)
                 s = run_sim(cost, wl, arr, think_time=think, client=client, **opts)
                 run = {**runs_meta, "workload": name, "rate": rate_s, "client_turnaround_s": turn,
                        "sim_think_time_s": think, "sim_client": client.to_dict() if client else None,
+                       "client_calibration": calibration,
                        "sim_idle_start_s": getattr(cost, "idle_start", 0.0),
                        "engine": tables(e_recs, e_steps), "sim": tables(s.requests, s.steps)}
                 row = {"workload": name, "rate": rate_s, "requests": len(wl.requests),
@@ -344,7 +372,9 @@ def resimulate(recorded: Path, profile: str, model_path: str | None, out: Path) 
             raise ValueError(f"{row['workload']}: {len(wl.requests)} requests, the recording has {row['requests']} "
                              "(another tokenizer? pass the recording's --model-path)")
         recorded = run.get("sim_client")  # the client the recording was simulated with, if any
-        client = profile_client or (ChainedClient.from_dict(recorded) if recorded else None)
+        recorded = ChainedClient.from_dict(recorded) if recorded else None
+        # a client calibrated on a held-out trace of this workload and rate beats a profile's general one
+        client = recorded if run.get("client_calibration") else (profile_client or recorded)
         s = run_sim(cost, wl, arr, think_time=run["sim_think_time_s"], client=client, **opts)
         engine = {m: row[f"engine_{m}"] for m in METRICS}
         row.update(compare(engine, s.summary))

@@ -48,7 +48,8 @@ SMOKE: dict[str, list[str] | Callable[[], list[str]]] = {
     "step_profile.py": lambda: ["--model-path", _tiny_dir(), "--load-format", "dummy", "--prefill-lens", "16", "32",
                                 "--decode", "1x16", "2x16", "--decode-steps", "2", "--max-running-requests", "4",
                                 "--seq-buckets", "1", "2", "4", "--chunked-prefill-size", "32", "--stream-lens", "16",
-                                "--stream-background", "2", "--stream-requests", "2"],
+                                "--stream-background", "2", "--stream-requests", "2", "--agent-lens", "8",
+                                "--agent-prefix", "32"],
     # their own --smoke runs the default model (constrained.py) or 8 prompts of 32 tokens (serving.py):
     # minutes on 2 cores; the tiny model with the default tokenizer takes seconds
     "constrained.py": lambda: ["--smoke", "--model-path", _tiny_dir(True), "--load-format", "dummy"],

@@ -16,7 +16,8 @@ DATA = Path(os.environ.get("JAXSGL_DATA") or ROOT.parent / "shared" / "data")
 
 
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"benchmark data not at {DATA}")
-def test_fidelity_cli_measures_the_client_then_compares_engine_and_simulator(tmp_path: Path) -> None:
+@pytest.mark.parametrize("client_mode", ["measure", "calibrate"])
+def test_fidelity_cli_measures_the_client_then_compares_engine_and_simulator(tmp_path: Path, client_mode: str) -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         from _common import tiny_model_dir
@@ -27,13 +28,19 @@ def test_fidelity_cli_measures_the_client_then_compares_engine_and_simulator(tmp
     res = subprocess.run([sys.executable, "-m", "experiments.fidelity", "--model-path", str(tiny_model_dir(True)),
                           "--load-format", "dummy", "--profile", str(ROOT / "benchmarks/results/step_profile_smollm2_cpu.json"),
                           "--workloads", "tree-of-thought", "--size", "tree-of-thought=1", "--rates", "16",
-                          "--max-running-requests", "16", "--client-turnaround", "measure", "--out", str(out)],
+                          "--max-running-requests", "16", "--client-turnaround", client_mode, "--out", str(out)],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     data = json.loads(out.read_text())
     (row,), (run,) = data["rows"], data["runs"]
     assert row["requests"] == 30 and row["engine_hit_rate"] > 0.5
-    client = run["sim_client"]  # measured on this engine before the run, on its own chained workload
+    client = run["sim_client"]  # measured on this engine before the run: its own chained workload, or
+    calibration = run["client_calibration"]  # a held-out trace of the same workload at the same rate
+    if client_mode == "calibrate":
+        assert calibration["seed"] == 1 and calibration["requests"] == 30 and calibration["chained_calls"] > 0
+        assert client["inline_probability"] == calibration["inline_calls"] / calibration["chained_calls"]
+    else:
+        assert calibration is None
     assert 0.0 <= client["inline_probability"] <= 1.0 and client["turnaround"] > 0
     assert run["sim_think_time_s"] == 0.0  # the client model, not a median think time, drove the simulation
     assert row["engine_chained_next"] is not None and row["sim_chained_next"] is not None
