@@ -31,12 +31,20 @@ from jaxsgl.model.gguf_convert import cache_root
 log = logging.getLogger(__name__)
 _FORMAT = 1  # bump when what an entry holds changes
 EXECUTABLES_DIR = "jaxsgl-executables"  # under jax_compilation_cache_dir
-# The executable cache is on for the CPU. On a GPU it is opt-in until measured end to end (Triton kernels
-# inside serialized executables load; Mosaic GPU ones load only with their runtime library found, see
-# mosaic_gpu_runtime): JAXSGL_GPU_EXECUTABLE_CACHE=1 turns it on.
-GPU_OPT_IN = "JAXSGL_GPU_EXECUTABLE_CACHE"
+# The executable cache is on for the CPU and, since session 17's H200 measurement (8B warm start 9.9 s on the
+# Hopper path, 10.0 s on the Triton one, the same greedy tokens as a compiled start), for a GPU: Triton kernels
+# inside serialized executables load; Mosaic GPU ones load with their runtime library found (mosaic_gpu_runtime).
+# JAXSGL_GPU_EXECUTABLE_CACHE=0 turns it off on a GPU (then only JAX's own cache is used).
+GPU_EXECUTABLE_CACHE_ENV = "JAXSGL_GPU_EXECUTABLE_CACHE"
 # Where a loaded Mosaic GPU kernel's host launcher finds mosaic_gpu_launch_kernel / mosaic_gpu_init_tma_desc.
 MOSAIC_GPU_RUNTIME_ENV = "MOSAIC_GPU_RUNTIME_LIB_PATH"
+
+
+def executable_cache_allowed(backend: str | None = None) -> bool:
+    """Whether executables are kept on disk on this backend: the CPU always, a GPU unless
+    $JAXSGL_GPU_EXECUTABLE_CACHE=0, nothing else."""
+    backend = backend or jax.default_backend()
+    return backend == "cpu" or (backend == "gpu" and os.environ.get(GPU_EXECUTABLE_CACHE_ENV, "1") != "0")
 
 
 def enable_compilation_cache() -> None:
@@ -112,10 +120,11 @@ class PersistentJit:
     code when serialized again (jaxlib 0.10, CPU: "Function ... not found" when run), so a step
     that JAX's cache already holds, but this one does not (a cache from before this one existed,
     or a source edit that left the program unchanged), keeps being traced, lowered and loaded from
-    JAX's cache. Without a compilation cache directory, with more than one device, or off the CPU
-    (unless $JAXSGL_GPU_EXECUTABLE_CACHE=1: executables with Triton kernels load and run on the
-    H200; those with Mosaic GPU kernels load only with their runtime library found, and are not
-    written without it, see mosaic_gpu_runtime), it is exactly the jitted function.
+    JAX's cache. Without a compilation cache directory, with more than one device, on a backend
+    other than the CPU or a GPU, or on a GPU with $JAXSGL_GPU_EXECUTABLE_CACHE=0, it is exactly the
+    jitted function (on a GPU, executables with Triton kernels load and run; those with Mosaic GPU
+    kernels load only with their runtime library found, and are not written without it, see
+    mosaic_gpu_runtime).
     `fn` should be a functools.partial whose keywords are part of the key (their repr)."""
 
     def __init__(self, fn: Callable, *, donate_argnums: tuple[int, ...] = (),
@@ -131,7 +140,7 @@ class PersistentJit:
         return self._jit._cache_size() + len(self._compiled)
 
     def _persistent(self, static: dict) -> bool:
-        backend_ok = jax.default_backend() == "cpu" or os.environ.get(GPU_OPT_IN) == "1"
+        backend_ok = executable_cache_allowed()
         return bool(jax.config.jax_compilation_cache_dir and jax.device_count() == 1 and backend_ok
                     and not set(static) - set(self._static_argnames))
 

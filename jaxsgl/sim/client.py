@@ -1,8 +1,8 @@
 """How a client's chained calls reach the engine: a call sent when the call it waits for returns.
 
-Measured on the engine (benchmarks/step_profile.py, phase `chained`), stored in a step profile's
-"client" section, and replayed by the Simulator. A chained call's predecessor finishes while the
-engine's loop processes a step; the client is woken then. Two things can happen (the GIL decides):
+Measured on the engine (benchmarks/client_profile.py, or experiments/fidelity.py's held-out traces),
+stored in a step profile's "client" section or a fidelity run's, and replayed by the Simulator. A chained
+call's predecessor finishes while the engine's loop processes a step; the client is woken then. Two things can happen (the GIL decides):
 
 - inline: the client's thread takes the GIL at the step's end and queues its next call before the
   loop drains its inbox, and the loop waits for it: the call makes the next step scheduled, and its
@@ -11,8 +11,10 @@ engine's loop processes a step; the client is woken then. Two things can happen 
   while that step is dispatched) and its call arrives `turnaround` after the finish: the step after.
 
 `inline_probability` is the measured share of inline calls (session 16: ~0.6 on a CPU, in-process and
-with the engine in its own process; 0.57-0.62 in an H200 run). The Simulator draws it per call from
-(seed, rid), so a run is reproducible. `chained_lags` classifies a recorded run's chained calls. Host only.
+with the engine in its own process). It depends on the workload as well as the client (session 17, H200:
+0.96 on a synthetic chained workload, 0.60-0.84 in react, 0.38-0.52 in tree-of-thought), so the fidelity
+harness measures it per workload on a held-out trace (experiments/fidelity.py --client-turnaround
+calibrate). The Simulator draws it per call from (seed, rid), so a run is reproducible. `chained_lags` classifies a recorded run's chained calls. Host only.
 """
 from __future__ import annotations
 

@@ -206,3 +206,14 @@ def test_mosaic_executables_are_written_only_where_their_runtime_library_is_foun
     assert compile_cache.unserializable_kernels(mosaic) and not compile_cache.unserializable_kernels(plain)
     monkeypatch.setattr(compile_cache.jax, "default_backend", lambda: "cpu")
     assert not compile_cache.unserializable_kernels(mosaic)  # no such kernels off the GPU
+
+
+def test_the_executable_cache_is_on_for_cpu_and_gpu_unless_turned_off_on_the_gpu(monkeypatch):
+    from jaxsgl.model import compile_cache
+
+    env = compile_cache.GPU_EXECUTABLE_CACHE_ENV
+    monkeypatch.delenv(env, raising=False)
+    assert compile_cache.executable_cache_allowed("cpu") and compile_cache.executable_cache_allowed("gpu")
+    assert not compile_cache.executable_cache_allowed("tpu")
+    monkeypatch.setenv(env, "0")
+    assert compile_cache.executable_cache_allowed("cpu") and not compile_cache.executable_cache_allowed("gpu")
