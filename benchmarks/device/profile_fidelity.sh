@@ -13,8 +13,10 @@ cd "$(dirname "$0")/../.." && source benchmarks/device/_env.sh
 SUFFIX=$([ "${IMPL:-auto}" = pallas_triton ] && echo _triton)
 # --max-seconds 300: at the preset's 240 the session-15 machine compiled only part of the Hopper path's shapes
 # (65% of it goes to the compile pass) and the profile lost its per-bucket table (182 of ~330 points)
-timeout 330 python3 benchmarks/step_profile.py --preset gpu --model-path .gpu/model8b --load-format dummy \
-  --max-seconds 300 --name llama-3.1-8b --attention-backend ${IMPL:-auto} --out $OUT/step_profile_llama8b_h200$SUFFIX.json 2>&1 | quiet 6
+# (session 17: 300 s again cut the sweep, now with its agent phase, at 270 points: `PROFILE_SECONDS=480 ... profile`)
+PS=${PROFILE_SECONDS:-300}
+timeout $((PS + 30)) python3 benchmarks/step_profile.py --preset gpu --model-path .gpu/model8b --load-format dummy \
+  --max-seconds $PS --name llama-3.1-8b --attention-backend ${IMPL:-auto} --out $OUT/step_profile_llama8b_h200$SUFFIX.json 2>&1 | quiet 6
 [ "$1" = profile ] && exit 0
 P=$OUT/step_profile_llama8b_h200.json; [ -f $P ] || P=benchmarks/results/step_profile_llama8b_h200.json
 EP=$([ "${ENGINE_PROCESS:-0}" = 1 ] && echo --engine-process || true)  # default: the engine in the client's process
