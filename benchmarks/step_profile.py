@@ -54,7 +54,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jaxsgl.sim.cost_model import CANDIDATE_FEATURES, Padding, batch_features, fit_profile  # noqa: E402
+from experiments.fidelity import capture_step_features  # noqa: E402
+from jaxsgl.sim.cost_model import CANDIDATE_FEATURES, Padding, fit_profile  # noqa: E402
 
 PRESETS = {
     "cpu": dict(prefill_lens=[16, 64, 128, 256, 512, 1024], decode=[(1, 64), (1, 256), (1, 1024), (4, 64), (4, 256),
@@ -314,15 +315,7 @@ def main() -> None:
                  disable_overlap_schedule=args.disable_overlap_schedule)
     b = eng.builder
     padding = Padding(list(b.token_buckets), list(b.seq_buckets), list(b.page_buckets), b.page_size)
-    feats: dict[int, dict] = {}
-    schedule = eng.scheduler.schedule
-
-    def schedule_and_record():  # runs on the engine's loop thread
-        batch = schedule()
-        feats[batch.step] = batch_features(batch, padding)
-        return batch
-
-    eng.scheduler.schedule = schedule_and_record  # type: ignore[method-assign]
+    feats = capture_step_features(eng)  # each step's features (padded as the engine pads), by step number
     print(f"engine up in {time.perf_counter() - t_start:.1f}s on {device_name()}; attention {eng.attn_impl}",
           flush=True)
     budget = None if args.max_seconds is None else time.perf_counter() + args.max_seconds

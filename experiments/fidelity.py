@@ -22,7 +22,10 @@ run's median turnaround as think_time. Each row has the
 fraction of chained calls that made the first step dispatched after their predecessor's step ended, on
 both sides (chained_next). --engine-process runs the engine as the server does, in a process of its own
 (its child's intake thread races the loop for the GIL as an in-process client does).
-The JSON also keeps, per run, both sides' per-step trace (STEP_COLUMNS; `idle`: dispatched with
+Each row also has step_model_bias / _mape: the profile's cost model against the engine's own pipelined
+steps, whose features an in-process engine records (FEATURE_COLUMNS; a per-step check of the step model
+where the per-request figures mix it with queueing). The JSON also keeps, per run, both sides' per-step
+trace (STEP_COLUMNS; `idle`: dispatched with
 nothing in flight; the engine's `prepare_time` (schedule + build, before `dispatch`) and `process_time`
 (after the results, before `end`): when its loop closed each step's arrival window) and per-request records (REQ_COLUMNS), times in seconds from the run's first
 arrival, one row per line. Needs Engine.request_records(); JAX is imported only in main().
@@ -41,12 +44,14 @@ from typing import Any
 
 import numpy as np
 
-from jaxsgl.sim import (ChainedClient, SimResult, Simulator, chained_lags, load_client, load_profile, offline, poisson,
-                        summarize)
+from jaxsgl.sim import (ChainedClient, Padding, SimResult, Simulator, batch_features, chained_lags, load_client,
+                        load_profile, offline, poisson, step_model_error, summarize)
 
 from experiments.workloads import (Request, Workload, agents_workload, chat_workload, default_tokenize,
                                    mmlu_workload, react_workload, tot_workload, zipf_prefix_workload)
 
+# an engine step's cost-model features beyond its counts (jaxsgl.sim.trace_features), where it recorded them
+FEATURE_COLUMNS = ("decode_ctx", "prefill_attn", "padded_tokens", "padded_seqs", "padded_attn")
 METRICS = ("req_per_s", "total_tok_per_s", "ttft_p50", "ttft_p99", "hit_rate", "steps")
 STEP_COLUMNS = ("step", "num_seqs", "num_prefill_seqs", "num_decode_seqs", "new_tokens", "prefill_tokens",
                 "cached_tokens", "num_admitted", "queue_len", "num_running", "dispatch", "end", "step_time", "idle",
@@ -115,11 +120,28 @@ async def _client(engine: Any, wl: Workload, arrivals: Sequence[float], prefix: 
     await asyncio.gather(*(run(r, t) for r, t in zip(roots, arrivals)))
 
 
-def run_engine(engine: Any, wl: Workload, arrivals: Sequence[float], tag: str,
-               warm: bool = True) -> tuple[dict, list[dict], list[dict]]:
+def capture_step_features(engine: Any) -> dict[int, dict]:
+    """Record each step's cost-model features (jaxsgl.sim.batch_features, padded as the engine pads) by step
+    number, by wrapping an in-process Engine's Scheduler.schedule (runs on its loop thread). Mutates engine."""
+    b = engine.builder
+    padding = Padding(list(b.token_buckets), list(b.seq_buckets), list(b.page_buckets), b.page_size)
+    feats: dict[int, dict] = {}
+    schedule = engine.scheduler.schedule
+
+    def schedule_and_record():
+        batch = schedule()
+        feats[batch.step] = batch_features(batch, padding)
+        return batch
+    engine.scheduler.schedule = schedule_and_record
+    return feats
+
+
+def run_engine(engine: Any, wl: Workload, arrivals: Sequence[float], tag: str, warm: bool = True,
+               feats: dict[int, dict] | None = None) -> tuple[dict, list[dict], list[dict]]:
     """Warm up (same requests, untimed; warm=False: none), flush the cache, replay (engine: an Engine or
     EngineProcess). Returns (summary over this run's records, its request records with the tag stripped
-    from rids, its step trace); times on perf_counter's clock."""
+    from rids, its step trace, with FEATURE_COLUMNS from `feats`: capture_step_features); times on
+    perf_counter's clock."""
     if warm:
         asyncio.run(_client(engine, wl, arrivals, f"warm-{tag}-"))
     engine.flush_cache()
@@ -129,6 +151,10 @@ def run_engine(engine: Any, wl: Workload, arrivals: Sequence[float], tag: str,
     recs = [{**r, "rid": r["rid"][len(tag) + 1:]} for r in engine.request_records(t0=0.0)
             if r["rid"].startswith(f"{tag}-")]
     steps = engine.trace(first_step)
+    for s in steps:
+        f = (feats or {}).get(s["step"])
+        if f is not None:
+            s.update({c: f[c] for c in FEATURE_COLUMNS})
     compiled = engine.get_server_info()["compiled_step_variants"] - compiled
     return {**summarize(recs, steps), "compiled_during_run": compiled}, recs, steps
 
@@ -199,6 +225,14 @@ def table_lags(wl: Workload, side: dict) -> list[tuple[str, int]]:
     return chained_lags(pairs, reqs, [(s["step"], s["dispatch"], s["end"]) for s in steps if s["end"] is not None])
 
 
+def step_model(run: dict, cost: Any) -> dict:
+    """step_model_bias / _mape: the cost model against the engine's own pipelined steps (jaxsgl.sim
+    step_model_error; none where the engine's steps carry no features: --engine-process, older runs)."""
+    side = run["engine"]["steps"]
+    err = step_model_error([dict(zip(side["columns"], r)) for r in side["rows"]], cost)
+    return {"step_model_bias": err["bias"], "step_model_mape": err["mape"]} if err["steps"] else {}
+
+
 def chained_next(wl: Workload, run: dict) -> dict:
     """engine_/sim_chained_next: the fraction of the run's chained calls that made the first step
     dispatched after their predecessor's step ended (chained_lags 0; None without chained calls)."""
@@ -213,6 +247,7 @@ def tables(recs: Sequence[dict], steps: Sequence[dict]) -> dict:
     """A run's request records and step trace as column tables, times from its first arrival."""
     t0 = min((r["arrival_time"] for r in recs), default=0.0)
     rnd = lambda v, shift=0.0: None if v is None else round(v - shift, 6) if isinstance(v, float) else v
+    columns = STEP_COLUMNS + (FEATURE_COLUMNS if any(s.get(FEATURE_COLUMNS[0]) is not None for s in steps) else ())
     rows, prev_end = [], float("-inf")
     for s in steps:
         end = s.get("end_time")
@@ -222,12 +257,12 @@ def tables(recs: Sequence[dict], steps: Sequence[dict]) -> dict:
         row = {**s, "dispatch": rnd(dispatch, t0), "end": rnd(end, t0), "step_time": rnd(s.get("step_time")),
                "prepare_time": rnd(s.get("prepare_time")), "process_time": rnd(s.get("process_time")),
                "idle": dispatch is not None and dispatch >= prev_end - 1e-9}
-        rows.append([row.get(c) for c in STEP_COLUMNS])
+        rows.append([row.get(c) for c in columns])
         prev_end = end if end is not None else prev_end
     times = ("arrival_time", "first_token_time", "finish_time")
     req_rows = [[rnd(r[c], t0) if c in times else rnd(r[c]) for c in REQ_COLUMNS]
                 for r in sorted(recs, key=lambda r: r["arrival_time"])]
-    return {"steps": {"columns": list(STEP_COLUMNS), "rows": rows},
+    return {"steps": {"columns": list(columns), "rows": rows},
             "requests": {"columns": list(REQ_COLUMNS), "rows": req_rows}}
 
 
@@ -306,6 +341,7 @@ def main() -> None:
     with Engine(args.model_path, load_format=args.load_format, attention_backend=args.attention_backend,
                 skip_tokenizer_init=True, seq_buckets=seq_buckets, warmup=args.warmup, **opts) as eng:
         opts["max_total_tokens"] = eng.get_load()["max_total_num_tokens"]  # the sim's pool = the engine's
+        feats = None if args.engine_process else capture_step_features(eng)
         runs_meta = {"sim_options": dict(opts)}
         measured_client = None
         if args.client_turnaround == "measure":  # its own workload, not the ones it is then checked on
@@ -327,7 +363,8 @@ def main() -> None:
                     print(json.dumps({"workload": name, "rate": rate_s, "client": cal_client.to_dict(),
                                       **calibration}), flush=True)
                 # the held-out passes ran this workload's shapes at this rate: no second untimed pass
-                e, e_recs, e_steps = run_engine(eng, wl, arr, f"{name}-{rate_s}", warm=calibration is None)
+                e, e_recs, e_steps = run_engine(eng, wl, arr, f"{name}-{rate_s}", warm=calibration is None,
+                                                feats=feats)
                 turn = client_turnaround(wl, e_recs)
                 if calibration is not None:
                     think, client = 0.0, cal_client
@@ -343,7 +380,7 @@ def main() -> None:
                        "engine": tables(e_recs, e_steps), "sim": tables(s.requests, s.steps)}
                 row = {"workload": name, "rate": rate_s, "requests": len(wl.requests),
                        "compiled_during_run": e["compiled_during_run"], **compare(e, s.summary),
-                       **chained_next(wl, run)}
+                       **chained_next(wl, run), **step_model(run, cost)}
                 rows.append(row)
                 runs.append(run)
                 print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
@@ -381,7 +418,7 @@ def resimulate(recorded: Path, profile: str, model_path: str | None, out: Path) 
         run.update(sim_idle_start_s=getattr(cost, "idle_start", 0.0), sim=tables(s.requests, s.steps))
         if client is not None:
             run["sim_client"] = client.to_dict()
-        row.update(chained_next(wl, run))
+        row.update(chained_next(wl, run), **step_model(run, cost))
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
     data["resimulated"] = {"from": str(recorded), "profile": profile, "argv": sys.argv,
                            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -16,11 +16,12 @@ from jaxsgl.sim.arrivals import from_trace, gamma, offline, poisson
 from jaxsgl.sim.client import ChainedClient, chained_lags, load_client
 from jaxsgl.sim.cost_model import (CANDIDATE_FEATURES, FEATURES, ConstantCost, LinearCost, Padding, ReplayCost,
                                    StepCost, batch_features, fit_best, fit_linear, fit_profile, load_profile,
-                                   step_features)
+                                   step_features, step_model_error, trace_features)
 from jaxsgl.sim.metrics import summarize
 from jaxsgl.sim.simulator import SimResult, SimRun, Simulator, simulate
 
 __all__ = ["Simulator", "SimResult", "SimRun", "simulate", "StepCost", "LinearCost", "ConstantCost", "ReplayCost", "Padding",
            "FEATURES", "CANDIDATE_FEATURES", "step_features", "batch_features", "fit_linear", "fit_best", "fit_profile",
            "load_profile", "offline", "poisson", "gamma", "from_trace", "summarize", "REQUEST_COLUMNS",
-           "RequestTimes", "request_records", "as_frame", "ChainedClient", "chained_lags", "load_client"]
+           "RequestTimes", "request_records", "as_frame", "ChainedClient", "chained_lags", "load_client",
+           "step_model_error", "trace_features"]

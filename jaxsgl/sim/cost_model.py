@@ -284,6 +284,32 @@ def fit_profile(points: Sequence[Mapping[str, Any]], target: str = "wall", *, pa
     return best, cost, fits
 
 
+def trace_features(row: Mapping[str, Any]) -> dict[str, float] | None:
+    """FEATURES of a recorded engine step (a fidelity run's step table row: its counts plus decode_ctx,
+    prefill_attn and the padded_* columns), or None where the run did not record them."""
+    if row.get("decode_ctx") is None:
+        return None
+    return {"tokens": row["new_tokens"], "prefill_tokens": row["prefill_tokens"], "seqs": row["num_seqs"],
+            "decode_seqs": row["num_decode_seqs"], **{f: row[f] for f in FEATURES[4:]}}
+
+
+def step_model_error(rows: Sequence[Mapping[str, Any]], cost: LinearCost) -> dict[str, float | int | None]:
+    """How a cost model predicts a recorded run's own pipelined steps (in step order, each with `end`, `idle`
+    and trace_features' columns): the median of predicted / measured - 1 (bias) and the mean |.| (mape) over
+    the steps dispatched while another was in flight, whose measured time is end - the previous step's end."""
+    errs, prev_end = [], None
+    for r in rows:
+        feats = trace_features(r)
+        if feats is not None and prev_end is not None and not r["idle"] and r["end"] is not None:
+            wall = r["end"] - prev_end
+            if wall > 0:
+                errs.append(cost.predict(feats) / wall - 1.0)
+        prev_end = r["end"] if r["end"] is not None else prev_end
+    if not errs:
+        return {"steps": 0, "bias": None, "mape": None}
+    return {"steps": len(errs), "bias": float(np.median(errs)), "mape": float(np.mean(np.abs(errs)))}
+
+
 def _batch_of(point: Mapping[str, Any]) -> int | None:
     """B of a profile point's configuration 'kind:BxL' (None if it has no such name)."""
     try:

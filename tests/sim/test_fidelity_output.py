@@ -131,3 +131,21 @@ def test_the_fidelity_run_takes_its_client_from_the_profile_when_it_has_one() ->
     assert sim_client("profile", {}, 0.0007) == (0.0007, None)  # an older profile: the run's median turnaround
     assert sim_client("measured", {"client": client.to_dict()}, 0.0007) == (0.0007, None)
     assert sim_client("0.002", {"client": client.to_dict()}, 0.0007) == (0.002, None)
+
+
+def test_the_step_model_error_compares_a_cost_with_the_recorded_pipelined_steps_only() -> None:
+    """step_model_error predicts each recorded step from its trace features and divides by end - previous end,
+    skipping steps dispatched to an idle engine (their wall holds the idle gap) and steps without features."""
+    from jaxsgl.sim import LinearCost, step_model_error, trace_features
+
+    cost = LinearCost({"padded_tokens": 1e-4, "decode_ctx": 1e-6}, intercept=0.001)
+    base = {"new_tokens": 8, "prefill_tokens": 0, "num_seqs": 8, "num_decode_seqs": 8, "prefill_attn": 0.0,
+            "padded_tokens": 8, "padded_seqs": 8, "padded_attn": 256.0}
+    rows = [{**base, "decode_ctx": 1000, "end": 1.000, "idle": True},    # 2.8 ms predicted; idle: skipped
+            {**base, "decode_ctx": 1000, "end": 1.004, "idle": False},   # 2.8 / 4.0 - 1 = -0.3
+            {**base, "decode_ctx": None, "end": 1.008, "idle": False},   # no features: skipped
+            {**base, "decode_ctx": 3000, "end": 1.012, "idle": False}]   # 4.8 / 4.0 - 1 = +0.2
+    assert trace_features(rows[2]) is None and trace_features(rows[1])["seqs"] == 8
+    err = step_model_error(rows, cost)
+    assert err["steps"] == 2
+    assert err["bias"] == pytest.approx(-0.05) and err["mape"] == pytest.approx(0.25)
