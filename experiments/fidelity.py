@@ -148,6 +148,7 @@ def run_engine(engine: Any, wl: Workload, arrivals: Sequence[float], tag: str, w
     first_step = max((s["step"] for s in engine.trace()), default=-1) + 1
     compiled = engine.get_server_info()["compiled_step_variants"]
     asyncio.run(_client(engine, wl, arrivals, f"{tag}-"))
+    engine.wait_idle()  # the step in flight when the last request finished (overlap) completes first
     recs = [{**r, "rid": r["rid"][len(tag) + 1:]} for r in engine.request_records(t0=0.0)
             if r["rid"].startswith(f"{tag}-")]
     steps = engine.trace(first_step)

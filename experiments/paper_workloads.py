@@ -256,6 +256,7 @@ def run_engine(engine: Any, wl: Workload, tag: str, warm: bool = True) -> dict:
     first_step = engine.scheduler.step + 1
     compiled = engine.runner.num_compiled()
     asyncio.run(_replay(engine, wl, tag))
+    engine.wait_idle()  # the step in flight when the last request finished (overlap) completes first
     recs = [r for r in engine.request_records() if r["rid"].startswith(f"{tag}-")]
     steps = engine.scheduler.trace_records(first_step)
     return {**summarize(recs, steps), "compiled_during_run": engine.runner.num_compiled() - compiled,

@@ -232,6 +232,17 @@ class Engine:
             t0 = min((t.arrival for _, t in done), default=0.0)
         return request_records(done, self.trace(), t0)
 
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until the loop has no request left and no step in flight (with overlap, the step dispatched
+        before the last requests were seen to finish), at most `timeout` seconds; True if it is idle. For
+        reading a finished run's trace: every step in it then has its times."""
+        deadline = time.monotonic() + timeout
+        while self.scheduler.has_work() or self.loop.inflight is not None or self._inbox:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)
+        return True
+
     def flush_cache(self) -> None:
         """Drop every unlocked cached prefix before the next step (between experiments)."""
         with self._cv:

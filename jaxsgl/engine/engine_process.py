@@ -36,7 +36,8 @@ from jaxsgl.tokenizer import load_tokenizer_in_background
 
 log = logging.getLogger(__name__)
 RPC_TIMEOUT_S = 60.0
-_RPC_METHODS = ("get_load", "get_server_info", "cache_stats", "flush_cache", "trace", "request_records")
+_RPC_METHODS = ("get_load", "get_server_info", "cache_stats", "flush_cache", "trace", "request_records",
+                "wait_idle")
 
 
 class RemoteRequest:
@@ -157,6 +158,10 @@ class EngineProcess:
 
     def flush_cache(self) -> None:
         self._rpc("flush_cache")
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Engine.wait_idle in the child."""
+        return self._rpc("wait_idle", timeout)
 
     def trace(self, since_step: int = 0) -> list[dict]:
         """Engine.trace: the child's per-step records (times on perf_counter's clock, which a child shares)."""

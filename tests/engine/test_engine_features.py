@@ -265,3 +265,14 @@ def test_min_new_tokens_masks_stop_tokens_until_reached(tiny_engine):
     with pytest.raises(ValueError, match="min_new_tokens"):
         tiny_engine.generate(PROMPT, {"max_new_tokens": 2, "min_new_tokens": 3})
     tiny_engine.scheduler.check_integrity()
+
+
+def test_wait_idle_returns_once_no_step_is_in_flight(tiny_engine):
+    """With overlap, the step dispatched before a request was seen to finish may still run when generate()
+    returns; wait_idle waits for it, so a trace read afterwards has every step's times."""
+    before = tiny_engine.scheduler.step
+    greedy(tiny_engine, n=8)
+    assert tiny_engine.wait_idle(timeout=30.0)
+    assert tiny_engine.loop.inflight is None and not tiny_engine.scheduler.has_work()
+    steps = [s for s in tiny_engine.trace(before + 1) if s["num_seqs"]]
+    assert steps and all(s["step_time"] is not None and s["end_time"] is not None for s in steps)
