@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from experiments.fidelity import REQ_COLUMNS, STEP_COLUMNS, client_turnaround, dumps, run_sim, tables
+from experiments.fidelity import run_sim
+from experiments.fidelity_tables import REQ_COLUMNS, STEP_COLUMNS, client_turnaround, dumps, tables
 from experiments.workloads import Request, Workload
 from jaxsgl.sim import LinearCost
 
@@ -83,7 +84,7 @@ def test_chained_lags_count_the_steps_a_chained_call_waited_past_the_first_it_co
     (steps take 10 ms) the next (lag 1); a client that queues its call inline (ChainedClient: the engine's
     loop waits for it) makes that step even 2 ms later. Session 15's react on the H200: the engine 24 of 42
     at lag 0, the simulator without a client model 7."""
-    from experiments.fidelity import chained_next, table_lags
+    from experiments.fidelity_tables import chained_next, table_lags
     from jaxsgl.sim import ChainedClient
 
     base = list(range(10, 74))
