@@ -322,6 +322,13 @@ def print_worst(rows: Sequence[dict]) -> None:
     print(f"worst |error| over throughput, TTFT p50/p99: {worst:.1%}")
 
 
+def resimulated_client(run: dict, profile_client: ChainedClient | None) -> ChainedClient | None:
+    """The client a re-simulation of a recorded run uses: the run's own where it was calibrated on a held-out
+    trace of its workload and rate, else the new profile's, else the one the run was simulated with."""
+    recorded = ChainedClient.from_dict(run["sim_client"]) if run.get("sim_client") else None
+    return recorded if run.get("client_calibration") else (profile_client or recorded)
+
+
 def resimulate(recorded: Path, profile: str, model_path: str | None, out: Path) -> None:
     """--resimulate: the recorded run's engine side (summary and traces) with a new simulation of each
     run under `profile` (the same workload, seeded arrivals, think time and options)."""
@@ -337,10 +344,7 @@ def resimulate(recorded: Path, profile: str, model_path: str | None, out: Path) 
         if len(wl.requests) != row["requests"]:
             raise ValueError(f"{row['workload']}: {len(wl.requests)} requests, the recording has {row['requests']} "
                              "(another tokenizer? pass the recording's --model-path)")
-        recorded = run.get("sim_client")  # the client the recording was simulated with, if any
-        recorded = ChainedClient.from_dict(recorded) if recorded else None
-        # a client calibrated on a held-out trace of this workload and rate beats a profile's general one
-        client = recorded if run.get("client_calibration") else (profile_client or recorded)
+        client = resimulated_client(run, profile_client)
         s = run_sim(cost, wl, arr, think_time=run["sim_think_time_s"], client=client, **opts)
         engine = {m: row[f"engine_{m}"] for m in METRICS}
         row.update(compare(engine, s.summary))

@@ -150,3 +150,16 @@ def test_the_step_model_error_compares_a_cost_with_the_recorded_pipelined_steps_
     err = step_model_error(rows, cost)
     assert err["steps"] == 2
     assert err["bias"] == pytest.approx(-0.05) and err["mape"] == pytest.approx(0.25)
+
+
+def test_a_resimulation_keeps_a_calibrated_client_and_otherwise_prefers_the_new_profiles() -> None:
+    from experiments.fidelity import resimulated_client
+    from jaxsgl.sim import ChainedClient
+
+    own = {"turnaround": 0.001, "inline_probability": 0.7, "inline_turnaround": 0.0005}
+    profile = ChainedClient(0.002, 0.9, 0.0004)
+    assert resimulated_client({"sim_client": own, "client_calibration": {"seed": 1}}, profile) == \
+        ChainedClient.from_dict(own)
+    assert resimulated_client({"sim_client": own, "client_calibration": None}, profile) == profile
+    assert resimulated_client({"sim_client": own}, None) == ChainedClient.from_dict(own)
+    assert resimulated_client({"sim_client": None}, None) is None
