@@ -54,7 +54,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.fidelity import capture_step_features  # noqa: E402
+from experiments.fidelity import capture_step_features, engine_padding  # noqa: E402
 from jaxsgl.sim.cost_model import CANDIDATE_FEATURES, Padding, fit_profile  # noqa: E402
 
 PRESETS = {
@@ -313,8 +313,7 @@ def main() -> None:
                  chunked_prefill_size=args.chunked_prefill_size,
                  max_prefill_tokens=max(args.chunked_prefill_size, 1), seq_buckets=args.seq_buckets,
                  disable_overlap_schedule=args.disable_overlap_schedule)
-    b = eng.builder
-    padding = Padding(list(b.token_buckets), list(b.seq_buckets), list(b.page_buckets), b.page_size)
+    padding = engine_padding(eng)
     feats = capture_step_features(eng)  # each step's features (padded as the engine pads), by step number
     print(f"engine up in {time.perf_counter() - t_start:.1f}s on {device_name()}; attention {eng.attn_impl}",
           flush=True)

@@ -116,11 +116,16 @@ async def _client(engine: Any, wl: Workload, arrivals: Sequence[float], prefix: 
     await asyncio.gather(*(run(r, t) for r, t in zip(roots, arrivals)))
 
 
+def engine_padding(engine: Any) -> Padding:
+    """How an in-process Engine pads its steps (its StepInputBuilder's buckets), as the cost model reads it."""
+    b = engine.builder
+    return Padding(list(b.token_buckets), list(b.seq_buckets), list(b.page_buckets), b.page_size)
+
+
 def capture_step_features(engine: Any) -> dict[int, dict]:
     """Record each step's cost-model features (jaxsgl.sim.batch_features, padded as the engine pads) by step
     number, by wrapping an in-process Engine's Scheduler.schedule (runs on its loop thread). Mutates engine."""
-    b = engine.builder
-    padding = Padding(list(b.token_buckets), list(b.seq_buckets), list(b.page_buckets), b.page_size)
+    padding = engine_padding(engine)
     feats: dict[int, dict] = {}
     schedule = engine.scheduler.schedule
 
