@@ -104,6 +104,7 @@ class Engine:
         self._inbox: list[RequestState] = []
         self._aborts: list[str] = []
         self._stopping = False
+        self._idle = False  # the loop thread waits for work (every step completed): set and read under _cv
         self._flush = False
         self._bridges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopBridge] = weakref.WeakKeyDictionary()
         self._thread = threading.Thread(target=self._loop, name="jaxsgl-engine", daemon=True)
@@ -233,15 +234,18 @@ class Engine:
         return request_records(done, self.trace(), t0)
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
-        """Block until the loop has no request left and no step in flight (with overlap, the step dispatched
-        before the last requests were seen to finish), at most `timeout` seconds; True if it is idle. For
-        reading a finished run's trace: every step in it then has its times."""
+        """Block until the loop thread waits for work, at most `timeout` seconds; True if it does. Then no
+        request is left and every step is complete (with overlap, the step dispatched before the last requests
+        were seen to finish; and the last step's processing, which finishes requests before it ends): for
+        reading a finished run's trace, every step in it has its times."""
         deadline = time.monotonic() + timeout
-        while self.scheduler.has_work() or self.loop.inflight is not None or self._inbox:
+        while True:
+            with self._cv:
+                if self._idle and not (self._inbox or self._aborts or self._flush):
+                    return True
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.001)
-        return True
 
     def flush_cache(self) -> None:
         """Drop every unlocked cached prefix before the next step (between experiments)."""
@@ -298,7 +302,9 @@ class Engine:
             with self._cv:
                 while not (self._inbox or self._aborts or self._stopping or self._flush or self.scheduler.has_work()
                            or self.loop.inflight is not None or (self.grammar is not None and self.grammar.has_ready())):
+                    self._idle = True
                     self._cv.wait()
+                self._idle = False
                 if self._stopping:
                     break
                 new, self._inbox = self._inbox, []
