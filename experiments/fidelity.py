@@ -50,6 +50,7 @@ from jaxsgl.sim import (ChainedClient, Padding, SimResult, Simulator, batch_feat
 
 from experiments.fidelity_tables import (FEATURE_COLUMNS, chained_next, client_turnaround, dumps, step_model,
                                          table_lags, tables)
+from experiments.paper_workloads import hellaswag_workload, llm_judge_workload
 from experiments.workloads import (Request, Workload, agents_workload, chat_workload, default_tokenize,
                                    mmlu_workload, react_workload, tot_workload, zipf_prefix_workload)
 
@@ -57,8 +58,9 @@ METRICS = ("req_per_s", "total_tok_per_s", "ttft_p50", "ttft_p99", "hit_rate", "
 
 
 def build_workload(name: str, tokenize: Any, size: int | None = None, seed: int = 0) -> Workload:
-    """The fidelity workloads: mmlu, react, agents, tree-of-thought, multi-turn-chat (../shared/data) and
-    zipf (synthetic). Another seed picks other questions / conversations (agents: other calls)."""
+    """The fidelity workloads: mmlu, react, agents, tree-of-thought, multi-turn-chat, hellaswag, llm-judge
+    (../shared/data) and zipf (synthetic). Another seed picks other questions / conversations (agents,
+    llm-judge: the next calls / articles of the file)."""
     if name == "tree-of-thought":
         return tot_workload(tokenize, num_questions=size or 8, seed=seed)
     if name == "multi-turn-chat":
@@ -69,6 +71,10 @@ def build_workload(name: str, tokenize: Any, size: int | None = None, seed: int 
         return react_workload(tokenize, num_questions=size or 16, seed=seed)
     if name == "agents":
         return agents_workload(tokenize, num_calls=size or 300, start=seed * (size or 300), seed=seed)
+    if name == "hellaswag":
+        return hellaswag_workload(tokenize, num_questions=size or 20, seed=seed)
+    if name == "llm-judge":
+        return llm_judge_workload(tokenize, num_articles=size or 8, start=seed * (size or 8), seed=seed)
     if name == "zipf":
         return zipf_prefix_workload(num_requests=size or 400, seed=seed)
     raise ValueError(f"unknown workload {name!r}")

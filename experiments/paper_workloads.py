@@ -94,13 +94,14 @@ JUDGE_DIMENSIONS = [
 
 def llm_judge_workload(tokenize: Tokenize, data: str | os.PathLike | None = None, *, num_articles: int = 25,
                        dimensions: int = 6, output_mean: float = 96.0, max_article_chars: int | None = None,
-                       seed: int = 0) -> Workload:
+                       start: int = 0, seed: int = 0) -> Workload:
     """LLM judge (branch-solve-merge, SGLang's llm_judge benchmark with our own wording): per article,
     system prompt + article is forked into `dimensions` judgement calls (arriving together), then a
     merge call (system + article + every judgement, 2 output tokens: the score) chained after the
-    branch with the longest output (the last to finish). Judgements are synthetic ids in meta["outputs"]."""
+    branch with the longest output (the last to finish). Judgements are synthetic ids in meta["outputs"].
+    Articles start..start+num_articles of the file (25 in all)."""
     path = data_dir(data) / "sglang_bench" / "llm_judge_articles.jsonl"
-    articles = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()][:num_articles]
+    articles = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()][start:start + num_articles]
     rng = np.random.default_rng(seed)
     lens = iter(output_lengths(len(articles) * dimensions, output_mean, max_len=256, seed=seed))
     reqs: list[Request] = []
