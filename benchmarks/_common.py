@@ -152,9 +152,10 @@ def workload_summary(work: Workload) -> dict:
             "output_len_mean": float(np.mean(outs)), "output_len_max": max(outs)}
 
 
-def gpu_kernel_times(run, iters: int) -> tuple[dict[str, float], float]:
+def gpu_kernel_times(run, iters: int, counts: dict[str, int] | None = None) -> tuple[dict[str, float], float]:
     """Trace `iters` calls of run() with jax.profiler (CUPTI): total GPU ns per kernel name (first 80
-    characters) and the GPU's busy span in ns, over all calls ({} and 0 when no GPU kernels ran)."""
+    characters) and the GPU's busy span in ns, over all calls ({} and 0 when no GPU kernels ran).
+    Adds each name's number of launches to `counts` (mutated) when given."""
     import collections
     import glob
 
@@ -177,6 +178,8 @@ def gpu_kernel_times(run, iters: int) -> tuple[dict[str, float], float]:
                 continue
             for ev in line.events:
                 per[ev.name[:80]] += ev.duration_ns
+                if counts is not None:
+                    counts[ev.name[:80]] = counts.get(ev.name[:80], 0) + 1
                 lo, hi = min(lo, ev.start_ns), max(hi, ev.end_ns)
     shutil.rmtree(d, ignore_errors=True)
     return dict(per), (hi - lo if per else 0.0)
@@ -197,14 +200,18 @@ def profile_kernels(run, iters: int) -> dict:
     """GPU time per call of each kernel `run` launches (CUPTI via jax.profiler), grouped by kind."""
     import collections
 
-    per, span = gpu_kernel_times(run, iters)
+    counts: dict[str, int] = {}
+    per, span = gpu_kernel_times(run, iters, counts)
     if not per:
         return {"error": "no GPU kernels in the trace"}
     kinds: dict[str, float] = collections.defaultdict(float)
+    launches: dict[str, float] = collections.defaultdict(float)
     for name, ns in per.items():
         kinds[kernel_kind(name)] += ns
+        launches[kernel_kind(name)] += counts[name] / iters
     us = lambda ns: round(ns / iters / 1e3, 1)  # noqa: E731
     return {"kinds_us": {k: us(v) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "launches": {k: round(v, 1) for k, v in sorted(launches.items(), key=lambda kv: -kv[1])},
             "kernels_us": {k: us(v) for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:200]},
             "sum_us": us(sum(per.values())), "span_us": us(span)}
 

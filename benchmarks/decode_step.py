@@ -328,7 +328,8 @@ def main() -> None:
         if "profile" in r and "kinds_us" in r["profile"]:
             p = r["profile"]
             print(f"batch {r['batch']}, context {r['context']}: kernels {p['sum_us']:.0f} us of a {p['span_us']:.0f} us "
-                  "span per step: " + ", ".join(f"{k} {v:.0f} us" for k, v in p["kinds_us"].items()))
+                  "span per step: " + ", ".join(f"{k} {v:.0f} us ({p['launches'][k]:.0f} launches)"
+                                                 for k, v in p["kinds_us"].items()))
     print_width_diff(rows)
     if args.roofline:
         print(f"{'batch':>6}{'context':>9}{'step ms':>10}{'roofline ms':>13}{'fraction':>10}")

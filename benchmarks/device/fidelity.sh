@@ -11,7 +11,7 @@
 # process of its own (the server's setting), default in the client's process as session 15 ran it.
 cd "$(dirname "$0")/../.." && source benchmarks/device/_env.sh
 EP=$([ "${ENGINE_PROCESS:-0}" = 1 ] && echo --engine-process || true)
-timeout 560 python3 -m experiments.fidelity --model-path .gpu/model8b --load-format dummy $EP --client-turnaround ${CLIENT:-calibrate} \
+timeout ${TIMEOUT:-560} python3 -m experiments.fidelity --model-path .gpu/model8b --load-format dummy $EP --client-turnaround ${CLIENT:-calibrate} \
   --calibration-size ${CAL_SIZE:-react=16 tree-of-thought=4 multi-turn-chat=12} \
   --profile ${PROFILE:-benchmarks/results/step_profile_llama8b_h200.json} \
   --workloads ${WORKLOADS:-react mmlu agents tree-of-thought} --rates 4 16 --warmup \
