@@ -215,6 +215,12 @@ def _partial(fn, **kw):
     return bound
 
 
+# The fewest KV tokens (of the page table's width) per flash-decoding split of the decode class. Tuned at
+# contexts >= 2k on an H100 (docs/perf.md, "Attention kernels"); benchmarks/decode_step.py --min-split-tokens
+# times other values in the whole step.
+MIN_SPLIT_TOKENS = 512
+
+
 def default_configs(num_tokens: int, num_seqs: int, pages_per_seq: int, page_size: int,
                     num_heads: int, num_kv_heads: int, head_dim: int,
                     dtype) -> tuple[BlockConfig, BlockConfig | None]:
@@ -228,8 +234,8 @@ def default_configs(num_tokens: int, num_seqs: int, pages_per_seq: int, page_siz
     target = 2 * 132  # two programs per H100 multiprocessor
     programs = num_seqs * num_kv_heads
     splits = 1
-    if programs < target:  # flash-decoding: split each sequence's KV, >= 512 tokens a split
-        splits = max(1, min(cdiv(target, programs), max_ctx // 512, 16))
+    if programs < target:  # flash-decoding: split each sequence's KV, >= MIN_SPLIT_TOKENS a split
+        splits = max(1, min(cdiv(target, programs), max_ctx // MIN_SPLIT_TOKENS, 16))
     if splits == 1 and small:  # enough programs: longer KV blocks (64 x 2k: 216 vs 232 us)
         short = BlockConfig(rows_s, 128, 1, num_warps=4, num_stages=2)
     else:
