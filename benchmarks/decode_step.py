@@ -247,9 +247,6 @@ def main() -> None:
                     help="host launch cost of the largest batch's step: same buffers, fresh inputs, run_async")
     ap.add_argument("--dispatch-trace", action="store_true",
                     help="with --dispatch-study: the host events of launches from host arrays with a step in flight")
-    ap.add_argument("--min-split-tokens", type=int, default=None,
-                    help="the decode attention's fewest KV tokens per flash-decoding split (kernel default: "
-                         "ragged_paged_attention.MIN_SPLIT_TOKENS)")
     ap.add_argument("--smoke", action="store_true", help="tiny random model, batches 1 2, context 32, 3 iters")
     ap.add_argument("--out", default="decode_step.json")
     args = ap.parse_args()
@@ -258,9 +255,6 @@ def main() -> None:
         args.batches, args.context, args.iters, args.grammar = [1, 2], 32, 3, True
     if args.model is None:
         ap.error("--model is required (or --smoke)")
-    if args.min_split_tokens is not None:
-        from jaxsgl.kernels import ragged_paged_attention as rpa
-        rpa.MIN_SPLIT_TOKENS = args.min_split_tokens
     contexts = args.contexts or [args.context]
     narrow_only = args.narrow_only or args.roofline
     cfg, weights, model_dir = load_model(args.model, load_format=args.load_format)

@@ -5,7 +5,7 @@
 # for 67 MB of KV). ~1 min per setting.
 cd "$(dirname "$0")/../.." && source benchmarks/device/_env.sh
 for ms in ${MIN_SPLITS:-512 128 256}; do
-  timeout 150 python3 benchmarks/decode_step.py --model .gpu/model8b --load-format dummy --roofline \
+  JAXSGL_MIN_SPLIT_TOKENS=$ms timeout 150 python3 benchmarks/decode_step.py --model .gpu/model8b --load-format dummy --roofline \
     --batches ${BATCHES:-1 8 32} --contexts ${CONTEXTS:-512 2048} --iters 30 --profile 1,512 \
-    --min-split-tokens $ms --out $OUT/decode_split${ms}_8b_h200.json 2>&1 | quiet 9
+    --out $OUT/decode_split${ms}_8b_h200.json 2>&1 | quiet 9
 done

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import NamedTuple
 
 import jax
@@ -216,9 +217,9 @@ def _partial(fn, **kw):
 
 
 # The fewest KV tokens (of the page table's width) per flash-decoding split of the decode class. Tuned at
-# contexts >= 2k on an H100 (docs/perf.md, "Attention kernels"); benchmarks/decode_step.py --min-split-tokens
-# times other values in the whole step.
-MIN_SPLIT_TOKENS = 512
+# contexts >= 2k on an H100 (docs/perf.md, "Attention kernels"); $JAXSGL_MIN_SPLIT_TOKENS sets another value
+# (benchmarks/device/decode_split.sh times them in the whole step; part of the executable cache's key).
+MIN_SPLIT_TOKENS = int(os.environ.get("JAXSGL_MIN_SPLIT_TOKENS", "512"))
 
 
 def default_configs(num_tokens: int, num_seqs: int, pages_per_seq: int, page_size: int,

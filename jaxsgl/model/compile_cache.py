@@ -6,7 +6,8 @@ every layer (seconds on a CPU, more on a GPU). But JAX finds its entry by the lo
 so every start still traces the step (30 unrolled layers) and lowers it to MLIR: about 2 s of
 a CPU start. `persistent_jit` keeps the compiled executable itself on disk (JAX's
 `serialize_executable`), keyed by everything the program is made from: the jaxsgl sources, the
-jax/jaxlib versions, the backend and its devices, jax's configuration, XLA_FLAGS, the function
+jax/jaxlib versions, the backend and its devices, jax's configuration, XLA_FLAGS and jaxsgl's own
+environment settings that change tracing (traced_environment), the function
 with its bound (static) arguments, and the argument shapes and dtypes. A later process calls
 that executable directly: no tracing, no lowering.
 """
@@ -65,6 +66,17 @@ def _sources_fingerprint() -> str:
     return h.hexdigest()
 
 
+# jaxsgl's environment settings that do not change a traced program; every other JAXSGL_* variable is part of
+# an executable's key (JAXSGL_MATMUL_OUTPUT, JAXSGL_MIN_SPLIT_TOKENS change what is traced: a process with
+# another value must not load this one's executables).
+UNTRACED_ENV = ("JAXSGL_CACHE", "JAXSGL_DATA", "JAXSGL_PROGRESS", GPU_EXECUTABLE_CACHE_ENV, "JAXSGL_ROLE_CONTENT")
+
+
+def traced_environment() -> list[tuple[str, str]]:
+    """The JAXSGL_* environment variables that may change a traced program (sorted name, value pairs)."""
+    return sorted((k, v) for k, v in os.environ.items() if k.startswith("JAXSGL_") and k not in UNTRACED_ENV)
+
+
 def _environment_key() -> str:
     import jaxlib
 
@@ -73,7 +85,8 @@ def _environment_key() -> str:
     config = sorted((k, repr(v)) for k, v in jax.config.values.items())
     return repr((_FORMAT, _sources_fingerprint(), jax.__version__, getattr(jaxlib, "__version__", None),
                  client.platform, client.platform_version, [(d.id, d.device_kind) for d in devices],
-                 jax.process_index(), config, os.environ.get("XLA_FLAGS"), os.environ.get("LIBTPU_INIT_ARGS")))
+                 jax.process_index(), config, os.environ.get("XLA_FLAGS"), os.environ.get("LIBTPU_INIT_ARGS"),
+                 traced_environment()))
 
 
 _HIT, _MISS = "/jax/compilation_cache/cache_hits", "/jax/compilation_cache/cache_misses"

@@ -217,3 +217,22 @@ def test_the_executable_cache_is_on_for_cpu_and_gpu_unless_turned_off_on_the_gpu
     assert not compile_cache.executable_cache_allowed("tpu")
     monkeypatch.setenv(env, "0")
     assert compile_cache.executable_cache_allowed("cpu") and not compile_cache.executable_cache_allowed("gpu")
+
+
+def test_a_tracing_setting_in_the_environment_changes_the_executables_key(monkeypatch):
+    """An executable traced under one JAXSGL_MATMUL_OUTPUT / JAXSGL_MIN_SPLIT_TOKENS must not load under
+    another (session 18: three decode_step runs with different split settings loaded the first's);
+    settings that change no program (the cache's place, progress bars) keep the key."""
+    from jaxsgl.model import compile_cache
+
+    for name in [k for k in __import__("os").environ if k.startswith("JAXSGL_")]:
+        monkeypatch.delenv(name)
+    base = compile_cache._environment_key()
+    monkeypatch.setenv("JAXSGL_PROGRESS", "0")
+    monkeypatch.setenv(compile_cache.GPU_EXECUTABLE_CACHE_ENV, "1")
+    assert compile_cache._environment_key() == base
+    monkeypatch.setenv("JAXSGL_MIN_SPLIT_TOKENS", "128")
+    split = compile_cache._environment_key()
+    monkeypatch.setenv("JAXSGL_MATMUL_OUTPUT", "native")
+    assert len({base, split, compile_cache._environment_key()}) == 3
+    assert compile_cache.traced_environment() == [("JAXSGL_MATMUL_OUTPUT", "native"), ("JAXSGL_MIN_SPLIT_TOKENS", "128")]
