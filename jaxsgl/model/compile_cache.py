@@ -66,15 +66,15 @@ def _sources_fingerprint() -> str:
     return h.hexdigest()
 
 
-# jaxsgl's environment settings that do not change a traced program; every other JAXSGL_* variable is part of
-# an executable's key (JAXSGL_MATMUL_OUTPUT, JAXSGL_MIN_SPLIT_TOKENS change what is traced: a process with
-# another value must not load this one's executables).
-UNTRACED_ENV = ("JAXSGL_CACHE", "JAXSGL_DATA", "JAXSGL_PROGRESS", GPU_EXECUTABLE_CACHE_ENV, "JAXSGL_ROLE_CONTENT")
+# jaxsgl's environment settings that change what a step traces to (model/forward.py, kernels/): part of an
+# executable's key, so a process with another value does not load this one's executables. A new JAXSGL_*
+# variable read by the traced code belongs here (tests/model/test_start_caches.py checks those modules).
+TRACED_ENV = ("JAXSGL_MATMUL_OUTPUT", "JAXSGL_MIN_SPLIT_TOKENS")
 
 
 def traced_environment() -> list[tuple[str, str]]:
-    """The JAXSGL_* environment variables that may change a traced program (sorted name, value pairs)."""
-    return sorted((k, v) for k, v in os.environ.items() if k.startswith("JAXSGL_") and k not in UNTRACED_ENV)
+    """The TRACED_ENV variables set in this process, as (name, value) pairs."""
+    return [(k, os.environ[k]) for k in TRACED_ENV if k in os.environ]
 
 
 def _environment_key() -> str:

@@ -222,17 +222,31 @@ def test_the_executable_cache_is_on_for_cpu_and_gpu_unless_turned_off_on_the_gpu
 def test_a_tracing_setting_in_the_environment_changes_the_executables_key(monkeypatch):
     """An executable traced under one JAXSGL_MATMUL_OUTPUT / JAXSGL_MIN_SPLIT_TOKENS must not load under
     another (session 18: three decode_step runs with different split settings loaded the first's);
-    settings that change no program (the cache's place, progress bars) keep the key."""
+    settings that change no program (progress bars, a notebook's fast mode) keep the key."""
     from jaxsgl.model import compile_cache
 
-    for name in [k for k in __import__("os").environ if k.startswith("JAXSGL_")]:
-        monkeypatch.delenv(name)
+    for name in compile_cache.TRACED_ENV:
+        monkeypatch.delenv(name, raising=False)
     base = compile_cache._environment_key()
     monkeypatch.setenv("JAXSGL_PROGRESS", "0")
-    monkeypatch.setenv(compile_cache.GPU_EXECUTABLE_CACHE_ENV, "1")
+    monkeypatch.setenv("JAXSGL_FAST", "1")
     assert compile_cache._environment_key() == base
     monkeypatch.setenv("JAXSGL_MIN_SPLIT_TOKENS", "128")
     split = compile_cache._environment_key()
     monkeypatch.setenv("JAXSGL_MATMUL_OUTPUT", "native")
     assert len({base, split, compile_cache._environment_key()}) == 3
     assert compile_cache.traced_environment() == [("JAXSGL_MATMUL_OUTPUT", "native"), ("JAXSGL_MIN_SPLIT_TOKENS", "128")]
+
+
+def test_every_setting_the_traced_code_reads_is_in_the_executables_key():
+    """The JAXSGL_* variables read by the code a step traces (the model's forward, the kernels) are all in
+    compile_cache.TRACED_ENV."""
+    import re
+    from pathlib import Path
+
+    from jaxsgl.model import compile_cache
+
+    root = Path(compile_cache.__file__).resolve().parents[1]
+    traced = [root / "model" / "forward.py", *sorted((root / "kernels").glob("*.py"))]
+    read = {name for path in traced for name in re.findall(r"environ(?:\.get\(|\[)\s*[\"'](JAXSGL_\w+)", path.read_text())}
+    assert read == set(compile_cache.TRACED_ENV)
