@@ -367,6 +367,8 @@ def main() -> None:
     ap.add_argument("--final", action="store_true", help="defaults on target cases, page 1, bundled mha")
     ap.add_argument("--mosaic", action="store_true", help="extend: Mosaic GPU configs vs Triton vs cuDNN")
     ap.add_argument("--ncu", default="", help="PREFIX,NEW,rows,block_k,splits,warps,stages,reverse: one call")
+    ap.add_argument("--decode-cases", nargs="+", default=None, metavar="BATCH,CTX",
+                    help="decode cases to time instead of the default grid (with --tune: each one tuned)")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes in interpret mode on any backend (CI)")
     a = ap.parse_args()
     BUDGET = a.budget
@@ -421,7 +423,9 @@ def main() -> None:
         dec = [(b, c) for b in (1, 8, 32, 64, 128, 256) for c in (512, 2048, 8192, 32768)
                if 2 * b * c * KVH * D * 2 <= 9e9]
         ext = [(p, n) for p in (0, 512, 2048, 8192) for n in (128, 512, 1024, 4096)]
-    tune_dec = {(32, 2048), (128, 8192), (1, 32768)} if a.tune else set()
+    if a.decode_cases:
+        dec = [tuple(int(x) for x in c.split(",")) for c in a.decode_cases]
+    tune_dec = (set(dec) if a.decode_cases else {(32, 2048), (128, 8192), (1, 32768)}) if a.tune else set()
     tune_ext = {(0, 4096), (8192, 1024)} if a.tune else set()
     dec, ext = ([] if a.only == "extend" else dec), ([] if a.only == "decode" else ext)
     res["write_kv"] = bench_write_kv() if a.only is None else []
