@@ -219,7 +219,10 @@ def _partial(fn, **kw):
 # The fewest KV tokens (of the page table's width) per flash-decoding split of the decode class. Tuned at
 # contexts >= 2k on an H100 (docs/perf.md, "Attention kernels"); $JAXSGL_MIN_SPLIT_TOKENS sets another value
 # (benchmarks/device/decode_split.sh times them in the whole step; part of the executable cache's key).
-MIN_SPLIT_TOKENS = int(os.environ.get("JAXSGL_MIN_SPLIT_TOKENS", "512"))
+_MIN_SPLIT = os.environ.get("JAXSGL_MIN_SPLIT_TOKENS", "512")
+if not _MIN_SPLIT.isdigit() or int(_MIN_SPLIT) < 1:
+    raise ValueError(f"JAXSGL_MIN_SPLIT_TOKENS={_MIN_SPLIT!r}: expected a positive number of tokens")
+MIN_SPLIT_TOKENS = int(_MIN_SPLIT)
 
 
 def default_configs(num_tokens: int, num_seqs: int, pages_per_seq: int, page_size: int,
