@@ -232,6 +232,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--attention-backend", default="auto")
     ap.add_argument("--narrow-only", action="store_true", help="skip the model-context-wide page table")
+    ap.add_argument("--both-widths", action="store_true",
+                    help="with --roofline: also the model-context-wide page table (what the engine compiles)")
     ap.add_argument("--grammar", action="store_true", help="also time the step with every row under its own JSON schema")
     ap.add_argument("--roofline", action="store_true",
                     help="device_ms only, narrow table, with each cell's roofline and the fraction reached")
@@ -256,7 +258,7 @@ def main() -> None:
     if args.model is None:
         ap.error("--model is required (or --smoke)")
     contexts = args.contexts or [args.context]
-    narrow_only = args.narrow_only or args.roofline
+    narrow_only = (args.narrow_only or args.roofline) and not args.both_widths
     cfg, weights, model_dir = load_model(args.model, load_format=args.load_format)
     ps = args.page_size
     kv_tok = kv_bytes_per_token(cfg, weights.embed.dtype)
@@ -332,10 +334,10 @@ def main() -> None:
                                                  for k, v in p["kinds_us"].items()))
     print_width_diff(rows)
     if args.roofline:
-        print(f"{'batch':>6}{'context':>9}{'step ms':>10}{'roofline ms':>13}{'fraction':>10}")
+        print(f"{'batch':>6}{'context':>9}{'P width':>9}{'step ms':>10}{'roofline ms':>13}{'fraction':>10}")
         for r in rows:
-            print(f"{r['batch']:>6}{r['context']:>9}{r['device_ms']:>10.2f}{r['roofline_ms']:>13.2f}"
-                  f"{r['fraction']:>9.0%}")
+            print(f"{r['batch']:>6}{r['context']:>9}{r['page_table_width']:>9}{r['device_ms']:>10.2f}"
+                  f"{r['roofline_ms']:>13.2f}{r['fraction']:>9.0%}")
         return
     print(f"{'batch':>6}{'context':>9}{'P width':>9}{'device ms':>11}{'sync ms':>9}{'dispatch':>10}{'runner ms':>11}"
           f"{'async ms':>10}{'grammar ms':>12}{'grammar %':>11}")
