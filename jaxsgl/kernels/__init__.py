@@ -24,6 +24,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from jaxsgl.kernels import fused_decode
 from jaxsgl.kernels.dense_prefill import DENSE_PREFILL_MIN_TOKENS, with_dense_prefill
 from jaxsgl.kernels.paged_extend_mosaic import MOSAIC_MIN_Q, on_hopper
 from jaxsgl.kernels.ragged_paged_attention import BlockConfig, ragged_paged_attention_pallas
@@ -31,8 +32,9 @@ from jaxsgl.kernels.reference import ragged_paged_attention_ref, write_kv_ref
 
 ATTENTION_IMPLS = ("reference", "pallas", "pallas_cudnn", "pallas_triton", "pallas_interpret", "auto")
 
-__all__ = ["ATTENTION_IMPLS", "BlockConfig", "DECODE_HINT", "PREFILL_HINT", "QLenHint", "on_nvidia_gpu",
-           "ragged_paged_attention", "resolve_impl", "step_hint", "step_hints", "write_kv"]
+__all__ = ["ATTENTION_IMPLS", "BlockConfig", "DECODE_HINT", "PREFILL_HINT", "QLenHint", "fused_decode_applies",
+           "on_nvidia_gpu", "ragged_paged_attention", "resolve_impl", "rope_write_attention", "step_hint",
+           "step_hints", "write_kv"]
 
 
 class QLenHint(NamedTuple):
@@ -117,3 +119,26 @@ def write_kv(k_pages, v_pages, k, v, slots, *, impl: str = "reference"):
     """
     resolve_impl(impl)
     return write_kv_ref(k_pages, v_pages, k, v, slots)
+
+
+def fused_decode_applies(impl: str, hint: QLenHint, enabled: bool | None = None) -> bool:
+    """Whether a step under `hint` runs RoPE, the KV write and attention as one kernel
+    (`rope_write_attention`): a Pallas impl, a decode step (max_q_len 1), and the setting on
+    (enabled, default fused_decode.FUSED_DECODE: $JAXSGL_FUSED_DECODE)."""
+    on = fused_decode.FUSED_DECODE if enabled is None else enabled
+    return on and hint.max_q_len == 1 and resolve_impl(impl) != "reference"
+
+
+def rope_write_attention(qkv, inv_freq, k_pages, v_pages, query_start, kv_lens, page_table, slots, *,
+                         sm_scale: float, soft_cap: float | None = None, sliding_window: int | None = None,
+                         impl: str = "pallas"):
+    """A decode step's RoPE (q and the new K), KV write and attention in one launch
+    (kernels/fused_decode.py). Returns (out [T, H, D], k_pages, v_pages)."""
+    impl = resolve_impl(impl)
+    if impl == "reference":
+        raise ValueError("rope_write_attention is a Pallas kernel: use impl 'pallas', 'pallas_triton', "
+                         "'pallas_cudnn' or 'pallas_interpret' (the reference path is apply_rope, write_kv "
+                         "and ragged_paged_attention)")
+    return fused_decode.rope_write_attention_pallas(
+        qkv, inv_freq, k_pages, v_pages, query_start, kv_lens, page_table, slots, sm_scale=sm_scale,
+        soft_cap=soft_cap, sliding_window=sliding_window, interpret=impl == "pallas_interpret")

@@ -59,7 +59,7 @@ def _next_pow2(x: int) -> int:
 def _attn_kernel(plan_ref, q_ref, k_ref, v_ref, pt_ref, *refs, sm_scale: float,
                  soft_cap: float | None, window: int | None, group: int, rows: int,
                  block_k: int, num_splits: int, page_size: int, head_dim: int,
-                 aliased: bool, reverse: bool, overlap: bool, single_loop: bool):
+                 aliased: bool, reverse: bool, overlap: bool, single_loop: bool, fused: bool = False):
     """One (tile, kv_head, split). plan_ref[tile] = (seq, first row, num rows, first position).
 
     q_ref [T, H, D]; k_ref/v_ref [num_slots, KVH, D]; pt_ref [S, P]; outputs: o [T, H, D]
@@ -67,7 +67,14 @@ def _attn_kernel(plan_ref, q_ref, k_ref, v_ref, pt_ref, *refs, sm_scale: float,
     (log2 domain), merged by `tile_plans.combine_splits`.
     reverse: take tiles last-first (a sequence's last tiles see the most KV: start them first).
     overlap: issue the next block's q.k^T before this block's softmax (unmasked blocks).
+    fused (decode tiles of one new token, fused_decode.py): q_ref is the QKV projection
+    [T, H + 2 KVH, D] before RoPE, followed by inv_ref [D] (RoPE frequencies, tiled twice) and
+    slot_ref [T]; the kernel rotates q and the new K, writes the new K/V into k_out/v_out (the
+    last two outputs, aliased to k_ref/v_ref) and attends to the new token from registers.
     """
+    if fused:
+        inv_ref, slot_ref, k_out_ref, v_out_ref = refs[0], refs[1], refs[-2], refs[-1]
+        refs = refs[2:-2]
     refs = refs[1:] if aliased else refs  # an aliased previous output shares o_ref's buffer
     o_ref, lse_ref = (refs[0], refs[1] if num_splits > 1 else None)
     tile = pl.program_id(0)
@@ -88,17 +95,22 @@ def _attn_kernel(plan_ref, q_ref, k_ref, v_ref, pt_ref, *refs, sm_scale: float,
     d = jnp.arange(d_pad, dtype=jnp.int32)[None, :]
     d_ok = d < head_dim if d_pad != head_dim else None
     qmask = row_ok[:, None] if d_ok is None else row_ok[:, None] & d_ok
-    q = plgpu.load(q_ref.at[tok, head, d], mask=qmask, other=0)
     pos = pos0 + tok_off  # absolute position of each row
-
     hi = jnp.maximum(pos0 + nrows, 0)  # last row's position + 1
     lo = jnp.int32(0) if window is None else jnp.clip(pos0 - window + 1, 0, hi)
     nblocks = cdiv(hi - lo, block_k)
     per_split = cdiv(nblocks, num_splits)
     b0 = jnp.minimum(split * per_split, nblocks)
     b1 = jnp.minimum(b0 + per_split, nblocks)
-    if window is None:  # blocks ending at or before the first row's position need no mask
-        nfull = jnp.clip((pos0 + 1 - lo) // block_k, b0, b1)
+    if fused:  # the new token (position pos0) comes from registers: the cache is read below it
+        new = _fused_new_token(q_ref, inv_ref, slot_ref, k_out_ref, v_out_ref, tok=tok, head=head, qmask=qmask,
+                               pos=pos, pos0=pos0, row0=row0, h=h, group=group, head_dim=head_dim, d_pad=d_pad,
+                               write=(nrows > 0) & (nblocks > 0) & (split == (nblocks - 1) // jnp.maximum(per_split, 1)))
+        q, hi_kv = new[0], hi - 1
+    else:
+        q, hi_kv = plgpu.load(q_ref.at[tok, head, d], mask=qmask, other=0), hi
+    if window is None:  # blocks ending at or before the first row's position (fused: before it) need no mask
+        nfull = jnp.clip((pos0 + (0 if fused else 1) - lo) // block_k, b0, b1)
     else:
         nfull = b0
     # Scores go to the log2 domain as s * c - m (one FMA); with a soft cap c = 1.
@@ -112,7 +124,7 @@ def _attn_kernel(plan_ref, q_ref, k_ref, v_ref, pt_ref, *refs, sm_scale: float,
         j = lo + b * block_k + jnp.arange(block_k, dtype=jnp.int32)
         pidx, poff = (j >> shift, j & (page_size - 1)) if pow2 else (j // page_size, j % page_size)
         if masked:
-            jm = j < hi
+            jm = j < hi_kv
             page = plgpu.load(pt_ref.at[pt_row, pidx], mask=jm, other=0)
         else:
             page = pt_ref[pt_row, pidx]
@@ -127,12 +139,12 @@ def _attn_kernel(plan_ref, q_ref, k_ref, v_ref, pt_ref, *refs, sm_scale: float,
         v = plgpu.load(v_ref.at[slot, h, d], mask=kv_mask, other=other)
         return j, k, v
 
+    def capped(s):
+        return s if soft_cap is None else (soft_cap * LOG2E) * jnp.tanh(s * (sm_scale / soft_cap))
+
     def scores(k):
-        s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), precision=prec,
-                            preferred_element_type=jnp.float32)
-        if soft_cap is not None:
-            s = (soft_cap * LOG2E) * jnp.tanh(s * (sm_scale / soft_cap))
-        return s
+        return capped(lax.dot_general(q, k, (((1,), (1,)), ((), ())), precision=prec,
+                                      preferred_element_type=jnp.float32))
 
     def update(s, v, carry):
         acc, m, l = carry
@@ -149,7 +161,7 @@ def _attn_kernel(plan_ref, q_ref, k_ref, v_ref, pt_ref, *refs, sm_scale: float,
         j, k, v = load_kv(b, masked)
         s = scores(k)
         if masked:
-            ok = j[None, :] <= pos[:, None]
+            ok = (j[None, :] < pos[:, None]) if fused else (j[None, :] <= pos[:, None])
             if window is not None:
                 ok &= j[None, :] > pos[:, None] - window
             s = jnp.where(ok, s, MASK)
@@ -172,6 +184,15 @@ def _attn_kernel(plan_ref, q_ref, k_ref, v_ref, pt_ref, *refs, sm_scale: float,
     else:
         carry = lax.fori_loop(b0, nfull, lambda b, c2: body(b, c2, False), carry)
     acc, m, l = lax.fori_loop(nfull, b1, lambda b, c2: body(b, c2, True), carry)
+    if fused:  # the new token's key and value, in the split that holds the last block
+        _, k_new, v_new, attend = new
+        s_new = capped(jnp.sum(q.astype(jnp.float32) * k_new.astype(jnp.float32)[None, :], axis=1))
+        m_new = jnp.maximum(m, s_new * c)
+        alpha = jnp.exp2(m - m_new)
+        p = jnp.exp2(s_new * c - m_new)
+        pv = p.astype(k_new.dtype).astype(jnp.float32)[:, None] * v_new.astype(jnp.float32)[None, :]
+        acc = jnp.where(attend, acc * alpha[:, None] + pv, acc)
+        m, l = jnp.where(attend, m_new, m), jnp.where(attend, l * alpha + p, l)
     out = acc / jnp.where(l == 0.0, 1.0, l)[:, None]
     if num_splits == 1:
         plgpu.store(o_ref.at[tok, head, d], out.astype(o_ref.dtype), mask=qmask)
@@ -181,33 +202,76 @@ def _attn_kernel(plan_ref, q_ref, k_ref, v_ref, pt_ref, *refs, sm_scale: float,
         plgpu.store(lse_ref.at[split, tile, h, r], lse)
 
 
+def _fused_new_token(qkv_ref, inv_ref, slot_ref, k_out_ref, v_out_ref, *, tok, head, qmask, pos, pos0, row0,
+                     h, group: int, head_dim: int, d_pad: int, write):
+    """The fused decode kernel's prologue (one new token per tile, at row0, position pos0): RoPE on
+    the tile's q rows [rows, D] and on the token's K head h (the model's rotate-half, as
+    `forward.apply_rope`), and, where `write` (this program holds the token's last KV block), the
+    new K/V stored at the token's slot. Returns (q, k_new [D], v_new [D], write)."""
+    kv_heads = qkv_ref.shape[1] // (group + 2)  # qkv heads: group * KVH of q, then KVH of k, KVH of v
+    kh, vh = group * kv_heads + h, (group + 1) * kv_heads + h
+    half = head_dim // 2
+    d1 = jnp.arange(d_pad, dtype=jnp.int32)
+    d_ok1 = d1 < head_dim
+    swapped = jnp.where(d1 < half, d1 + half, d1 - half)  # each lane's rotate-half partner
+    sign = jnp.where(d1 < half, -1.0, 1.0).astype(jnp.float32)
+    inv = plgpu.load(inv_ref.at[d1], mask=d_ok1, other=0.0)
+
+    def rope(x, x_swapped, ang):
+        return x.astype(jnp.float32) * jnp.cos(ang) + sign * x_swapped.astype(jnp.float32) * jnp.sin(ang)
+
+    q = rope(plgpu.load(qkv_ref.at[tok, head, d1[None, :]], mask=qmask, other=0),
+             plgpu.load(qkv_ref.at[tok, head, swapped[None, :]], mask=qmask, other=0),
+             pos.astype(jnp.float32)[:, None] * inv[None, :]).astype(qkv_ref.dtype)
+    k_new = rope(plgpu.load(qkv_ref.at[row0, kh, d1], mask=d_ok1, other=0),
+                 plgpu.load(qkv_ref.at[row0, kh, swapped], mask=d_ok1, other=0),
+                 pos0.astype(jnp.float32) * inv).astype(qkv_ref.dtype)
+    v_new = plgpu.load(qkv_ref.at[row0, vh, d1], mask=d_ok1, other=0)
+    slot = slot_ref[row0]
+    store = d_ok1 & write & (slot >= 0)
+    plgpu.store(k_out_ref.at[jnp.maximum(slot, 0), h, d1], k_new, mask=store)
+    plgpu.store(v_out_ref.at[jnp.maximum(slot, 0), h, d1], v_new, mask=store)
+    return q, k_new, v_new, write
+
+
 def _launch(plan, q, k_flat, v_flat, page_table, prev_out, cfg: BlockConfig, *, page_size: int,
-            sm_scale: float, soft_cap: float | None, window: int | None, interpret: bool):
-    """One pallas_call over the plan's tiles. Returns o (splits == 1) or (o_parts, lse)."""
+            sm_scale: float, soft_cap: float | None, window: int | None, interpret: bool,
+            fused: tuple | None = None):
+    """One pallas_call over the plan's tiles. Returns o (splits == 1) or (o_parts, lse).
+    fused = (inv_freq [D], slots [T]): q is the QKV projection [T, H + 2 KVH, D] of decode tokens
+    (fused_decode.py); the updated k_flat and v_flat are returned after the output(s)."""
     T, H, D = q.shape
     KVH = k_flat.shape[1]
+    H = H - 2 * KVH if fused else H
     group = H // KVH
     aliased = prev_out is not None and cfg.num_splits == 1
     kernel = _partial(_attn_kernel, sm_scale=sm_scale, soft_cap=soft_cap, window=window,
                       group=group, rows=cfg.rows, block_k=cfg.block_k, num_splits=cfg.num_splits,
                       page_size=page_size, head_dim=D, aliased=aliased,
-                      reverse=cfg.reverse, overlap=cfg.overlap, single_loop=cfg.single_loop)
+                      reverse=cfg.reverse, overlap=cfg.overlap, single_loop=cfg.single_loop, fused=bool(fused))
     if cfg.num_splits == 1:
-        out_shape = jax.ShapeDtypeStruct((T, H, D), q.dtype)
+        out_shape = (jax.ShapeDtypeStruct((T, H, D), q.dtype),)
     else:
         parts = (cfg.num_splits, plan.shape[0], KVH, cfg.rows)
         out_shape = (jax.ShapeDtypeStruct(parts + (D,), jnp.float32),
                      jax.ShapeDtypeStruct(parts, jnp.float32))
-    args = (plan, q, k_flat, v_flat, page_table) + ((prev_out,) if aliased else ())
-    return pl.pallas_call(
+    args = (plan, q, k_flat, v_flat, page_table) + (tuple(fused) if fused else ()) + ((prev_out,) if aliased else ())
+    aliases = {5: 0} if aliased else {}
+    if fused:
+        if aliased:
+            raise ValueError("the fused decode kernel writes a fresh output")
+        aliases = {2: len(out_shape), 3: len(out_shape) + 1}
+        out_shape += (jax.ShapeDtypeStruct(k_flat.shape, k_flat.dtype), jax.ShapeDtypeStruct(v_flat.shape, v_flat.dtype))
+    res = pl.pallas_call(
         kernel,
         grid=(plan.shape[0], KVH, cfg.num_splits),
         out_shape=out_shape,
-        input_output_aliases={5: 0} if aliased else {},
+        input_output_aliases=aliases,
         compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
         interpret=interpret,
-        name=f"ragged_paged_attention_r{cfg.rows}_k{cfg.block_k}_s{cfg.num_splits}",
+        name=f"ragged_paged_attention{'_fused' if fused else ''}_r{cfg.rows}_k{cfg.block_k}_s{cfg.num_splits}",
     )(*args)
+    return res if fused else (res[0] if cfg.num_splits == 1 else res)
 
 
 def _partial(fn, **kw):

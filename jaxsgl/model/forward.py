@@ -115,25 +115,31 @@ def _matmul(x: jax.Array, w: jax.Array, output: str = "f32") -> jax.Array:
 
 
 def _layer(lw: LayerWeights, x: jax.Array, k_pages: jax.Array, v_pages: jax.Array, step: StepInput,
-           inv_freq: jax.Array, cfg: ModelConfig, attn_impl: str, hint: kernels.QLenHint, mm: str = "f32"):
+           inv_freq: jax.Array, cfg: ModelConfig, attn_impl: str, hint: kernels.QLenHint, mm: str = "f32",
+           fused: bool = False):
     T = x.shape[0]
     H, KVH, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     h = rms_norm(x, lw.attn_norm, cfg.rms_norm_eps)
     qkv = _matmul(h, lw.wqkv, mm)
     if lw.bqkv is not None:
         qkv = qkv + lw.bqkv
-    q = qkv[:, :cfg.q_size].reshape(T, H, D)
-    k = qkv[:, cfg.q_size:cfg.q_size + cfg.kv_size].reshape(T, KVH, D)
-    v = qkv[:, cfg.q_size + cfg.kv_size:].reshape(T, KVH, D)
-    if lw.q_norm is not None:
-        q = rms_norm(q, lw.q_norm, cfg.rms_norm_eps)
-        k = rms_norm(k, lw.k_norm, cfg.rms_norm_eps)
-    q = apply_rope(q, step.positions, inv_freq)
-    k = apply_rope(k, step.positions, inv_freq)
-    k_pages, v_pages = kernels.write_kv(k_pages, v_pages, k, v, step.slots, impl=attn_impl)
-    attn = kernels.ragged_paged_attention(
-        q, k_pages, v_pages, step.query_start, step.kv_lens, step.page_table,
-        sm_scale=D ** -0.5, sliding_window=cfg.sliding_window, impl=attn_impl, hint=hint)
+    if fused and lw.q_norm is None:  # decode: RoPE, KV write and attention in one kernel
+        attn, k_pages, v_pages = kernels.rope_write_attention(
+            qkv.reshape(T, H + 2 * KVH, D), inv_freq, k_pages, v_pages, step.query_start, step.kv_lens,
+            step.page_table, step.slots, sm_scale=D ** -0.5, sliding_window=cfg.sliding_window, impl=attn_impl)
+    else:
+        q = qkv[:, :cfg.q_size].reshape(T, H, D)
+        k = qkv[:, cfg.q_size:cfg.q_size + cfg.kv_size].reshape(T, KVH, D)
+        v = qkv[:, cfg.q_size + cfg.kv_size:].reshape(T, KVH, D)
+        if lw.q_norm is not None:
+            q = rms_norm(q, lw.q_norm, cfg.rms_norm_eps)
+            k = rms_norm(k, lw.k_norm, cfg.rms_norm_eps)
+        q = apply_rope(q, step.positions, inv_freq)
+        k = apply_rope(k, step.positions, inv_freq)
+        k_pages, v_pages = kernels.write_kv(k_pages, v_pages, k, v, step.slots, impl=attn_impl)
+        attn = kernels.ragged_paged_attention(
+            q, k_pages, v_pages, step.query_start, step.kv_lens, step.page_table,
+            sm_scale=D ** -0.5, sliding_window=cfg.sliding_window, impl=attn_impl, hint=hint)
     out = _matmul(attn.reshape(T, H * D), lw.wo, mm)
     if lw.bo is not None:
         out = out + lw.bo
@@ -147,7 +153,7 @@ def _layer(lw: LayerWeights, x: jax.Array, k_pages: jax.Array, v_pages: jax.Arra
 # Each layer is a nested jit: traced and lowered once per step shape, not once per layer (an 8B step:
 # 0.16 s instead of 0.94 s on a CPU; more with the Pallas kernels, whose lowering is the heavy part).
 # XLA inlines the calls, so the compiled step is the unrolled one (identical outputs: tests/model).
-_layer_jit = jax.jit(_layer, static_argnames=("cfg", "attn_impl", "hint", "mm"))
+_layer_jit = jax.jit(_layer, static_argnames=("cfg", "attn_impl", "hint", "mm", "fused"))
 
 
 def forward(weights: Weights, kv: KVCache, step: StepInput, *, cfg: ModelConfig,
@@ -157,15 +163,18 @@ def forward(weights: Weights, kv: KVCache, step: StepInput, *, cfg: ModelConfig,
 
     Returns fp32 logits [S, V] at step.logits_indices (or [T, V] for every token when
     all_logits) and the updated KV cache. hint (static): promised bounds on the sequences'
-    new-token counts (kernels.QLenHint, e.g. a decode step's), which let attention skip kernels.
+    new-token counts (kernels.QLenHint, e.g. a decode step's), which let attention skip kernels;
+    under the decode hint with $JAXSGL_FUSED_DECODE=1 a Pallas impl runs each layer's RoPE, KV write
+    and attention as one kernel (kernels/fused_decode.py).
     """
     x = weights.embed[step.token_ids]
     inv_freq = rope_inv_freq(cfg)
+    fused = kernels.fused_decode_applies(attn_impl, hint)
     new_k, new_v = [], []
     for i, lw in enumerate(weights.layers):
         with jax.named_scope(f"layer{i}"):
             x, k_i, v_i = _layer_jit(lw, x, kv.k[i], kv.v[i], step, inv_freq, cfg=cfg, attn_impl=attn_impl,
-                                     hint=hint, mm=matmul_output())
+                                     hint=hint, mm=matmul_output(), fused=fused)
         new_k.append(k_i)
         new_v.append(v_i)
     if not all_logits:

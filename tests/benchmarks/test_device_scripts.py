@@ -41,3 +41,16 @@ def test_device_readme_lists_every_script():
     readme = (DEVICE / "README.md").read_text()
     missing = [p.name for p in SCRIPTS if f"`{p.name}" not in readme]
     assert not missing, f"benchmarks/device/README.md does not list {missing}"
+
+
+def test_the_xla_flag_variants_are_flags_this_xla_knows():
+    """xla_flags.sh's variants: an unknown XLA flag aborts the process at backend start (on the CPU too)."""
+    import os
+    import sys
+    variants = re.findall(r'\[(\w+)\]="([^"]*)"', (DEVICE / "xla_flags.sh").read_text())
+    flags = " ".join(f for _, f in variants)
+    assert flags.count("--xla_gpu_") >= 5
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+    res = subprocess.run([sys.executable, "-c", "import jax.numpy as jnp; jnp.zeros(1).block_until_ready()"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
