@@ -1,6 +1,7 @@
 #!/bin/bash
 # Greedy tokens of the 8B engine (dummy weights, bf16) under a setting off and on (PARITY_ENV, default
-# JAXSGL_PINNED_INPUTS: run_async's inputs in page-locked memory), each with overlap scheduling on and off.
+# JAXSGL_PINNED_INPUTS: run_async's inputs in page-locked memory; several names, space-separated, are set
+# together), each with overlap scheduling on and off.
 # The setting must change no token. Overlap on vs off changes the batches a row is computed in, so bf16 rows
 # may differ where the top two logits are within rounding: the first differing token's top-2 gap is printed.
 # 64 prompts of 40-200 tokens x 48 new tokens, 32 running. ~2 min.
@@ -24,7 +25,7 @@ for overlap in (True, False):
 json.dump(out, open(sys.argv[1], "w"))
 PY
 E=${PARITY_ENV:-JAXSGL_PINNED_INPUTS}
-for v in 0 1; do env $E=$v timeout 200 python3 /tmp/parity.py $OUT/parity_$v.json 2>&1 | quiet 3; done
+for v in 0 1; do env $(for e in $E; do printf "%s=%s " $e $v; done) timeout 200 python3 /tmp/parity.py $OUT/parity_$v.json 2>&1 | quiet 3; done
 python3 - <<PY
 import json
 o = "$OUT"

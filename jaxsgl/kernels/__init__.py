@@ -24,6 +24,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from jaxsgl.kernels import add_norm as _add_norm_kernel
 from jaxsgl.kernels import fused_decode
 from jaxsgl.kernels.dense_prefill import DENSE_PREFILL_MIN_TOKENS, with_dense_prefill
 from jaxsgl.kernels.paged_extend_mosaic import MOSAIC_MIN_Q, on_hopper
@@ -32,7 +33,8 @@ from jaxsgl.kernels.reference import ragged_paged_attention_ref, write_kv_ref
 
 ATTENTION_IMPLS = ("reference", "pallas", "pallas_cudnn", "pallas_triton", "pallas_interpret", "auto")
 
-__all__ = ["ATTENTION_IMPLS", "BlockConfig", "DECODE_HINT", "PREFILL_HINT", "QLenHint", "fused_decode_applies",
+__all__ = ["ATTENTION_IMPLS", "BlockConfig", "DECODE_HINT", "PREFILL_HINT", "QLenHint", "add_rms_norm",
+           "fused_add_norm_applies", "fused_decode_applies",
            "on_nvidia_gpu", "ragged_paged_attention", "resolve_impl", "rope_write_attention", "step_hint",
            "step_hints", "write_kv"]
 
@@ -142,3 +144,20 @@ def rope_write_attention(qkv, inv_freq, k_pages, v_pages, query_start, kv_lens, 
     return fused_decode.rope_write_attention_pallas(
         qkv, inv_freq, k_pages, v_pages, query_start, kv_lens, page_table, slots, sm_scale=sm_scale,
         soft_cap=soft_cap, sliding_window=sliding_window, interpret=impl == "pallas_interpret")
+
+
+def fused_add_norm_applies(impl: str, enabled: bool | None = None) -> bool:
+    """Whether the model runs each residual add and the RMSNorm after it as one kernel
+    (`add_rms_norm`): a Pallas impl and the setting on (enabled, default
+    add_norm.FUSED_ADD_NORM: $JAXSGL_FUSED_ADD_NORM)."""
+    on = _add_norm_kernel.FUSED_ADD_NORM if enabled is None else enabled
+    return on and resolve_impl(impl) != "reference"
+
+
+def add_rms_norm(x, delta, w, *, eps: float, impl: str = "pallas"):
+    """(x + delta, rms_norm(x + delta) * w) in one Triton launch (kernels/add_norm.py)."""
+    impl = resolve_impl(impl)
+    if impl == "reference":
+        raise ValueError("add_rms_norm is a Pallas kernel: use a Pallas impl (the reference path is "
+                         "x + delta, then forward.rms_norm)")
+    return _add_norm_kernel.add_rms_norm_pallas(x, delta, w, eps=eps, interpret=impl == "pallas_interpret")

@@ -114,12 +114,25 @@ def _matmul(x: jax.Array, w: jax.Array, output: str = "f32") -> jax.Array:
     return jnp.dot(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
 
 
-def _layer(lw: LayerWeights, x: jax.Array, k_pages: jax.Array, v_pages: jax.Array, step: StepInput,
-           inv_freq: jax.Array, cfg: ModelConfig, attn_impl: str, hint: kernels.QLenHint, mm: str = "f32",
-           fused: bool = False):
+def _add_norm(x: jax.Array, delta: jax.Array, w: jax.Array, eps: float, impl: str,
+              fused: bool) -> tuple[jax.Array, jax.Array]:
+    """(x + delta, rms_norm(x + delta)): the residual stream and the next sub-layer's input;
+    one kernel when fused (kernels.add_rms_norm)."""
+    if fused:
+        return kernels.add_rms_norm(x, delta, w, eps=eps, impl=impl)
+    x = x + delta
+    return x, rms_norm(x, w, eps)
+
+
+def _layer(lw: LayerWeights, x: jax.Array, delta: jax.Array, k_pages: jax.Array, v_pages: jax.Array,
+           step: StepInput, inv_freq: jax.Array, cfg: ModelConfig, attn_impl: str, hint: kernels.QLenHint,
+           mm: str = "f32", fused: bool = False, fused_norm: bool = False):
+    """One decoder layer on the residual stream x + delta (delta: the previous layer's MLP output, not
+    yet added; zeros before the first layer, so every layer is one trace). Returns (x, this layer's MLP
+    output, k_pages, v_pages)."""
     T = x.shape[0]
     H, KVH, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    h = rms_norm(x, lw.attn_norm, cfg.rms_norm_eps)
+    x, h = _add_norm(x, delta, lw.attn_norm, cfg.rms_norm_eps, attn_impl, fused_norm)
     qkv = _matmul(h, lw.wqkv, mm)
     if lw.bqkv is not None:
         qkv = qkv + lw.bqkv
@@ -143,17 +156,15 @@ def _layer(lw: LayerWeights, x: jax.Array, k_pages: jax.Array, v_pages: jax.Arra
     out = _matmul(attn.reshape(T, H * D), lw.wo, mm)
     if lw.bo is not None:
         out = out + lw.bo
-    x = x + out
-    h = rms_norm(x, lw.mlp_norm, cfg.rms_norm_eps)
+    x, h = _add_norm(x, out, lw.mlp_norm, cfg.rms_norm_eps, attn_impl, fused_norm)
     gate, up = jnp.split(_matmul(h, lw.w_gate_up, mm), 2, axis=-1)
-    x = x + _matmul(jax.nn.silu(gate) * up, lw.w_down, mm)
-    return x, k_pages, v_pages
+    return x, _matmul(jax.nn.silu(gate) * up, lw.w_down, mm), k_pages, v_pages
 
 
 # Each layer is a nested jit: traced and lowered once per step shape, not once per layer (an 8B step:
 # 0.16 s instead of 0.94 s on a CPU; more with the Pallas kernels, whose lowering is the heavy part).
 # XLA inlines the calls, so the compiled step is the unrolled one (identical outputs: tests/model).
-_layer_jit = jax.jit(_layer, static_argnames=("cfg", "attn_impl", "hint", "mm", "fused"))
+_layer_jit = jax.jit(_layer, static_argnames=("cfg", "attn_impl", "hint", "mm", "fused", "fused_norm"))
 
 
 def forward(weights: Weights, kv: KVCache, step: StepInput, *, cfg: ModelConfig,
@@ -165,18 +176,21 @@ def forward(weights: Weights, kv: KVCache, step: StepInput, *, cfg: ModelConfig,
     all_logits) and the updated KV cache. hint (static): promised bounds on the sequences'
     new-token counts (kernels.QLenHint, e.g. a decode step's), which let attention skip kernels;
     under the decode hint with $JAXSGL_FUSED_DECODE=1 a Pallas impl runs each layer's RoPE, KV write
-    and attention as one kernel (kernels/fused_decode.py).
+    and attention as one kernel (kernels/fused_decode.py); with $JAXSGL_FUSED_ADD_NORM=1 each residual
+    add and the RMSNorm after it are one kernel (kernels/add_norm.py).
     """
     x = weights.embed[step.token_ids]
     inv_freq = rope_inv_freq(cfg)
-    fused = kernels.fused_decode_applies(attn_impl, hint)
-    new_k, new_v = [], []
+    fused, fused_norm = kernels.fused_decode_applies(attn_impl, hint), kernels.fused_add_norm_applies(attn_impl)
+    new_k, new_v, delta = [], [], jnp.zeros_like(x)  # x + 0 is x: XLA drops the add
     for i, lw in enumerate(weights.layers):
         with jax.named_scope(f"layer{i}"):
-            x, k_i, v_i = _layer_jit(lw, x, kv.k[i], kv.v[i], step, inv_freq, cfg=cfg, attn_impl=attn_impl,
-                                     hint=hint, mm=matmul_output(), fused=fused)
+            x, delta, k_i, v_i = _layer_jit(lw, x, delta, kv.k[i], kv.v[i], step, inv_freq, cfg=cfg,
+                                            attn_impl=attn_impl, hint=hint, mm=matmul_output(), fused=fused,
+                                            fused_norm=fused_norm)
         new_k.append(k_i)
         new_v.append(v_i)
+    x = x + delta
     if not all_logits:
         x = x[step.logits_indices]
     x = rms_norm(x, weights.final_norm, cfg.rms_norm_eps)

@@ -1,0 +1,62 @@
+"""The Pallas kernels lower to Triton IR for a CUDA GPU, checked on the CPU.
+
+Interpret mode (the other kernel tests) runs the kernels' jaxprs, not their Triton lowering: a primitive
+Pallas' Triton backend cannot lower, or a block shape it refuses, shows only on a GPU. Here each kernel,
+at the 8B model's shapes, is lowered for the "cuda" platform from this CPU machine (jaxlib 0.10 lowers
+Pallas to Triton IR without a device; newer jaxlibs compile it then and need one: skipped there)."""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jax._src.pallas.triton.pallas_call_registration  # noqa: F401  (the "cuda" lowering of pallas_call)
+from jaxsgl.kernels import add_norm, fused_decode
+from jaxsgl.kernels.ragged_paged_attention import BlockConfig, ragged_paged_attention_pallas
+
+T, H, KVH, D, PAGE, PAGES, S, P = 64, 32, 8, 128, 16, 512, 64, 33
+BF16 = jnp.bfloat16
+
+
+def _i32(*shape):
+    return jax.ShapeDtypeStruct(shape, jnp.int32)
+
+
+def _lower_for_cuda(fn, *specs) -> str:
+    try:
+        return jax.jit(fn).trace(*specs).lower(lowering_platforms=("cuda",)).as_text()
+    except RuntimeError as e:
+        if "No supported GPU devices" in str(e):
+            pytest.skip(f"this jaxlib ({jax.__version__}) compiles Triton while lowering: needs a GPU")
+        raise
+
+
+PAGES_SPEC = jax.ShapeDtypeStruct((PAGES, PAGE, KVH, D), BF16)
+LAYOUT = (_i32(S + 1), _i32(S), _i32(S, P))
+
+
+@pytest.mark.parametrize("config,window", [(None, None), (BlockConfig(16, 64, 4, num_stages=3), None),
+                                           (BlockConfig(16, 32, 2), 256)])
+def test_the_fused_decode_kernel_lowers_to_triton(config, window) -> None:
+    fn = functools.partial(fused_decode.rope_write_attention_pallas, sm_scale=D ** -0.5, sliding_window=window,
+                           config=config)
+    text = _lower_for_cuda(fn, jax.ShapeDtypeStruct((T, H + 2 * KVH, D), BF16),
+                           jax.ShapeDtypeStruct((D // 2,), jnp.float32), PAGES_SPEC, PAGES_SPEC, *LAYOUT, _i32(T))
+    assert "ragged_paged_attention_fused" in text and "xla.gpu.triton" in text
+
+
+@pytest.mark.parametrize("hidden", [4096, 576])
+def test_the_add_norm_kernel_lowers_to_triton(hidden: int) -> None:
+    spec = jax.ShapeDtypeStruct((T, hidden), BF16)
+    text = _lower_for_cuda(functools.partial(add_norm.add_rms_norm_pallas, eps=1e-5), spec, spec,
+                           jax.ShapeDtypeStruct((hidden,), BF16))
+    assert "add_rms_norm" in text and "xla.gpu.triton" in text
+
+
+@pytest.mark.parametrize("max_q_len", [1, None])
+def test_the_attention_kernels_lower_to_triton(max_q_len) -> None:
+    fn = functools.partial(ragged_paged_attention_pallas, sm_scale=D ** -0.5, max_q_len=max_q_len, use_mosaic=False)
+    text = _lower_for_cuda(fn, jax.ShapeDtypeStruct((T, H, D), BF16), PAGES_SPEC, PAGES_SPEC, *LAYOUT)
+    assert text.count("xla.gpu.triton") >= (1 if max_q_len == 1 else 2)
