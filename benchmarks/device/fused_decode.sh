@@ -15,4 +15,6 @@ for name in ${SETTINGS:-base decode norm}; do
     --contexts ${CONTEXTS:-512} --iters 30 --profile ${PROFILES:-1,512 64,512} \
     --out $OUT/decode_fused_${name}_8b_h200.json 2>&1 | quiet 18
 done
+python3 benchmarks/compare_decode.py $(for n in ${SETTINGS:-base decode norm}; do echo $OUT/decode_fused_${n}_8b_h200.json; done) \
+  --out $OUT/decode_fused_compare_8b_h200.json
 [ -n "$SKIP_PARITY" ] || PARITY_ENV="JAXSGL_FUSED_DECODE JAXSGL_FUSED_ADD_NORM" bash benchmarks/device/greedy_parity.sh

@@ -26,3 +26,5 @@ for v in ${VARIANTS:-default pdl exhaustive cublas triton_multi_output triton_fu
     --roofline --batches ${BATCHES:-1 64 256} --contexts 512 --iters 30 --profile ${PROFILES:-1,512 64,512} \
     --out $OUT/decode_xla_${v}_8b_h200.json 2>&1 | quiet 14
 done
+python3 benchmarks/compare_decode.py $(for v in ${VARIANTS:-default pdl exhaustive cublas triton_multi_output triton_fusions}; do
+  f=$OUT/decode_xla_${v}_8b_h200.json; [ -f $f ] && echo $f; done) --out $OUT/decode_xla_compare_8b_h200.json
