@@ -44,3 +44,32 @@ def test_kernel_path_sends_narrow_page_tables_and_matches(tiny_model_dir, worklo
 
     assert _widen_page_table._cache_size() >= 1  # the tables were narrower (<= 12 pages used of 64)
     assert [o["output_ids"] for o in outs] == baseline[0][:16]
+
+
+def test_the_fused_kernels_keep_greedy_outputs(tiny_model_dir, workload, baseline, monkeypatch, tmp_path):
+    """JAXSGL_FUSED_DECODE / JAXSGL_FUSED_ADD_NORM (opt-in kernels): the engine's decode steps run RoPE,
+    the KV write and attention as one kernel, every residual add with its norm as another; greedy
+    outputs do not change."""
+    from jaxsgl.engine.engine import Engine
+    from jaxsgl.kernels import add_norm, fused_decode
+    from jaxsgl.model import compile_cache
+
+    calls = {}
+    for module, kernel, flag, env in ((fused_decode, "rope_write_attention_pallas", "FUSED_DECODE", "JAXSGL_FUSED_DECODE"),
+                                      (add_norm, "add_rms_norm_pallas", "FUSED_ADD_NORM", "JAXSGL_FUSED_ADD_NORM")):
+        def traced(*a, _kernel=getattr(module, kernel), _name=kernel, **k):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _kernel(*a, **k)
+        monkeypatch.setattr(module, kernel, traced)
+        monkeypatch.setattr(module, flag, True)
+        monkeypatch.setenv(env, "1")  # the executable cache's key: no unfused executable is loaded
+    work = workload[:16]
+    monkeypatch.setattr(compile_cache, "EXECUTABLES_DIR", str(tmp_path))  # (absolute) empty: every step traced
+    with Engine(str(tiny_model_dir), dtype="float32", page_size=16, chunked_prefill_size=64,
+                attention_backend="pallas_interpret") as eng:
+        outs = eng.generate(input_ids=[w[0] for w in work],
+                            sampling_params=[{"max_new_tokens": w[1], "temperature": 0, "ignore_eos": True}
+                                             for w in work])
+        assert eng.scheduler.cache.locked_pages == 0
+    assert set(calls) == {"rope_write_attention_pallas", "add_rms_norm_pallas"}
+    assert [o["output_ids"] for o in outs] == baseline[0][:16]
