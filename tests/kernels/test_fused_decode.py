@@ -28,6 +28,7 @@ CASES = {
     "bf16": (8, 2, 64, 16, 8, 5, None, None, jnp.bfloat16),
     "mha_page3_splits2": (4, 4, 32, 3, 6, 6, None, BlockConfig(16, 16, 2), jnp.float32),
     "one_padding_token": (8, 2, 64, 16, 4, 3, None, BlockConfig(16, 32, 1), jnp.float32),
+    "head_dim_48": (4, 2, 48, 16, 6, 4, None, BlockConfig(16, 16, 2), jnp.float32),  # lanes past D masked
 }
 
 
