@@ -36,14 +36,25 @@ def compare(runs: list[dict], labels: list[str]) -> dict:
         if all(isinstance(c.get("profile"), dict) for c in cells):
             kinds = sorted({k for c in cells for k in c["profile"]["kinds_us"]})
             profiles.append({"batch": key[0], "context": key[1], "kinds": kinds,
+                             "attention_kernels": {lab: attention_kernels(c) for lab, c in zip(labels, cells)},
                              "runs": {lab: {k: (c["profile"]["kinds_us"].get(k, 0.0),
                                                 c["profile"].get("launches", {}).get(k))
                                             for k in kinds} for lab, c in zip(labels, cells)}})
-    return {"labels": labels, "steps": steps, "profiles": profiles}
+    settings = {lab: r.get("settings") for lab, r in zip(labels, runs)}
+    return {"labels": labels, "settings": settings, "steps": steps, "profiles": profiles}
+
+
+def attention_kernels(cell: dict) -> list[str]:
+    """Names of the profiled step's attention kernels: they show what the setting traced to (the
+    fused decode kernel's `_fused`, a flash-decoding split's `_s4`)."""
+    return sorted(k for k in cell["profile"].get("kernels_us", {}) if "attention" in k)
 
 
 def print_tables(cmp: dict) -> None:
     labels = cmp["labels"]
+    for lab in labels:
+        if cmp["settings"].get(lab) is not None:
+            print(f"{lab}: {cmp['settings'][lab]}")
     head = f"{'batch':>5} {'ctx':>6} {'width':>5} {'roofline':>8} " + " ".join(f"{lab[:22]:>22}" for lab in labels)
     print(head)
     for s in cmp["steps"]:
@@ -63,6 +74,8 @@ def print_tables(cmp: dict) -> None:
                 us, n = p["runs"][lab][k]
                 cells.append((f"{us:9.1f}" + (f" ({n:.0f})" if n is not None else "")).rjust(18))
             print(f"{k:<24}" + " ".join(cells))
+        for lab in labels:
+            print(f"  {lab}: {', '.join(p['attention_kernels'][lab]) or '-'}")
 
 
 def main() -> None:

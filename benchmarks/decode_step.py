@@ -323,8 +323,10 @@ def main() -> None:
     if args.dispatch_study:
         study = dispatch_study(runner, fn, next(c for c in reversed(cells) if c[2] == c[3]), flags, args.iters,
                                trace=args.dispatch_trace)
+    from jaxsgl.model.compile_cache import traced_environment  # the settings the steps were traced under
+    settings = dict(traced_environment(), XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
     Path(args.out).write_text(json.dumps({"model": args.model, "device": jax.devices()[0].device_kind,
-                                          "argv": sys.argv, "compile_s": compile_s, "rows": rows,
+                                          "argv": sys.argv, "settings": settings, "compile_s": compile_s, "rows": rows,
                                           "dispatch_study": study}, indent=2))
     for r in rows:
         if "profile" in r and "kinds_us" in r["profile"]:
