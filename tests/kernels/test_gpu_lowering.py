@@ -1,9 +1,11 @@
-"""The Pallas kernels lower to Triton IR for a CUDA GPU, checked on the CPU.
+"""The Pallas kernels lower for a CUDA GPU (Triton IR; Mosaic GPU for the Hopper extend kernel), checked
+on the CPU.
 
-Interpret mode (the other kernel tests) runs the kernels' jaxprs, not their Triton lowering: a primitive
-Pallas' Triton backend cannot lower, or a block shape it refuses, shows only on a GPU. Here each kernel,
-at the 8B model's shapes, is lowered for the "cuda" platform from this CPU machine (jaxlib 0.10 lowers
-Pallas to Triton IR without a device; newer jaxlibs compile it then and need one: skipped there)."""
+Interpret mode (the other kernel tests) runs the kernels' jaxprs, not their GPU lowering: a primitive
+Pallas' Triton or Mosaic backend cannot lower, or a block shape it refuses, shows only on a GPU. Here each
+kernel, at the 8B model's shapes, is lowered for the "cuda" platform from this CPU machine (jaxlib 0.10
+lowers without a device; newer jaxlibs ask the device for its kind then: skipped there). Compiling the
+result (PTX, the Mosaic pipeline) is left to the device."""
 from __future__ import annotations
 
 import functools
@@ -12,8 +14,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-import jax._src.pallas.triton.pallas_call_registration  # noqa: F401  (the "cuda" lowering of pallas_call)
+import jax._src.pallas.mosaic_gpu.pallas_call_registration  # noqa: F401  (the "cuda" lowerings of pallas_call)
+import jax._src.pallas.triton.pallas_call_registration  # noqa: F401
 from jaxsgl.kernels import add_norm, fused_decode
+from jaxsgl.kernels.paged_extend_mosaic import MosaicConfig
 from jaxsgl.kernels.ragged_paged_attention import BlockConfig, ragged_paged_attention_pallas
 
 T, H, KVH, D, PAGE, PAGES, S, P = 64, 32, 8, 128, 16, 512, 64, 33
@@ -29,7 +33,7 @@ def _lower_for_cuda(fn, *specs) -> str:
         return jax.jit(fn).trace(*specs).lower(lowering_platforms=("cuda",)).as_text()
     except RuntimeError as e:
         if "No supported GPU devices" in str(e):
-            pytest.skip(f"this jaxlib ({jax.__version__}) compiles Triton while lowering: needs a GPU")
+            pytest.skip(f"this jaxlib ({jax.__version__}) asks the GPU for its kind while lowering: needs one")
         raise
 
 
@@ -60,3 +64,11 @@ def test_the_attention_kernels_lower_to_triton(max_q_len) -> None:
     fn = functools.partial(ragged_paged_attention_pallas, sm_scale=D ** -0.5, max_q_len=max_q_len, use_mosaic=False)
     text = _lower_for_cuda(fn, jax.ShapeDtypeStruct((T, H, D), BF16), PAGES_SPEC, PAGES_SPEC, *LAYOUT)
     assert text.count("xla.gpu.triton") >= (1 if max_q_len == 1 else 2)
+
+
+def test_the_hopper_extend_kernel_lowers_with_mosaic_gpu() -> None:
+    """A prefill batch's long class on the Mosaic GPU kernel (paged_extend_mosaic.py), the short one on Triton."""
+    fn = functools.partial(ragged_paged_attention_pallas, sm_scale=D ** -0.5, long_config=MosaicConfig())
+    text = _lower_for_cuda(fn, jax.ShapeDtypeStruct((512, H, D), BF16), PAGES_SPEC, PAGES_SPEC, _i32(5), _i32(4),
+                           _i32(4, P))
+    assert "mosaic_gpu" in text and "xla.gpu.triton" in text
