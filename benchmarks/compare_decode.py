@@ -1,6 +1,6 @@
 """Side by side: `decode_step.py --roofline` runs of the same shapes under different settings.
 
-    python benchmarks/compare_decode.py A.json B.json [...] [--labels a b ...] [--out cmp.json]
+    python benchmarks/compare_decode.py A.json B.json [...] [--labels a b ...] [--out cmp.json] [--markdown]
 
 The device scripts that A/B a setting (fused_decode.sh, xla_flags.sh, decode_split.sh, matmul_output.sh)
 write one JSON per setting; this prints the step time of every (batch, context, page-table width) each
@@ -78,11 +78,26 @@ def print_tables(cmp: dict) -> None:
             print(f"  {lab}: {', '.join(p['attention_kernels'][lab]) or '-'}")
 
 
+def markdown(cmp: dict) -> str:
+    """The steps table as Markdown, for docs/perf.md: a column per run, ms (fraction of the roofline)."""
+    labels = cmp["labels"]
+    lines = ["| batch | context | roofline ms | " + " | ".join(labels) + " |",
+             "| ---: | ---: | ---: |" + " --- |" * len(labels)]
+    for s in cmp["steps"]:
+        cells = [f"{s['runs'][lab]['ms']:.2f}" + (f" ({s['runs'][lab]['fraction']:.0%})"
+                                                   if s["runs"][lab]["fraction"] is not None else "")
+                 for lab in labels]
+        roof = f"{s['roofline_ms']:.2f}" if s["roofline_ms"] is not None else "-"
+        lines.append(f"| {s['batch']} | {s['context']} | {roof} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path, help="decode_step.py --roofline JSON files")
     ap.add_argument("--labels", nargs="+", help="a name per run (default: the file names)")
     ap.add_argument("--out", type=Path, help="write the comparison as JSON")
+    ap.add_argument("--markdown", action="store_true", help="also print the steps table as Markdown")
     args = ap.parse_args()
     labels = args.labels or [p.stem for p in args.runs]
     if len(labels) != len(args.runs):
@@ -91,6 +106,8 @@ def main() -> None:
     if not cmp["steps"]:
         raise SystemExit("the runs share no (batch, context, width) shape")
     print_tables(cmp)
+    if args.markdown:
+        print("\n" + markdown(cmp))
     if args.out:
         args.out.write_text(json.dumps(cmp, indent=1))
 

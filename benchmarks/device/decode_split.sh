@@ -11,4 +11,4 @@ for ms in ${MIN_SPLITS:-512 128 64}; do
     --out $OUT/decode_split${ms}_8b_h200.json 2>&1 | quiet 16
 done
 python3 benchmarks/compare_decode.py $(for ms in ${MIN_SPLITS:-512 128 64}; do echo $OUT/decode_split${ms}_8b_h200.json; done) \
-  --out $OUT/decode_split_compare_8b_h200.json
+  --out $OUT/decode_split_compare_8b_h200.json --markdown

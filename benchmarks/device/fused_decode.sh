@@ -17,5 +17,5 @@ for name in ${SETTINGS:-base decode norm}; do
     --out $OUT/decode_fused_${name}_8b_h200.json 2>&1 | quiet 18
 done
 python3 benchmarks/compare_decode.py $(for n in ${SETTINGS:-base decode norm}; do echo $OUT/decode_fused_${n}_8b_h200.json; done) \
-  --out $OUT/decode_fused_compare_8b_h200.json
+  --out $OUT/decode_fused_compare_8b_h200.json --markdown
 [ -n "$SKIP_PARITY" ] || PARITY_ENV="JAXSGL_FUSED_DECODE JAXSGL_FUSED_ADD_NORM" bash benchmarks/device/greedy_parity.sh

@@ -27,4 +27,4 @@ for v in ${VARIANTS:-default pdl exhaustive cublas triton_multi_output triton_fu
     --out $OUT/decode_xla_${v}_8b_h200.json 2>&1 | quiet 14
 done
 python3 benchmarks/compare_decode.py $(for v in ${VARIANTS:-default pdl exhaustive cublas triton_multi_output triton_fusions}; do
-  f=$OUT/decode_xla_${v}_8b_h200.json; [ -f $f ] && echo $f; done) --out $OUT/decode_xla_compare_8b_h200.json
+  f=$OUT/decode_xla_${v}_8b_h200.json; [ -f $f ] && echo $f; done) --out $OUT/decode_xla_compare_8b_h200.json --markdown

@@ -55,7 +55,7 @@ SMOKE: dict[str, list[str] | Callable[[], list[str]]] = {
     "constrained.py": lambda: ["--smoke", "--model-path", _tiny_dir(True), "--load-format", "dummy"],
     "cold_start.py": ["--smoke"],
     "compare_decode.py": lambda: [str(ROOT / "benchmarks/results/decode_profile_s18_8b_h200.json"),
-                                  str(ROOT / "benchmarks/results/decode_roofline_8b_h200.json")],
+                                  str(ROOT / "benchmarks/results/decode_roofline_8b_h200.json"), "--markdown"],
     "client_profile.py": lambda: ["--model-path", _tiny_dir(), "--load-format", "dummy", "--chains", "2",
                                   "--calls", "3", "--prefix", "16", "--own", "8", "--max-new-tokens", "2",
                                   "--background", "1"],
