@@ -1,6 +1,7 @@
 """Attention kernels over paged KV, selected by name.
 
-`ragged_paged_attention` and `write_kv` are what the model calls; `impl` picks the
+`ragged_paged_attention` and `write_kv` are what the model calls (and, opt-in while they are timed on
+the GPU, `rope_write_attention` for decode steps and `add_rms_norm`); `impl` picks the
 implementation:
   "reference"         plain jnp; runs everywhere (the CPU path and the test oracle)
   "pallas"            Pallas kernels; NVIDIA GPUs only: Triton (A100, H100, ...), and on
@@ -117,7 +118,8 @@ def write_kv(k_pages, v_pages, k, v, slots, *, impl: str = "reference"):
     """Scatter new K/V rows into their slots (see jaxsgl.kernels.reference.write_kv_ref).
 
     Every impl uses XLA's in-place scatter on the donated pages (timed in docs/perf.md,
-    "Attention kernels"); a fused Pallas write has not been tried.
+    "Attention kernels"); a decode step can instead write inside its attention kernel
+    (`rope_write_attention`, opt-in: $JAXSGL_FUSED_DECODE=1).
     """
     resolve_impl(impl)
     return write_kv_ref(k_pages, v_pages, k, v, slots)
