@@ -29,3 +29,22 @@ def import_error():
         assert res.returncode != 0, f"{name}={value!r} was accepted"
         return res.stderr
     return run
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """spy(module, name) -> list that gets an entry each time module.name (a kernel) is traced."""
+    def wrap(module, name: str) -> list:
+        calls, kernel = [], getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, **k: calls.append(1) or kernel(*a, **k))
+        return calls
+    return wrap
+
+
+@pytest.fixture
+def two_prompts(tiny_llama):
+    """Two random prompts of 21 and 9 tokens in tiny_llama's vocabulary (on pages [5, 2] and [9] of 16)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return rng.integers(0, tiny_llama.vocab_size, 21).tolist(), rng.integers(0, tiny_llama.vocab_size, 9).tolist()

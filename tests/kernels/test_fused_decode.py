@@ -80,16 +80,14 @@ def test_fused_decode_matches_rope_write_then_attention(name: str) -> None:
         np.testing.assert_allclose(g[new], w[new], rtol=tol, atol=tol)  # the new K (rotated) and V written
 
 
-def test_the_models_decode_step_gives_the_same_logits_and_cache_fused(monkeypatch, tiny_llama) -> None:
+def test_the_models_decode_step_gives_the_same_logits_and_cache_fused(monkeypatch, tiny_llama, spy,
+                                                                     two_prompts) -> None:
     cfg = tiny_llama
     weights = random_weights(weight_specs(cfg, jnp.float32), seed=3, scale=0.2)
-    rng = np.random.default_rng(0)
-    a, b = rng.integers(0, cfg.vocab_size, 21).tolist(), rng.integers(0, cfg.vocab_size, 9).tolist()
+    a, b = two_prompts
     prefill = make_step_input([(a, 0, [5, 2]), (b, 0, [9])], 16, num_tokens=32, num_seqs=3)
     decode = make_step_input([(a[:1], 21, [5, 2]), (b[:1], 9, [9])], 16, num_tokens=4, num_seqs=3)
-    traced = []
-    kernel = fused_decode.rope_write_attention_pallas
-    monkeypatch.setattr(fused_decode, "rope_write_attention_pallas", lambda *a, **k: traced.append(1) or kernel(*a, **k))
+    traced = spy(fused_decode, "rope_write_attention_pallas")
     results = []
     for on in (False, True):
         monkeypatch.setattr(fused_decode, "FUSED_DECODE", on)
