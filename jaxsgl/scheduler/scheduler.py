@@ -230,8 +230,10 @@ class Scheduler:
 
     def trace_records(self, since_step: int = 0) -> list[dict]:
         """The per-step trace (the last config.trace_capacity steps) as a list of dicts, from
-        step `since_step` on (pd.DataFrame(sched.trace_records()))."""
-        return [t.as_dict() for t in self.trace if t.step >= since_step]
+        step `since_step` on (pd.DataFrame(sched.trace_records())). Safe to call from another thread
+        while the loop appends: the ring buffer is copied first (one C call, which holds the GIL),
+        since iterating the deque itself raises when an append lands mid-iteration."""
+        return [t.as_dict() for t in self.trace.copy() if t.step >= since_step]
 
     # -------------------------------------------------------------- planning
     def _take_chunk(self, budget: list[int], pending: int) -> int:

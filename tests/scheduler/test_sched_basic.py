@@ -244,3 +244,34 @@ def test_jump_forward_rolls_back_a_step_in_flight():
     sched.process_results(b3, [5])
     assert req.output_ids == [30, 31, 32, 5]
     sched.check_integrity()
+
+
+def test_trace_records_can_be_read_while_the_loop_appends():
+    """The engine's loop thread appends a StepTrace per step while a client thread (a benchmark, the
+    server's /metrics) reads the trace: reading must not raise 'deque mutated during iteration'."""
+    import sys
+    import threading
+
+    from jaxsgl.scheduler.trace import StepTrace
+    sched = Scheduler.create(64, 1, trace_capacity=1000)  # a full ring: every append also drops one
+    for i in range(1000):
+        sched.trace.append(StepTrace(step=i))
+    stop, interval = threading.Event(), sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as CPython allows: the race shows in a few reads
+
+    def loop() -> None:
+        i = 1000
+        while not stop.is_set():
+            sched.trace.append(StepTrace(step=i))
+            i += 1
+
+    writer = threading.Thread(target=loop, daemon=True)
+    writer.start()
+    try:
+        for _ in range(20):
+            steps = [r["step"] for r in sched.trace_records()]
+            assert len(steps) == 1000 and steps == list(range(steps[0], steps[0] + len(steps)))
+    finally:
+        stop.set()
+        writer.join(5)
+        sys.setswitchinterval(interval)
