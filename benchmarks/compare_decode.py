@@ -81,14 +81,15 @@ def print_tables(cmp: dict) -> None:
 def markdown(cmp: dict) -> str:
     """The steps table as Markdown, for docs/perf.md: a column per run, ms (fraction of the roofline)."""
     labels = cmp["labels"]
-    lines = ["| batch | context | roofline ms | " + " | ".join(labels) + " |",
-             "| ---: | ---: | ---: |" + " --- |" * len(labels)]
+    lines = ["| batch | context | page-table width | roofline ms | " + " | ".join(labels) + " |",
+             "| ---: | ---: | ---: | ---: |" + " --- |" * len(labels)]
     for s in cmp["steps"]:
         cells = [f"{s['runs'][lab]['ms']:.2f}" + (f" ({s['runs'][lab]['fraction']:.0%})"
                                                    if s["runs"][lab]["fraction"] is not None else "")
                  for lab in labels]
         roof = f"{s['roofline_ms']:.2f}" if s["roofline_ms"] is not None else "-"
-        lines.append(f"| {s['batch']} | {s['context']} | {roof} | " + " | ".join(cells) + " |")
+        width = s["page_table_width"] or "-"
+        lines.append(f"| {s['batch']} | {s['context']} | {width} | {roof} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -280,10 +280,11 @@ def _partial(fn, **kw):
     return bound
 
 
-# The fewest KV tokens (of the page table's width) per flash-decoding split of the decode class. Tuned at
-# contexts >= 2k on an H100 (docs/perf.md, "Attention kernels"); $JAXSGL_MIN_SPLIT_TOKENS sets another value
-# (benchmarks/device/decode_split.sh times them in the whole step; part of the executable cache's key).
-_MIN_SPLIT = os.environ.get("JAXSGL_MIN_SPLIT_TOKENS", "512")
+# The fewest KV tokens (of the page table's width) per flash-decoding split of the decode class. 128 since
+# session 20 (8B on the H200, benchmarks/device/decode_split.sh: batch 1's attention 387 -> 232 us a step at
+# ctx 512, the step 2.9% / 3.9% faster at 512 / 2k, batch 8 and 32 within noise; 64 no better; docs/perf.md).
+# $JAXSGL_MIN_SPLIT_TOKENS sets another value (part of the executable cache's key).
+_MIN_SPLIT = os.environ.get("JAXSGL_MIN_SPLIT_TOKENS", "128")
 if not _MIN_SPLIT.isdigit() or int(_MIN_SPLIT) < 1:
     raise ValueError(f"JAXSGL_MIN_SPLIT_TOKENS={_MIN_SPLIT!r}: expected a positive number of tokens")
 MIN_SPLIT_TOKENS = int(_MIN_SPLIT)
