@@ -55,7 +55,8 @@ out = eng.generate(input_ids=[1, 2, 3, 4], sampling_params={"max_new_tokens": 4,
 t3 = time.perf_counter()
 print("COLD_START " + json.dumps({"import_s": t1 - t0, "engine_ready_s": t2 - t1, "first_request_s": t3 - t2,
                                   "variants": eng.runner.num_compiled(), "tokens": len(out["output_ids"]),
-                                  "output_ids": out["output_ids"], "torch_imported": "torch" in sys.modules,
+                                  "output_ids": out["output_ids"], "torch_imported": sys.modules.get("torch") is not None,
+                                  "transformers": getattr(sys.modules.get("transformers"), "__version__", None),
                                   "jax_cache_events": cache_events, "jax_compile_seconds": durations, "log": log_lines}))
 eng.shutdown()
 """
@@ -73,7 +74,10 @@ def engine_kwargs(model_args: argparse.Namespace, extra: str) -> dict:
 
 
 def one_start(model: str, kwargs: dict, cache: Path, timeout: float) -> dict:
-    env = {**os.environ, "JAXSGL_CACHE": str(cache), "JAXSGL_PROGRESS": "0", "PYTHONPATH": str(ROOT)}
+    # ROOT before the caller's PYTHONPATH, which it keeps: the device scripts put the carried wheels there
+    # (transformers 5.18 in benchmarks/device/_env.sh), and replacing it timed the image's own packages
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "JAXSGL_CACHE": str(cache), "JAXSGL_PROGRESS": "0", "PYTHONPATH": path}
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", CHILD, model, json.dumps(kwargs)], capture_output=True, text=True,
                           env=env, timeout=timeout)

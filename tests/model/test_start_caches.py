@@ -28,7 +28,7 @@ texts = ["The capital of France is", "héllo  wörld\\n\\n", "<|im_start|>user h
 texts += ["".join(r.choice("ab cdé\\n<|>中") for _ in range(40)) for _ in range(20)]
 ids = [r.randrange(tok.vocab_size) for _ in range(300)]
 chat = tok.apply_chat_template([{{"role": "user", "content": "hi"}}], tokenize=False, add_generation_prompt=True)
-print(json.dumps({{"cls": type(tok).__name__, "torch": "torch" in sys.modules, "enc": [tok.encode(t) for t in texts],
+print(json.dumps({{"cls": type(tok).__name__, "torch": sys.modules.get("torch") is not None, "enc": [tok.encode(t) for t in texts],
                   "dec": [tok.decode(ids, skip_special_tokens=s) for s in (True, False)], "chat": chat,
                   "eos": tok.eos_token_id}}))
 """
