@@ -29,8 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsgl.kernels import PREFILL_HINT, BlockConfig, write_kv
+from jaxsgl.kernels.block_configs import default_configs
 from jaxsgl.kernels.paged_extend_mosaic import MosaicConfig
-from jaxsgl.kernels.ragged_paged_attention import default_configs, ragged_paged_attention_pallas
+from jaxsgl.kernels.ragged_paged_attention import ragged_paged_attention_pallas
 from jaxsgl.kernels.reference import ragged_paged_attention_ref
 
 H, KVH, D, PS, DT = 32, 8, 128, 16, jnp.bfloat16

@@ -26,7 +26,8 @@ import os
 import jax
 import jax.numpy as jnp
 
-from jaxsgl.kernels.ragged_paged_attention import BlockConfig, _launch, default_configs
+from jaxsgl.kernels.block_configs import BlockConfig, default_configs
+from jaxsgl.kernels.ragged_paged_attention import _launch
 from jaxsgl.kernels.tile_plans import class_plan, combine_splits, tile_bound
 
 _SETTING = os.environ.get("JAXSGL_FUSED_DECODE", "0")

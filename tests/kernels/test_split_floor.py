@@ -1,4 +1,4 @@
-"""The decode class's flash-decoding split floor (ragged_paged_attention.MIN_SPLIT_TOKENS, from
+"""The decode class's flash-decoding split floor (block_configs.MIN_SPLIT_TOKENS, from
 $JAXSGL_MIN_SPLIT_TOKENS): how it sets the splits, and a bad value refused at import."""
 from __future__ import annotations
 
@@ -6,17 +6,17 @@ import importlib
 
 import jax.numpy as jnp
 
-rpa = importlib.import_module("jaxsgl.kernels.ragged_paged_attention")
+configs = importlib.import_module("jaxsgl.kernels.block_configs")
 
 
 def _splits(num_seqs: int, pages_per_seq: int) -> int:
-    return rpa.default_configs(max(num_seqs, 16), num_seqs, pages_per_seq, 16, 32, 8, 128, jnp.bfloat16)[0].num_splits
+    return configs.default_configs(max(num_seqs, 16), num_seqs, pages_per_seq, 16, 32, 8, 128, jnp.bfloat16)[0].num_splits
 
 
 def test_the_floor_bounds_the_splits_of_a_small_grid(monkeypatch) -> None:
-    monkeypatch.setattr(rpa, "MIN_SPLIT_TOKENS", 512)
+    monkeypatch.setattr(configs, "MIN_SPLIT_TOKENS", 512)
     assert (_splits(1, 33), _splits(1, 129), _splits(64, 129)) == (1, 4, 1)  # 528 / 2,064 tokens of width
-    monkeypatch.setattr(rpa, "MIN_SPLIT_TOKENS", 128)
+    monkeypatch.setattr(configs, "MIN_SPLIT_TOKENS", 128)
     assert (_splits(1, 33), _splits(1, 129), _splits(64, 129)) == (4, 16, 1)  # 64 x 8 programs: no split
 
 
