@@ -73,14 +73,18 @@ def engine_kwargs(model_args: argparse.Namespace, extra: str) -> dict:
     return kw
 
 
-def one_start(model: str, kwargs: dict, cache: Path, timeout: float) -> dict:
-    # ROOT before the caller's PYTHONPATH, which it keeps: the device scripts put the carried wheels there
-    # (transformers 5.18 in benchmarks/device/_env.sh), and replacing it timed the image's own packages
+def child_env(cache: Path) -> dict[str, str]:
+    """A start's environment: this one, with $JAXSGL_CACHE at `cache` and ROOT ahead of the caller's
+    PYTHONPATH, which it keeps: the device scripts put the carried wheels there (transformers 5.18,
+    benchmarks/device/_env.sh); replacing it (until session 20) timed the image's own packages."""
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "JAXSGL_CACHE": str(cache), "JAXSGL_PROGRESS": "0", "PYTHONPATH": path}
+    return {**os.environ, "JAXSGL_CACHE": str(cache), "JAXSGL_PROGRESS": "0", "PYTHONPATH": path}
+
+
+def one_start(model: str, kwargs: dict, cache: Path, timeout: float) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", CHILD, model, json.dumps(kwargs)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+                          env=child_env(cache), timeout=timeout)
     wall = time.perf_counter() - t0
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("COLD_START ")]
     if proc.returncode != 0 or not lines:
