@@ -30,7 +30,8 @@ def next_pow2(x: int) -> int:
 
 # The fewest KV tokens (of the page table's width) per flash-decoding split of the decode class. 128 since
 # session 20 (8B on the H200, benchmarks/device/decode_split.sh: batch 1's attention 387 -> 232 us a step at
-# ctx 512, the step 2.9% / 3.9% faster at 512 / 2k, batch 8 and 32 within noise; 64 no better; docs/perf.md).
+# ctx 512, the step 2.9% / 3.9% faster at 512 / 2k on a narrow page table, batch 8 and 32 within noise;
+# 64 no better; docs/perf.md). A model-wide page table splits batch 1 sixteen ways at either floor.
 # $JAXSGL_MIN_SPLIT_TOKENS sets another value (part of the executable cache's key).
 _MIN_SPLIT = os.environ.get("JAXSGL_MIN_SPLIT_TOKENS", "128")
 if not _MIN_SPLIT.isdigit() or int(_MIN_SPLIT) < 1:
