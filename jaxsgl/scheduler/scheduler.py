@@ -232,8 +232,16 @@ class Scheduler:
         """The per-step trace (the last config.trace_capacity steps) as a list of dicts, from
         step `since_step` on (pd.DataFrame(sched.trace_records())). Safe to call from another thread
         while the loop appends: the ring buffer is copied first (one C call, which holds the GIL),
-        since iterating the deque itself raises when an append lands mid-iteration."""
-        return [t.as_dict() for t in self.trace.copy() if t.step >= since_step]
+        since iterating the deque itself raises when an append lands mid-iteration. Steps are appended
+        in increasing order, so only the records asked for are visited (a poller asking for the last few
+        steps of a long run pays for those, not for the whole buffer)."""
+        records = []
+        for t in reversed(self.trace.copy()):
+            if t.step < since_step:
+                break
+            records.append(t.as_dict())
+        records.reverse()
+        return records
 
     # -------------------------------------------------------------- planning
     def _take_chunk(self, budget: list[int], pending: int) -> int:

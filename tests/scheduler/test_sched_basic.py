@@ -275,3 +275,13 @@ def test_trace_records_can_be_read_while_the_loop_appends():
         stop.set()
         writer.join(5)
         sys.setswitchinterval(interval)
+
+
+def test_trace_records_from_a_step_on():
+    sched = Scheduler.create(64, 1)
+    sched.add_request(Req("a", [1, 2, 3], max_new_tokens=4))
+    run(sched)
+    steps = [r["step"] for r in sched.trace_records()]
+    assert len(steps) == 4 and steps == sorted(steps)
+    assert [r["step"] for r in sched.trace_records(steps[2])] == steps[2:]
+    assert sched.trace_records(steps[-1] + 1) == []
