@@ -9,10 +9,10 @@ This Triton kernel reads x and delta once and writes both the sum and the normal
 
 Numerics are the model's (`forward.rms_norm`): the sum rounded to x's dtype, the norm in float32,
 the scale by w in x's dtype. Opt-in, $JAXSGL_FUSED_ADD_NORM=1 (part of the executable cache's key): on
-the H200 (session 20, docs/perf.md) it took as long as the XLA fusions it replaces (~2.2 us a launch) and
-XLA kept a reduction fusion a layer beside it, so the step was no faster; its greedy tokens part from the
-default's on every row of the 8B dummy model (XLA's fusion may keep the sum in f32: excess precision); the model uses it on a Pallas attention impl only
-(`kernels.fused_add_norm_applies`). Tests: tests/kernels/test_add_norm.py.
+the H200 (session 20, docs/perf.md) it took as long as the XLA fusions it replaces (~2.2 us a launch),
+so the step was no faster; its greedy tokens part from the default's on every row of the 8B dummy model
+(XLA's own fusion may keep the sum in f32: excess precision). The model uses it on a Pallas attention impl
+only (`kernels.fused_add_norm_applies`). Tests: tests/kernels/test_add_norm.py.
 """
 from __future__ import annotations
 
