@@ -27,6 +27,7 @@ import numpy as np
 
 from jaxsgl.kernels import add_norm as _add_norm_kernel
 from jaxsgl.kernels import fused_decode
+from jaxsgl.kernels.block_configs import BATCH_INVARIANT
 from jaxsgl.kernels.dense_prefill import DENSE_PREFILL_MIN_TOKENS, with_dense_prefill
 from jaxsgl.kernels.paged_extend_mosaic import MOSAIC_MIN_Q, on_hopper
 from jaxsgl.kernels.ragged_paged_attention import BlockConfig, ragged_paged_attention_pallas
@@ -108,7 +109,8 @@ def ragged_paged_attention(q, k_pages, v_pages, query_start, kv_lens, page_table
     paged = functools.partial(ragged_paged_attention_pallas, interpret=impl == "pallas_interpret",
                               min_q_len=hint.min_q_len, max_q_len=hint.max_q_len,
                               use_mosaic=impl != "pallas_triton")
-    dense_ok = hint.max_q_len is None or hint.max_q_len >= DENSE_PREFILL_MIN_TOKENS
+    # cuDNN's dense path takes a prefill only when it is alone in its step: not batch-invariant
+    dense_ok = (hint.max_q_len is None or hint.max_q_len >= DENSE_PREFILL_MIN_TOKENS) and not BATCH_INVARIANT
     if impl in ("pallas_cudnn", "pallas_triton") and dense_ok:
         paged = with_dense_prefill(paged, "cudnn")
     return paged(q, k_pages, v_pages, query_start, kv_lens, page_table, **kw)

@@ -26,7 +26,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from jaxsgl.kernels.block_configs import BlockConfig, default_configs
+from jaxsgl.kernels.block_configs import BATCH_INVARIANT, BlockConfig, default_configs
 from jaxsgl.kernels.ragged_paged_attention import _launch
 from jaxsgl.kernels.tile_plans import class_plan, combine_splits, tile_bound
 
@@ -77,5 +77,6 @@ def rope_write_attention_pallas(
                   soft_cap=soft_cap, window=sliding_window, interpret=interpret,
                   fused=(inv, slots.astype(jnp.int32)))
     *outs, k_flat, v_flat = res
-    out = outs[0] if cfg.num_splits == 1 else combine_splits(outs[0], outs[1], plan, None, T, group, qkv.dtype)
+    out = outs[0] if cfg.num_splits == 1 else combine_splits(outs[0], outs[1], plan, None, T, group, qkv.dtype,
+                                                                 BATCH_INVARIANT)
     return out, k_flat.reshape(k_pages.shape), v_flat.reshape(v_pages.shape)

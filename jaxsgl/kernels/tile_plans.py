@@ -54,15 +54,21 @@ def tile_bound(num_tokens: int, num_seqs: int, tile_tokens: int, q_min: int, q_m
 
 
 def combine_splits(o_parts: jax.Array, lse: jax.Array, plan: jax.Array, out: jax.Array | None,
-                   num_tokens: int, group: int, dtype) -> jax.Array:
+                   num_tokens: int, group: int, dtype, ordered: bool = False) -> jax.Array:
     """Merge split partials o_parts [splits, tiles, KVH, rows, D] by their log2-sum-exp
     lse [splits, tiles, KVH, rows] and scatter each tile's rows to its tokens in `out`
-    [T, H, D] (a fresh zero buffer when None). Returns the updated buffer."""
+    [T, H, D] (a fresh zero buffer when None). Returns the updated buffer. ordered: add the
+    splits first to last (a reduction XLA may otherwise order by the whole array's shape)."""
     m = jnp.max(lse, axis=0)
     w = jnp.exp2(lse - jnp.where(jnp.isfinite(m), m, 0.0))
     w = jnp.where(jnp.isfinite(lse), w, 0.0)
-    den = jnp.sum(w, axis=0)
-    merged = jnp.sum(w[..., None] * o_parts, axis=0) / jnp.where(den == 0.0, 1.0, den)[..., None]
+    if ordered:
+        den, num = w[0], w[0][..., None] * o_parts[0]
+        for s in range(1, w.shape[0]):
+            den, num = den + w[s], num + w[s][..., None] * o_parts[s]
+    else:
+        den, num = jnp.sum(w, axis=0), jnp.sum(w[..., None] * o_parts, axis=0)
+    merged = num / jnp.where(den == 0.0, 1.0, den)[..., None]
     tiles, KVH, rows, D = merged.shape
     tile_tokens = rows // group  # a tile row is (token, head within the group); rows past
     merged = merged[:, :, :tile_tokens * group]  # tile_tokens * group pad a group that does not divide them

@@ -44,6 +44,7 @@ SMOKE: dict[str, list[str] | Callable[[], list[str]]] = {
     "offline_throughput.py": ["--smoke", "--profile"],
     "peer_hf.py": ["--smoke"],
     "prefill_step.py": ["--smoke"],
+    "greedy_parity.py": ["--smoke"],
     "tree_of_thought.py": ["--smoke"],
     "step_profile.py": lambda: ["--model-path", _tiny_dir(), "--load-format", "dummy", "--prefill-lens", "16", "32",
                                 "--decode", "1x16", "2x16", "--decode-steps", "2", "--max-running-requests", "4",

@@ -44,12 +44,14 @@ def test_device_readme_lists_every_script():
 
 
 def test_the_xla_flag_variants_are_flags_this_xla_knows():
-    """xla_flags.sh's variants: an unknown XLA flag aborts the process at backend start (on the CPU too)."""
+    """xla_flags.sh's and batch_invariance.sh's variants: an unknown XLA flag aborts the process at backend
+    start (on the CPU too)."""
     import os
     import sys
-    variants = re.findall(r'\[(\w+)\]="([^"]*)"', (DEVICE / "xla_flags.sh").read_text())
+    variants = [v for name in ("xla_flags.sh", "batch_invariance.sh")
+                for v in re.findall(r'\[(\w+)\]="([^"]*)"', (DEVICE / name).read_text())]
     flags = " ".join(f for _, f in variants)
-    assert flags.count("--xla_gpu_") >= 5
+    assert flags.count("--xla_gpu_") >= 7
     env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
     res = subprocess.run([sys.executable, "-c", "import jax.numpy as jnp; jnp.zeros(1).block_until_ready()"],
                          env=env, capture_output=True, text=True, timeout=120)

@@ -1,0 +1,67 @@
+"""Batch-invariant attention ($JAXSGL_BATCH_INVARIANT, block_configs.BATCH_INVARIANT): a sequence's output is
+bit-identical whatever else shares its step, where by default the decode class's split count (and so the
+order of its sums) follows the padded batch."""
+from __future__ import annotations
+
+import importlib
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxsgl.kernels.ragged_paged_attention import ragged_paged_attention_pallas
+from jaxsgl.kernels.testing import make_batch
+
+configs = importlib.import_module("jaxsgl.kernels.block_configs")
+H, KVH, D, PS, P = 8, 2, 64, 16, 16  # 256 tokens of page table: up to 16 splits at a floor of 16
+
+
+def _configs(num_tokens: int, num_seqs: int, invariant: bool):
+    return configs.default_configs(num_tokens, num_seqs, P, PS, H, KVH, D, jnp.bfloat16, invariant)
+
+
+def test_invariant_shapes_depend_on_the_page_table_only(monkeypatch) -> None:
+    monkeypatch.setattr(configs, "MIN_SPLIT_TOKENS", 16)
+    shapes = {(t, s): _configs(t, s, True) for t, s in [(1, 1), (8, 8), (64, 32), (256, 256), (512, 4)]}
+    assert len({short for short, _ in shapes.values()}) == 1
+    assert {long.num_splits for _, long in shapes.values() if long is not None} == {1}
+    assert shapes[1, 1][0].num_splits == 16
+    # by default the split count follows the batch: 2 programs split 16 ways, 512 not at all
+    assert [_configs(t, s, False)[0].num_splits for t, s in [(1, 1), (32, 32), (256, 256)]] == [16, 5, 1]
+
+
+def _crowded_and_alone(kv_lens: list[int], seqs: int, others: int, alone_seqs: int):
+    """One step of `seqs` decode slots (the first len(kv_lens) rows under test, `others` more sequences
+    beside them), and the step of the same pages with the rows under test alone in `alone_seqs` slots."""
+    rng = np.random.default_rng(0)
+    lay = [(1, n) for n in kv_lens + rng.integers(1, P * PS + 1, others).tolist()]
+    lay += [(0, 0)] * (seqs - len(lay))
+    crowded = make_batch(rng, lay, num_tokens=seqs, num_heads=H, num_kv_heads=KVH, head_dim=D, page_size=PS,
+                         pages_per_seq=P, poison=0.0)
+    n = len(kv_lens)
+    qs = np.concatenate([crowded.query_start[:n + 1], np.full(alone_seqs - n, n, np.int32)])
+    alone = crowded._replace(q=crowded.q[:alone_seqs], query_start=qs.astype(np.int32),
+                             kv_lens=np.concatenate([crowded.kv_lens[:n], np.zeros(alone_seqs - n, np.int32)]),
+                             page_table=np.concatenate([crowded.page_table[:n],
+                                                        np.zeros((alone_seqs - n, P), np.int32)]))
+    return crowded, alone
+
+
+def _rows(batch, n: int, invariant: bool) -> np.ndarray:
+    out = ragged_paged_attention_pallas(*batch.args(jnp.float32), sm_scale=0.125, interpret=True, max_q_len=1,
+                                        batch_invariant=invariant)
+    return np.asarray(out)[:n]
+
+
+@pytest.mark.parametrize("invariant", [True, False], ids=["invariant", "default"])
+def test_a_row_sums_the_same_in_any_batch(monkeypatch, invariant: bool) -> None:
+    monkeypatch.setattr(configs, "MIN_SPLIT_TOKENS", 16)
+    kv_lens = [256, 177, 40]
+    crowded_batch, alone_batch = _crowded_and_alone(kv_lens, 32, 20, 4)
+    alone = _rows(alone_batch, 3, invariant)  # 8 programs: 16 splits by default
+    crowded = _rows(crowded_batch, 3, invariant)  # 64 programs: 5 splits by default
+    np.testing.assert_allclose(crowded, alone, rtol=1e-5, atol=1e-5)
+    if invariant:
+        np.testing.assert_array_equal(crowded, alone)
+    else:  # what the setting is for: other split counts add the same terms in another order
+        assert not np.array_equal(crowded, alone)
