@@ -3,12 +3,17 @@
 # benchmarks/greedy_parity.py) under kernel settings, then the decode step's cost of the invariant kernels.
 # Session 20: overlap vs sync agreed on 53/64 rows by default: the decode attention's split count follows the
 # padded batch, so a row summed in another batch parts at a bf16 near-tie. VARIANTS (default
-# "default invariant invariant+cublas"): "invariant" sets JAXSGL_BATCH_INVARIANT=1; "+NAME" adds XLA flags
-# for the GEMMs (cublas: cuBLAS instead of XLA's autotuned Triton GEMMs; det: XLA's deterministic ops).
+# "default invariant invariant+nosplitk invariant+strict"): "invariant" sets JAXSGL_BATCH_INVARIANT=1; "+NAME"
+# adds XLA flags: nosplitk: no split-K GEMMs (the autotuner splits the K sum of skinny GEMMs, so a row's sum
+# follows the batch's padded size); strict: that, and bf16 rounded wherever the program says (by default XLA
+# may keep an f32 intermediate inside a fusion, and fusions follow shapes); cublas: cuBLAS GEMMs instead of
+# XLA's Triton ones; det: XLA's deterministic ops.
 # ~1.5 min a variant, then ~3 min for the step timings at both page-table widths (STEP=0 skips them).
 cd "$(dirname "$0")/../.." && source benchmarks/device/_env.sh
-declare -A XLA=([cublas]="--xla_gpu_enable_triton_gemm=false" [det]="--xla_gpu_deterministic_ops=true")
-for v in ${VARIANTS:-default invariant invariant+cublas}; do
+declare -A XLA=([nosplitk]="--xla_gpu_experimental_force_split_k=1" [cublas]="--xla_gpu_enable_triton_gemm=false"
+  [strict]="--xla_gpu_experimental_force_split_k=1 --xla_allow_excess_precision=false"
+  [det]="--xla_gpu_deterministic_ops=true")
+for v in ${VARIANTS:-default invariant invariant+nosplitk invariant+strict}; do
   inv=0; [[ $v == invariant* ]] && inv=1
   x=""; [[ $v == *+* ]] && x=${XLA[${v#*+}]}
   echo "== $v: JAXSGL_BATCH_INVARIANT=$inv XLA_FLAGS=$x"
