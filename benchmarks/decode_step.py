@@ -231,6 +231,8 @@ def main() -> None:
     ap.add_argument("--page-size", type=int, default=16)
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--attention-backend", default="auto")
+    ap.add_argument("--enable-deterministic-inference", action="store_true",
+                    help="the batch-invariant step (ModelRunner's deterministic)")
     ap.add_argument("--narrow-only", action="store_true", help="skip the model-context-wide page table")
     ap.add_argument("--both-widths", action="store_true",
                     help="with --roofline: also the model-context-wide page table (what the engine compiles)")
@@ -266,7 +268,8 @@ def main() -> None:
     cap = max(1, min(need, int(args.kv_pool_gb * 1e9 // (ps * kv_tok))))
     wide = -(-cfg.max_position_embeddings // ps)
     runner = ModelRunner(cfg, weights, num_pages=cap + 1, page_size=ps,
-                         attn_impl=kernels.resolve_impl(args.attention_backend), max_seqs=max(args.batches))
+                         attn_impl=kernels.resolve_impl(args.attention_backend), max_seqs=max(args.batches),
+                         deterministic=args.enable_deterministic_inference)
     weight_bytes = weights_nbytes(weights)
     params = sum(x.size for x in jax.tree_util.tree_leaves(weights))
     flags = SamplingFlags()
@@ -325,6 +328,8 @@ def main() -> None:
                                trace=args.dispatch_trace)
     from jaxsgl.model.compile_cache import traced_environment  # the settings the steps were traced under
     settings = dict(traced_environment(), XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
+    if args.enable_deterministic_inference:
+        settings["enable_deterministic_inference"] = "1"
     Path(args.out).write_text(json.dumps({"model": args.model, "device": jax.devices()[0].device_kind,
                                           "argv": sys.argv, "settings": settings, "compile_s": compile_s, "rows": rows,
                                           "dispatch_study": study}, indent=2))

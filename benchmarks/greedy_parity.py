@@ -1,7 +1,7 @@
 """Greedy parity: are a model's greedy tokens the same whichever way the engine batches them?
 
     python benchmarks/greedy_parity.py --model-path .gpu/model8b --load-format dummy --out parity.json
-    JAXSGL_BATCH_INVARIANT=1 python benchmarks/greedy_parity.py ...      # the batch-invariant kernels
+    python benchmarks/greedy_parity.py ... --enable-deterministic-inference   # the batch-invariant step
     python benchmarks/greedy_parity.py --smoke --out /tmp/g.json         # tiny random model (CI)
 
 One workload (random prompts, a share of them behind a common prefix, so the radix cache has work)
@@ -12,7 +12,7 @@ runs greedy in a fresh Engine per schedule:
 For each schedule: rows token-identical to the reference, and where a row parts, its position and the
 reference's top-2 logprob gap there (a gap near 0 is a near-tie that rounding can flip). On the CPU
 (float32, reference attention) every row must match; on a GPU in bf16 a row whose batch differs may
-part unless the kernels are batch-invariant ($JAXSGL_BATCH_INVARIANT=1, XLA GEMM flags via XLA_FLAGS).
+part unless the step is batch-invariant (--enable-deterministic-inference; XLA flags via XLA_FLAGS).
 Prints a table and writes JSON.
 """
 from __future__ import annotations
@@ -53,7 +53,8 @@ def run_schedule(args, prompts: list[list[int]], options: dict) -> tuple[list[di
 
     eng = Engine(args.model_path, load_format=args.load_format, skip_tokenizer_init=True,
                  max_running_requests=args.max_running_requests, chunked_prefill_size=args.chunked_prefill_size,
-                 seq_buckets=args.seq_buckets, attention_backend=args.attention_backend, **options)
+                 seq_buckets=args.seq_buckets, attention_backend=args.attention_backend,
+                 enable_deterministic_inference=args.enable_deterministic_inference, **options)
     try:
         t0 = time.perf_counter()
         res = eng.generate(input_ids=prompts, sampling_params={"temperature": 0, "max_new_tokens": args.max_new_tokens,
@@ -93,6 +94,8 @@ def main() -> None:
     ap.add_argument("--chunked-prefill-size", type=int, default=512)
     ap.add_argument("--seq-buckets", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES))
+    ap.add_argument("--enable-deterministic-inference", action="store_true",
+                    help="batch-invariant attention and GEMMs (EngineOptions.enable_deterministic_inference)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="tiny random model, 6 short prompts (CI)")
     ap.add_argument("--out")
@@ -111,6 +114,8 @@ def main() -> None:
     ref = runs[ref_name][0]
     summary = {name: {**compare(rows, ref), "wall_s": round(wall, 2)} for name, (rows, wall) in runs.items()}
     settings = {k: v for k, v in os.environ.items() if k.startswith("JAXSGL_") or k == "XLA_FLAGS"}
+    if args.enable_deterministic_inference:
+        settings["enable_deterministic_inference"] = True
     print(f"greedy parity vs {ref_name}; settings: {settings or 'defaults'}")
     print(f"{'schedule':<10} {'identical':>10} {'wall s':>7}  first parting (row@position: top-2 gap)")
     for name, s in summary.items():

@@ -67,18 +67,21 @@ class Engine:
             max_prefill_tokens=opts.max_prefill_tokens, chunked_prefill_size=opts.chunked_prefill_size,
             max_context_len=self.context_len, max_wait_steps=opts.max_wait_steps,
             enable_prefix_dedup=opts.enable_prefix_dedup, random_seed=opts.random_seed)
-        # The reference attention costs O(page-table width): give it several widths. Kernels stop at kv_len.
+        # The reference attention costs O(page-table width): give it several widths (unless deterministic:
+        # a row's softmax is then summed over one width whatever its batch). Kernels stop at kv_len.
+        several_widths = self.attn_impl == "reference" and not opts.enable_deterministic_inference
         self.builder = StepInputBuilder.for_engine(
             ps, prefill_budget=self.scheduler.config.prefill_budget, max_running_requests=opts.max_running_requests,
             max_context_len=self.context_len, seq_buckets=opts.seq_buckets,
-            min_page_tokens=256 if self.attn_impl == "reference" else None)
+            min_page_tokens=256 if several_widths else None)
         log.info("scheduler and step buckets in %.1fs", time.perf_counter() - t_sched)
         # one compiled page-table width (the kernels stop at kv_len): steps send only the columns in use
         one_width = len(self.builder.page_buckets) == 1
         self.builder.narrow_page_tables = one_width
         self.runner = ModelRunner(self.cfg, weights, num_pages=num_pages, page_size=ps, kv_dtype=kv_dtype,
                                   attn_impl=self.attn_impl, max_seqs=self.builder.seq_buckets[-1],
-                                  pages_per_seq=self.builder.page_buckets[0] if one_width else None)
+                                  pages_per_seq=self.builder.page_buckets[0] if one_width else None,
+                                  deterministic=opts.enable_deterministic_inference)
         self.grammar: GrammarRuntime | None = None  # made at the first constrained request (_grammar_runtime)
         self._grammar_lock = threading.Lock()
         # The tokenizer (transformers' import and, for Llama 3, a 128k vocabulary: 3-9 s of mostly Python)

@@ -40,6 +40,12 @@ from jaxsgl.model.weights import Weights
 
 log = logging.getLogger(__name__)
 
+# XLA's part of deterministic inference: a GEMM's K sum in one piece (the autotuner splits the K sum of a
+# skinny GEMM into partial GEMMs plus a reduction, how many following the batch's padded size), and bf16
+# values rounded wherever the program says (by default a fusion may keep an f32 intermediate, and fusion
+# follows shapes). Session 21 measures what each buys (benchmarks/device/batch_invariance.sh).
+DETERMINISTIC_XLA_OPTIONS = (("xla_gpu_experimental_force_split_k", 1), ("xla_allow_excess_precision", False))
+
 
 @dataclass
 class StepOutputHost:
@@ -65,17 +71,20 @@ class StepHandle:
 
 
 def _step(weights: Weights, kv: KVCache, flat: jax.Array, page_table: jax.Array, *, layout: Layout,
-          hint: kernels.QLenHint, cfg: ModelConfig, attn_impl: str, flags: SamplingFlags) -> tuple[jax.Array, KVCache]:
+          hint: kernels.QLenHint, cfg: ModelConfig, attn_impl: str, flags: SamplingFlags,
+          invariant: bool = False) -> tuple[jax.Array, KVCache]:
     """Unpack the step's inputs, run forward + sampling, pack the outputs into one int32 array.
-    hint (static): the attention kernels' promised bounds on the sequences' new-token counts."""
+    hint (static): the attention kernels' promised bounds on the sequences' new-token counts;
+    invariant: batch-invariant attention (forward's batch_invariant)."""
     arrays = {**unpack(_on_device(flat), layout), "step.page_table": _on_device(page_table)}
-    out, _, kv = _forward_sample(weights, kv, arrays, None, hint=hint, cfg=cfg, attn_impl=attn_impl, flags=flags)
+    out, _, kv = _forward_sample(weights, kv, arrays, None, hint=hint, cfg=cfg, attn_impl=attn_impl, flags=flags,
+                                 invariant=invariant)
     return out, kv
 
 
 def _step_overlap(weights: Weights, kv: KVCache, flat: jax.Array, page_table: jax.Array, prev: jax.Array,
                   grammar: GrammarTables | None, *, layout: Layout, hint: kernels.QLenHint, cfg: ModelConfig,
-                  attn_impl: str, flags: SamplingFlags) -> tuple[jax.Array, jax.Array, KVCache]:
+                  attn_impl: str, flags: SamplingFlags, invariant: bool = False) -> tuple[jax.Array, jax.Array, KVCache]:
     """_step whose token_ids[t] come from prev[0, src[t]] where src[t] >= 0 (and, with a grammar,
     each row's automaton state from prev[1, grammar_src] where grammar_src >= 0); also returns
     int32[2, carry]: the sampled ids and next automaton states (the next step's prev)."""
@@ -87,7 +96,7 @@ def _step_overlap(weights: Weights, kv: KVCache, flat: jax.Array, page_table: ja
         arrays["samp.grammar_state"] = jnp.where(gsrc >= 0, prev[1, jnp.maximum(gsrc, 0)],
                                                  arrays["samp.grammar_state"])
     out, sampled, kv = _forward_sample(weights, kv, arrays, grammar, hint=hint, cfg=cfg, attn_impl=attn_impl,
-                                       flags=flags)
+                                       flags=flags, invariant=invariant)
     carry = jnp.zeros_like(prev).at[0, :sampled.token_ids.shape[0]].set(sampled.token_ids)
     if flags.grammar:
         carry = carry.at[1, :sampled.next_state.shape[0]].set(sampled.next_state)
@@ -102,12 +111,12 @@ def _on_device(x: jax.Array) -> jax.Array:
 
 def _forward_sample(weights: Weights, kv: KVCache, arrays: dict[str, jax.Array], grammar: GrammarTables | None,
                     *, hint: kernels.QLenHint, cfg: ModelConfig, attn_impl: str,
-                    flags: SamplingFlags) -> tuple[jax.Array, SampleOutput, KVCache]:
+                    flags: SamplingFlags, invariant: bool = False) -> tuple[jax.Array, SampleOutput, KVCache]:
     """Forward + sampling on unpacked inputs: (packed outputs, the SampleOutput, new KV)."""
     step = StepInput(**{n: arrays["step." + n] for n in step_input_fields()})
     si = SamplingInput(**{f.name: arrays["samp." + f.name] for f in dataclasses.fields(SamplingInput)})
     logits, kv = forward(weights, kv, step, cfg=cfg, attn_impl=attn_impl, all_logits=flags.input_logprobs,
-                         hint=hint)
+                         hint=hint, batch_invariant=invariant)
     all_logits = None
     if flags.input_logprobs:
         all_logits, logits = logits, logits[step.logits_indices]
@@ -122,17 +131,21 @@ class ModelRunner:
 
     def __init__(self, cfg: ModelConfig, weights: Weights, *, num_pages: int, page_size: int,
                  kv_dtype: Any = None, attn_impl: str = "reference", max_seqs: int = 0,
-                 pages_per_seq: int | None = None, pinned_inputs: bool | None = None) -> None:
+                 pages_per_seq: int | None = None, pinned_inputs: bool | None = None,
+                 deterministic: bool = False) -> None:
         """pages_per_seq: the page-table width every step is compiled for, when there is one (the
         kernels'): a narrower table (StepInputBuilder.narrow_page_tables) travels as it is and is
         padded to this width on the device. None: steps run at the width they come with.
         pinned_inputs: run_async sends its inputs in page-locked host memory (where the backend has
-        it); False: as numpy, like run(). None: True unless $JAXSGL_PINNED_INPUTS is "0" (A/B runs)."""
+        it); False: as numpy, like run(). None: True unless $JAXSGL_PINNED_INPUTS is "0" (A/B runs).
+        deterministic: every row computed the same whatever batch it runs in (SGLang's
+        --enable-deterministic-inference): batch-invariant attention, and DETERMINISTIC_XLA_OPTIONS."""
         self.cfg = cfg
         self.pages_per_seq = pages_per_seq
         self.weights = weights
         self.page_size = page_size
         self.attn_impl = attn_impl
+        self.deterministic = deterministic
         self.kv_dtype = kv_dtype or weights.embed.dtype
         self.device = jax.devices()[0]
         t0 = time.perf_counter()
@@ -171,8 +184,10 @@ class ModelRunner:
 
     def _fn(self, flags: SamplingFlags):
         if flags not in self._fns:
-            fn = functools.partial(_step, cfg=self.cfg, attn_impl=self.attn_impl, flags=flags)
-            self._fns[flags] = persistent_jit(fn, donate_argnums=(1,), static_argnames=("layout", "hint"))
+            fn = functools.partial(_step, cfg=self.cfg, attn_impl=self.attn_impl, flags=flags,
+                                   invariant=self.deterministic)
+            self._fns[flags] = persistent_jit(fn, donate_argnums=(1,), static_argnames=("layout", "hint"),
+                                              compiler_options=self._compiler_options())
         return self._fns[flags]
 
     def run(self, step: StepInput, si: SamplingInput, flags: SamplingFlags,
@@ -219,10 +234,14 @@ class ModelRunner:
 
     def _overlap_fn(self, flags: SamplingFlags):
         if flags not in self._overlap_fns:
-            fn = functools.partial(_step_overlap, cfg=self.cfg, attn_impl=self.attn_impl, flags=flags)
-            self._overlap_fns.setdefault(flags, persistent_jit(fn, donate_argnums=(1,),
-                                                               static_argnames=("layout", "hint")))
+            fn = functools.partial(_step_overlap, cfg=self.cfg, attn_impl=self.attn_impl, flags=flags,
+                                   invariant=self.deterministic)
+            self._overlap_fns.setdefault(flags, persistent_jit(fn, donate_argnums=(1,), static_argnames=("layout", "hint"),
+                                                               compiler_options=self._compiler_options()))
         return self._overlap_fns[flags]
+
+    def _compiler_options(self) -> dict[str, Any] | None:
+        return dict(DETERMINISTIC_XLA_OPTIONS) if self.deterministic else None
 
     def _host(self, x: np.ndarray) -> Any:
         """A host input of run_async as its jitted step takes it: in page-locked host memory (the step

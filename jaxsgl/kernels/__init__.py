@@ -27,7 +27,6 @@ import numpy as np
 
 from jaxsgl.kernels import add_norm as _add_norm_kernel
 from jaxsgl.kernels import fused_decode
-from jaxsgl.kernels.block_configs import BATCH_INVARIANT
 from jaxsgl.kernels.dense_prefill import DENSE_PREFILL_MIN_TOKENS, with_dense_prefill
 from jaxsgl.kernels.paged_extend_mosaic import MOSAIC_MIN_Q, on_hopper
 from jaxsgl.kernels.ragged_paged_attention import BlockConfig, ragged_paged_attention_pallas
@@ -96,11 +95,13 @@ def resolve_impl(impl: str) -> str:
 
 def ragged_paged_attention(q, k_pages, v_pages, query_start, kv_lens, page_table, *, sm_scale: float,
                            soft_cap: float | None = None, sliding_window: int | None = None,
-                           impl: str = "reference", hint: QLenHint = QLenHint()):
+                           impl: str = "reference", hint: QLenHint = QLenHint(), batch_invariant: bool = False):
     """Dispatch to the named implementation (see jaxsgl.kernels.reference for the contract).
 
     hint (static): promised bounds on the sequences' new-token counts (QLenHint); the kernels
     skip launches only other sequences would need. Rows of padding tokens may then be garbage.
+    batch_invariant (static): each row summed in the same order whatever else shares the step
+    (block_configs.default_configs; the reference's sums already are, over the page table's width).
     """
     impl = resolve_impl(impl)
     kw = dict(sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window)
@@ -108,9 +109,9 @@ def ragged_paged_attention(q, k_pages, v_pages, query_start, kv_lens, page_table
         return ragged_paged_attention_ref(q, k_pages, v_pages, query_start, kv_lens, page_table, **kw)
     paged = functools.partial(ragged_paged_attention_pallas, interpret=impl == "pallas_interpret",
                               min_q_len=hint.min_q_len, max_q_len=hint.max_q_len,
-                              use_mosaic=impl != "pallas_triton")
+                              use_mosaic=impl != "pallas_triton", batch_invariant=batch_invariant)
     # cuDNN's dense path takes a prefill only when it is alone in its step: not batch-invariant
-    dense_ok = (hint.max_q_len is None or hint.max_q_len >= DENSE_PREFILL_MIN_TOKENS) and not BATCH_INVARIANT
+    dense_ok = (hint.max_q_len is None or hint.max_q_len >= DENSE_PREFILL_MIN_TOKENS) and not batch_invariant
     if impl in ("pallas_cudnn", "pallas_triton") and dense_ok:
         paged = with_dense_prefill(paged, "cudnn")
     return paged(q, k_pages, v_pages, query_start, kv_lens, page_table, **kw)
@@ -137,7 +138,7 @@ def fused_decode_applies(impl: str, hint: QLenHint, enabled: bool | None = None)
 
 def rope_write_attention(qkv, inv_freq, k_pages, v_pages, query_start, kv_lens, page_table, slots, *,
                          sm_scale: float, soft_cap: float | None = None, sliding_window: int | None = None,
-                         impl: str = "pallas"):
+                         impl: str = "pallas", batch_invariant: bool = False):
     """A decode step's RoPE (q and the new K), KV write and attention in one launch
     (kernels/fused_decode.py). Returns (out [T, H, D], k_pages, v_pages)."""
     impl = resolve_impl(impl)
@@ -147,7 +148,8 @@ def rope_write_attention(qkv, inv_freq, k_pages, v_pages, query_start, kv_lens, 
                          "and ragged_paged_attention)")
     return fused_decode.rope_write_attention_pallas(
         qkv, inv_freq, k_pages, v_pages, query_start, kv_lens, page_table, slots, sm_scale=sm_scale,
-        soft_cap=soft_cap, sliding_window=sliding_window, interpret=impl == "pallas_interpret")
+        soft_cap=soft_cap, sliding_window=sliding_window, interpret=impl == "pallas_interpret",
+        batch_invariant=batch_invariant)
 
 
 def fused_add_norm_applies(impl: str, enabled: bool | None = None) -> bool:

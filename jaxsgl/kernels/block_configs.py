@@ -1,7 +1,7 @@
 """Launch shapes of the Triton attention kernel's two sequence classes (ragged_paged_attention.py): the
 BlockConfig each class launches with, and `default_configs`, which picks them from a step's static shape,
 including the decode class's flash-decoding splits and their floor (`MIN_SPLIT_TOKENS`,
-$JAXSGL_MIN_SPLIT_TOKENS), and the batch-invariant shapes ($JAXSGL_BATCH_INVARIANT). Mutates nothing."""
+$JAXSGL_MIN_SPLIT_TOKENS), or batch-invariant shapes. Mutates nothing."""
 from __future__ import annotations
 
 import os
@@ -38,27 +38,22 @@ if not _MIN_SPLIT.isdigit() or int(_MIN_SPLIT) < 1:
     raise ValueError(f"JAXSGL_MIN_SPLIT_TOKENS={_MIN_SPLIT!r}: expected a positive number of tokens")
 MIN_SPLIT_TOKENS = int(_MIN_SPLIT)
 
-# $JAXSGL_BATCH_INVARIANT=1: a sequence's attention is summed in the same order whatever batch it runs in.
-# By default the decode class splits each sequence's KV into as many parts as fill the GPU, so a row's sum
-# depends on how many sequences share its step (its padded batch size), and overlap scheduling, which
-# batches rows differently, can part bf16 near-ties. With it, the split count and KV block depend on the
-# page table's width only (the engine's is model-wide: fixed), the extend class does not split, and the
-# splits are merged in a fixed order (tile_plans.combine_splits). Costs the partials' traffic at large
-# batches. Part of the executable cache's key.
-_INVARIANT = os.environ.get("JAXSGL_BATCH_INVARIANT", "0")
-if _INVARIANT not in ("0", "1"):
-    raise ValueError(f"JAXSGL_BATCH_INVARIANT={_INVARIANT!r}: expected 0 or 1")
-BATCH_INVARIANT = _INVARIANT == "1"
 
 
 def default_configs(num_tokens: int, num_seqs: int, pages_per_seq: int, page_size: int,
                     num_heads: int, num_kv_heads: int, head_dim: int,
-                    dtype, batch_invariant: bool | None = None) -> tuple[BlockConfig, BlockConfig | None]:
+                    dtype, batch_invariant: bool = False) -> tuple[BlockConfig, BlockConfig | None]:
     """Block shapes for the short (decode) class and the long (extend) class, or None
     when no sequence of this step's static shape can be long. Tuned on an H100
-    (benchmarks/attention.py --tune; docs/perf.md). batch_invariant (default BATCH_INVARIANT): shapes
-    that depend on pages_per_seq, page_size and the heads only, never on num_tokens or num_seqs."""
-    invariant = BATCH_INVARIANT if batch_invariant is None else batch_invariant
+    (benchmarks/attention.py --tune; docs/perf.md).
+
+    By default the decode class splits each sequence's KV into as many parts as fill the GPU, so the
+    order of a row's sums depends on how many sequences share its step (its padded batch size), and
+    rows that the engine batches differently (overlap scheduling, a cached prefix) can part at bf16
+    near-ties. batch_invariant: shapes from pages_per_seq, page_size and the heads only, never from
+    num_tokens or num_seqs: the decode class splits as the page table's width allows (the engine's is
+    fixed), the extend class does not split. Costs the split partials' traffic at large batches."""
+    invariant = batch_invariant
     group = num_heads // num_kv_heads
     small = jnp.dtype(dtype).itemsize <= 2
     rows_s = max(16, next_pow2(group))

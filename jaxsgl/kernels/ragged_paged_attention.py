@@ -30,7 +30,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from jaxsgl.kernels.block_configs import BATCH_INVARIANT, BlockConfig, default_configs, next_pow2
+from jaxsgl.kernels.block_configs import BlockConfig, default_configs, next_pow2
 from jaxsgl.kernels.paged_extend_mosaic import (MOSAIC_MIN_Q, TILE_TOKENS, MosaicConfig,
                                                 check_supported, on_hopper, paged_extend_mosaic, plan_tiles)
 from jaxsgl.kernels.tile_plans import cdiv, class_plan, combine_splits, tile_bound, token_in_class
@@ -275,7 +275,7 @@ def ragged_paged_attention_pallas(
     sliding_window: int | None = None, short_config: BlockConfig | None = None,
     long_config: BlockConfig | MosaicConfig | None = None, interpret: bool = False,
     out_init: jax.Array | None = None, min_q_len: int | None = None, max_q_len: int | None = None,
-    use_mosaic: bool = True, batch_invariant: bool | None = None,
+    use_mosaic: bool = True, batch_invariant: bool = False,
 ) -> jax.Array:
     """Pallas version of jaxsgl.kernels.reference.ragged_paged_attention_ref (same contract).
 
@@ -289,8 +289,8 @@ def ragged_paged_attention_pallas(
     this many (max 1: a decode step; min 64: a prefill batch). Classes no such sequence falls
     into are not launched, so rows of padding tokens (past query_start[-1]) may be left unwritten.
     use_mosaic=False keeps the default long class on Triton on Hopper too (what other GPUs run).
-    batch_invariant (default block_configs.BATCH_INVARIANT, $JAXSGL_BATCH_INVARIANT): default shapes
-    and a split merge that give each row the same sum whatever else shares the step.
+    batch_invariant: default shapes (block_configs.default_configs) and a split merge in a fixed order,
+    so that each row's sums are the same whatever else shares the step.
     """
     T, H, D = q.shape
     if k_pages.ndim != 4 or k_pages.shape != v_pages.shape:
@@ -312,8 +312,7 @@ def ragged_paged_attention_pallas(
                                 or cfg.block_k < 16 or cfg.block_k & (cfg.block_k - 1)):
             raise ValueError(f"{name} {cfg}: rows and block_k must be powers of 2, >= 16, "
                              f"rows >= heads per KV head ({H // KVH})")
-    invariant = BATCH_INVARIANT if batch_invariant is None else batch_invariant
-    short, long = default_configs(T, S, P, page_size, H, KVH, D, q.dtype, invariant)
+    short, long = default_configs(T, S, P, page_size, H, KVH, D, q.dtype, batch_invariant)
     mosaic, mosaic_min = None, 0
     if long is not None and isinstance(long_config, MosaicConfig):  # every long sequence
         mosaic, long_config = long_config, None
@@ -354,7 +353,8 @@ def ragged_paged_attention_pallas(
         plan = class_plan(query_start, kv_lens, T, tile, q_min, q_max, tile_bound(T, S, tile, q_min, q_max))
         res = _launch(plan, q, k_flat, v_flat, page_table, out, cfg, page_size=page_size,
                       sm_scale=sm_scale, soft_cap=soft_cap, window=sliding_window, interpret=interpret)
-        out = res if cfg.num_splits == 1 else combine_splits(*res, plan, out, T, group, q.dtype, invariant)
+        out = res if cfg.num_splits == 1 else combine_splits(*res, plan, out, T, group, q.dtype,
+                                                                   batch_invariant)
     return jnp.zeros_like(q) if out is None else out  # None: the hints rule out every sequence
 
 

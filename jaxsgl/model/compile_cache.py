@@ -69,8 +69,7 @@ def _sources_fingerprint() -> str:
 # jaxsgl's environment settings that change what a step traces to (model/forward.py, kernels/): part of an
 # executable's key, so a process with another value does not load this one's executables. A new JAXSGL_*
 # variable read by the traced code belongs here (tests/model/test_start_caches.py checks those modules).
-TRACED_ENV = ("JAXSGL_BATCH_INVARIANT", "JAXSGL_FUSED_ADD_NORM", "JAXSGL_FUSED_DECODE", "JAXSGL_MATMUL_OUTPUT",
-              "JAXSGL_MIN_SPLIT_TOKENS")
+TRACED_ENV = ("JAXSGL_FUSED_ADD_NORM", "JAXSGL_FUSED_DECODE", "JAXSGL_MATMUL_OUTPUT", "JAXSGL_MIN_SPLIT_TOKENS")
 
 
 def traced_environment() -> list[tuple[str, str]]:
@@ -125,8 +124,9 @@ def _arg_key(x: Any) -> tuple:
 
 
 class PersistentJit:
-    """jax.jit(fn, donate_argnums=..., static_argnames=...) whose executables are also kept on
-    disk (see the module docstring). Called like the jitted function, static arguments by keyword.
+    """jax.jit(fn, donate_argnums=..., static_argnames=..., compiler_options=...) whose executables
+    are also kept on disk (see the module docstring). Called like the jitted function, static
+    arguments by keyword.
 
     Entries go to `<jax_compilation_cache_dir>/jaxsgl-executables`, written only after a fresh
     compile that JAX wrote to its own cache (so under JAX's policy: at least
@@ -142,11 +142,14 @@ class PersistentJit:
     `fn` should be a functools.partial whose keywords are part of the key (their repr)."""
 
     def __init__(self, fn: Callable, *, donate_argnums: tuple[int, ...] = (),
-                 static_argnames: tuple[str, ...] = ()) -> None:
-        self._jit = jax.jit(fn, donate_argnums=donate_argnums, static_argnames=static_argnames)
+                 static_argnames: tuple[str, ...] = (), compiler_options: dict[str, Any] | None = None) -> None:
+        self._jit = jax.jit(fn, donate_argnums=donate_argnums, static_argnames=static_argnames,
+                            compiler_options=compiler_options)
         base = fn.func if isinstance(fn, functools.partial) else fn
         bound = sorted(fn.keywords.items()) if isinstance(fn, functools.partial) else []
-        self._fn_key = repr((f"{base.__module__}.{base.__qualname__}", bound, donate_argnums, static_argnames))
+        options = sorted((compiler_options or {}).items())
+        self._fn_key = repr((f"{base.__module__}.{base.__qualname__}", bound, donate_argnums, static_argnames,
+                             options))
         self._static_argnames = static_argnames
         self._compiled: dict[Any, Any] = {}
 
@@ -311,6 +314,8 @@ def custom_call_targets(mlir_text: str) -> set[str]:
     return {a or b for a, b in _CUSTOM_CALL.findall(mlir_text)}
 
 
-def persistent_jit(fn: Callable, *, donate_argnums: tuple[int, ...] = (),
-                   static_argnames: tuple[str, ...] = ()) -> PersistentJit:
-    return PersistentJit(fn, donate_argnums=donate_argnums, static_argnames=static_argnames)
+def persistent_jit(fn: Callable, *, donate_argnums: tuple[int, ...] = (), static_argnames: tuple[str, ...] = (),
+                   compiler_options: dict[str, Any] | None = None) -> PersistentJit:
+    """PersistentJit(...); compiler_options: XLA options of this function's compiles (part of the key)."""
+    return PersistentJit(fn, donate_argnums=donate_argnums, static_argnames=static_argnames,
+                         compiler_options=compiler_options)

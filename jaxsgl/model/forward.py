@@ -126,7 +126,7 @@ def _add_norm(x: jax.Array, delta: jax.Array, w: jax.Array, eps: float, impl: st
 
 def _layer(lw: LayerWeights, x: jax.Array, delta: jax.Array, k_pages: jax.Array, v_pages: jax.Array,
            step: StepInput, inv_freq: jax.Array, cfg: ModelConfig, attn_impl: str, hint: kernels.QLenHint,
-           mm: str = "f32", fused: bool = False, fused_norm: bool = False):
+           mm: str = "f32", fused: bool = False, fused_norm: bool = False, invariant: bool = False):
     """One decoder layer on the residual stream x + delta (delta: the previous layer's MLP output, not
     yet added; zeros before the first layer, so every layer is one trace). Returns (x, this layer's MLP
     output, k_pages, v_pages)."""
@@ -139,7 +139,8 @@ def _layer(lw: LayerWeights, x: jax.Array, delta: jax.Array, k_pages: jax.Array,
     if fused and lw.q_norm is None:  # decode: RoPE, KV write and attention in one kernel
         attn, k_pages, v_pages = kernels.rope_write_attention(
             qkv.reshape(T, H + 2 * KVH, D), inv_freq, k_pages, v_pages, step.query_start, step.kv_lens,
-            step.page_table, step.slots, sm_scale=D ** -0.5, sliding_window=cfg.sliding_window, impl=attn_impl)
+            step.page_table, step.slots, sm_scale=D ** -0.5, sliding_window=cfg.sliding_window, impl=attn_impl,
+            batch_invariant=invariant)
     else:
         q = qkv[:, :cfg.q_size].reshape(T, H, D)
         k = qkv[:, cfg.q_size:cfg.q_size + cfg.kv_size].reshape(T, KVH, D)
@@ -152,7 +153,8 @@ def _layer(lw: LayerWeights, x: jax.Array, delta: jax.Array, k_pages: jax.Array,
         k_pages, v_pages = kernels.write_kv(k_pages, v_pages, k, v, step.slots, impl=attn_impl)
         attn = kernels.ragged_paged_attention(
             q, k_pages, v_pages, step.query_start, step.kv_lens, step.page_table,
-            sm_scale=D ** -0.5, sliding_window=cfg.sliding_window, impl=attn_impl, hint=hint)
+            sm_scale=D ** -0.5, sliding_window=cfg.sliding_window, impl=attn_impl, hint=hint,
+            batch_invariant=invariant)
     out = _matmul(attn.reshape(T, H * D), lw.wo, mm)
     if lw.bo is not None:
         out = out + lw.bo
@@ -164,12 +166,12 @@ def _layer(lw: LayerWeights, x: jax.Array, delta: jax.Array, k_pages: jax.Array,
 # Each layer is a nested jit: traced and lowered once per step shape, not once per layer (an 8B step:
 # 0.16 s instead of 0.94 s on a CPU; more with the Pallas kernels, whose lowering is the heavy part).
 # XLA inlines the calls, so the compiled step is the unrolled one (identical outputs: tests/model).
-_layer_jit = jax.jit(_layer, static_argnames=("cfg", "attn_impl", "hint", "mm", "fused", "fused_norm"))
+_layer_jit = jax.jit(_layer, static_argnames=("cfg", "attn_impl", "hint", "mm", "fused", "fused_norm", "invariant"))
 
 
 def forward(weights: Weights, kv: KVCache, step: StepInput, *, cfg: ModelConfig,
             attn_impl: str = "reference", all_logits: bool = False,
-            hint: kernels.QLenHint = kernels.QLenHint()) -> tuple[jax.Array, KVCache]:
+            hint: kernels.QLenHint = kernels.QLenHint(), batch_invariant: bool = False) -> tuple[jax.Array, KVCache]:
     """Run all layers on the step's tokens; write their K/V into `kv`.
 
     Returns fp32 logits [S, V] at step.logits_indices (or [T, V] for every token when
@@ -177,7 +179,9 @@ def forward(weights: Weights, kv: KVCache, step: StepInput, *, cfg: ModelConfig,
     new-token counts (kernels.QLenHint, e.g. a decode step's), which let attention skip kernels;
     under the decode hint with $JAXSGL_FUSED_DECODE=1 a Pallas impl runs each layer's RoPE, KV write
     and attention as one kernel (kernels/fused_decode.py); with $JAXSGL_FUSED_ADD_NORM=1 each residual
-    add and the RMSNorm after it are one kernel (kernels/add_norm.py).
+    add and the RMSNorm after it are one kernel (kernels/add_norm.py). batch_invariant (static): the
+    attention kernels sum each row in the same order whatever else shares the step
+    (kernels.ragged_paged_attention); the GEMMs' part is the compile options' (model_runner).
     """
     x = weights.embed[step.token_ids]
     inv_freq = rope_inv_freq(cfg)
@@ -187,7 +191,7 @@ def forward(weights: Weights, kv: KVCache, step: StepInput, *, cfg: ModelConfig,
         with jax.named_scope(f"layer{i}"):
             x, delta, k_i, v_i = _layer_jit(lw, x, delta, kv.k[i], kv.v[i], step, inv_freq, cfg=cfg,
                                             attn_impl=attn_impl, hint=hint, mm=matmul_output(), fused=fused,
-                                            fused_norm=fused_norm)
+                                            fused_norm=fused_norm, invariant=batch_invariant)
         new_k.append(k_i)
         new_v.append(v_i)
     x = x + delta

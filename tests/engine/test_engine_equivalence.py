@@ -73,3 +73,30 @@ def test_the_fused_kernels_keep_greedy_outputs(tiny_model_dir, workload, baselin
         assert eng.scheduler.cache.locked_pages == 0
     assert set(calls) == {"rope_write_attention_pallas", "add_rms_norm_pallas"}
     assert [o["output_ids"] for o in outs] == baseline[0][:16]
+
+
+def test_deterministic_inference_keeps_greedy_outputs(tiny_model_dir, workload, baseline, monkeypatch, tmp_path):
+    """--enable-deterministic-inference: every attention launch is batch-invariant, the steps compile
+    with the deterministic XLA options, greedy outputs do not change (overlap on: rows change batches)."""
+    from jaxsgl.engine.engine import Engine
+    from jaxsgl.engine.model_runner import DETERMINISTIC_XLA_OPTIONS
+    from jaxsgl import kernels
+    from jaxsgl.model import compile_cache
+
+    seen = set()
+
+    def traced(*a, _kernel=kernels.ragged_paged_attention_pallas, **k):
+        seen.add(k.get("batch_invariant"))
+        return _kernel(*a, **k)
+    monkeypatch.setattr(kernels, "ragged_paged_attention_pallas", traced)
+    monkeypatch.setattr(compile_cache, "EXECUTABLES_DIR", str(tmp_path))  # (absolute) empty: every step traced
+    work = workload[:16]
+    with Engine(str(tiny_model_dir), dtype="float32", page_size=16, chunked_prefill_size=64,
+                attention_backend="pallas_interpret", enable_deterministic_inference=True) as eng:
+        outs = eng.generate(input_ids=[w[0] for w in work],
+                            sampling_params=[{"max_new_tokens": w[1], "temperature": 0, "ignore_eos": True}
+                                             for w in work])
+        fns = list(eng.runner._fns.values()) + list(eng.runner._overlap_fns.values())
+    assert seen == {True}
+    assert fns and all(repr(sorted(dict(DETERMINISTIC_XLA_OPTIONS).items())) in f._fn_key for f in fns)
+    assert [o["output_ids"] for o in outs] == baseline[0][:16]

@@ -1,6 +1,6 @@
-"""Batch-invariant attention ($JAXSGL_BATCH_INVARIANT, block_configs.BATCH_INVARIANT): a sequence's output is
-bit-identical whatever else shares its step, where by default the decode class's split count (and so the
-order of its sums) follows the padded batch."""
+"""Batch-invariant attention (`batch_invariant=True`, what --enable-deterministic-inference asks of the
+kernels): a sequence's output is bit-identical whatever else shares its step, where by default the decode
+class's split count (and so the order of its sums) follows the padded batch."""
 from __future__ import annotations
 
 import importlib
