@@ -6,11 +6,12 @@
 # "default deterministic gemm"): deterministic = --enable-deterministic-inference (batch-invariant attention
 # + model_runner.DETERMINISTIC_XLA_OPTIONS); gemm = those XLA options alone, as XLA_FLAGS (no split-K GEMMs,
 # bf16 rounded where written), to tell the two parts apart; cublas = cuBLAS GEMMs instead of XLA's Triton ones.
-# ~1.5 min a variant, then ~3 min for the step timings at both page-table widths (STEP=0 skips them).
+# ~1.5 min a variant, then ~3 min for the step timings at both page-table widths (STEP=0 skips them, PARITY=0
+# the parity runs).
 cd "$(dirname "$0")/../.." && source benchmarks/device/_env.sh
 declare -A XLA=([gemm]="--xla_gpu_experimental_force_split_k=1 --xla_allow_excess_precision=false"
   [cublas]="--xla_gpu_enable_triton_gemm=false")
-for v in ${VARIANTS:-default deterministic gemm}; do
+for v in $([ "${PARITY:-1}" = 0 ] || echo ${VARIANTS:-default deterministic gemm}); do
   flag=""; [ $v = deterministic ] && flag=--enable-deterministic-inference
   echo "== $v: $flag XLA_FLAGS=${XLA[$v]}"
   XLA_FLAGS="${XLA[$v]}" timeout 240 python3 benchmarks/greedy_parity.py --model-path .gpu/model8b \
