@@ -51,7 +51,7 @@ def run_schedule(args, prompts: list[list[int]], options: dict) -> tuple[list[di
     """Greedy outputs (ids and per-token top-2 logprobs) of one fresh Engine, and its wall seconds."""
     from jaxsgl import Engine
 
-    eng = Engine(args.model_path, load_format=args.load_format, skip_tokenizer_init=True,
+    eng = Engine(args.model_path, load_format=args.load_format, dtype=args.dtype, skip_tokenizer_init=True,
                  max_running_requests=args.max_running_requests, chunked_prefill_size=args.chunked_prefill_size,
                  seq_buckets=args.seq_buckets, attention_backend=args.attention_backend,
                  enable_deterministic_inference=args.enable_deterministic_inference, **options)
@@ -85,6 +85,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model-path")
     ap.add_argument("--load-format", default="auto")
+    ap.add_argument("--dtype", default="auto", help="auto (the checkpoint's) | bfloat16 | float32")
     ap.add_argument("--attention-backend", default="auto")
     ap.add_argument("--num-prompts", type=int, default=64)
     ap.add_argument("--input-len", type=int, nargs=2, default=(40, 200), metavar=("MIN", "MAX"))
