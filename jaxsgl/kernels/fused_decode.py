@@ -80,5 +80,5 @@ def rope_write_attention_pallas(
                   fused=(inv, slots.astype(jnp.int32)))
     *outs, k_flat, v_flat = res
     out = outs[0] if cfg.num_splits == 1 else combine_splits(outs[0], outs[1], plan, None, T, group, qkv.dtype,
-                                                                 batch_invariant)
+                                                                 batch_invariant, tile_tokens=1)
     return out, k_flat.reshape(k_pages.shape), v_flat.reshape(v_pages.shape)

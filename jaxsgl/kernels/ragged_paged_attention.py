@@ -179,10 +179,11 @@ def _attn_kernel(plan_ref, q_ref, k_ref, v_ref, pt_ref, *refs, sm_scale: float,
     out = acc / jnp.where(l == 0.0, 1.0, l)[:, None]
     if num_splits == 1:
         plgpu.store(o_ref.at[tok, head, d], out.astype(o_ref.dtype), mask=qmask)
-    else:  # partials by (split, tile, kv head, row): sized by the class's tiles, not by T
-        plgpu.store(o_ref.at[split, tile, h, r[:, None], d], out, mask=d_ok)
+    else:  # partials by (split, tile, kv head, row): sized by the class's tiles, not by T; the rows
+        # of the tile's tokens only (a decode tile holds one token: `group` of `rows`)
+        plgpu.store(o_ref.at[split, tile, h, r[:, None], d], out, mask=qmask)
         lse = jnp.where(l > 0.0, m + jnp.log2(jnp.where(l > 0.0, l, 1.0)), -jnp.inf)
-        plgpu.store(lse_ref.at[split, tile, h, r], lse)
+        plgpu.store(lse_ref.at[split, tile, h, r], lse, mask=row_ok)
 
 
 def _fused_new_token(qkv_ref, inv_ref, slot_ref, k_out_ref, v_out_ref, *, tok, head, qmask, pos, pos0, row0,
@@ -353,8 +354,10 @@ def ragged_paged_attention_pallas(
         plan = class_plan(query_start, kv_lens, T, tile, q_min, q_max, tile_bound(T, S, tile, q_min, q_max))
         res = _launch(plan, q, k_flat, v_flat, page_table, out, cfg, page_size=page_size,
                       sm_scale=sm_scale, soft_cap=soft_cap, window=sliding_window, interpret=interpret)
-        out = res if cfg.num_splits == 1 else combine_splits(*res, plan, out, T, group, q.dtype,
-                                                                   batch_invariant)
+        if cfg.num_splits > 1:  # the merge reads the rows of at most this many tokens a tile
+            res = combine_splits(*res, plan, out, T, group, q.dtype, batch_invariant,
+                                 tile_tokens=min(tile, q_max, hi_q))
+        out = res
     return jnp.zeros_like(q) if out is None else out  # None: the hints rule out every sequence
 
 
