@@ -33,8 +33,9 @@ class EngineOptions:
     warmup_sampled: bool = False  # warm-up also compiles the steps of batches with temperature > 0 (no top-k/p/min-p)
     warmup_compile_threads: int | None = None  # warm-up compiles this many variants at once (None: CPU count)
     disable_overlap_schedule: bool = False  # True: read each step back before the next (no overlap; engine/step_loop.py)
-    # SGLang's --enable-deterministic-inference: a request's tokens do not depend on what it is batched with
-    # (batch-invariant attention splits, GEMMs without split-K, bf16 rounded where written; model_runner).
+    # SGLang's --enable-deterministic-inference, in part: batch-invariant attention (splits fixed by the page
+    # table), GEMMs without split-K, bf16 rounded where written (model_runner). On a GPU that is not yet enough:
+    # XLA's GEMM numerics still follow the step's shape (docs/perf.md, session 21); the Engine warns.
     enable_deterministic_inference: bool = False
     disable_regex_jump_forward: bool = False  # constrained decoding: decode forced strings token by token
     grammar_max_states: int = 65536  # device grammar tables: automaton states of all resident constraints
