@@ -124,18 +124,54 @@ def _add_norm(x: jax.Array, delta: jax.Array, w: jax.Array, eps: float, impl: st
     return x, rms_norm(x, w, eps)
 
 
+# Under batch_invariant (--enable-deterministic-inference) a layer's row-wise work (residual adds, norms,
+# GEMMs, the MLP's activation) runs on fixed blocks of INVARIANT_ROWS tokens, one after another, so every
+# GEMM and reduction has one shape whatever the step's size: XLA tiles it one way, and a row's sums cannot
+# follow its batch (on a GPU they do otherwise: a cached prefix changes a prefill's M, and the GEMM's
+# kernel with it; docs/perf.md session 21). 128 rows keep an 8B decode GEMM memory-bound (2 x 128 FLOPs a
+# weight byte pair, under the H200's ~184 FLOPs/byte): batches up to 128 read the weights once, 256 twice.
+INVARIANT_ROWS = 128
+
+
+def row_blocks(fn, rows: int, *xs: jax.Array):
+    """fn(*blocks) over consecutive blocks of `rows` leading rows of every xs (the last zero-padded),
+    outputs concatenated and cut back to xs' row count: fn only ever sees operands of `rows` rows."""
+    T = xs[0].shape[0]
+    n = -(-T // rows)
+    blocks = [jnp.pad(x, [(0, n * rows - T)] + [(0, 0)] * (x.ndim - 1)).reshape(n, rows, *x.shape[1:]) for x in xs]
+    out = jax.lax.map(lambda b: fn(*b), blocks)
+    return jax.tree.map(lambda y: y.reshape(n * rows, *y.shape[2:])[:T], out)
+
+
+def _qkv_in(lw: LayerWeights, x: jax.Array, delta: jax.Array, cfg: ModelConfig, impl: str, mm: str,
+            fused_norm: bool) -> tuple[jax.Array, jax.Array]:
+    """(x + delta, the QKV projection of its norm): the attention's row-wise inputs."""
+    x, h = _add_norm(x, delta, lw.attn_norm, cfg.rms_norm_eps, impl, fused_norm)
+    qkv = _matmul(h, lw.wqkv, mm)
+    return x, (qkv if lw.bqkv is None else qkv + lw.bqkv)
+
+
+def _mlp_out(lw: LayerWeights, x: jax.Array, attn: jax.Array, cfg: ModelConfig, impl: str, mm: str,
+             fused_norm: bool) -> tuple[jax.Array, jax.Array]:
+    """(x + the attention's output projection, the MLP's output on its norm, not yet added)."""
+    out = _matmul(attn, lw.wo, mm)
+    if lw.bo is not None:
+        out = out + lw.bo
+    x, h = _add_norm(x, out, lw.mlp_norm, cfg.rms_norm_eps, impl, fused_norm)
+    gate, up = jnp.split(_matmul(h, lw.w_gate_up, mm), 2, axis=-1)
+    return x, _matmul(jax.nn.silu(gate) * up, lw.w_down, mm)
+
+
 def _layer(lw: LayerWeights, x: jax.Array, delta: jax.Array, k_pages: jax.Array, v_pages: jax.Array,
            step: StepInput, inv_freq: jax.Array, cfg: ModelConfig, attn_impl: str, hint: kernels.QLenHint,
            mm: str = "f32", fused: bool = False, fused_norm: bool = False, invariant: bool = False):
     """One decoder layer on the residual stream x + delta (delta: the previous layer's MLP output, not
     yet added; zeros before the first layer, so every layer is one trace). Returns (x, this layer's MLP
-    output, k_pages, v_pages)."""
+    output, k_pages, v_pages). invariant: row-wise work in INVARIANT_ROWS blocks, batch-invariant attention."""
     T = x.shape[0]
     H, KVH, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    x, h = _add_norm(x, delta, lw.attn_norm, cfg.rms_norm_eps, attn_impl, fused_norm)
-    qkv = _matmul(h, lw.wqkv, mm)
-    if lw.bqkv is not None:
-        qkv = qkv + lw.bqkv
+    rowwise = (lambda fn, *xs: row_blocks(fn, INVARIANT_ROWS, *xs)) if invariant else (lambda fn, *xs: fn(*xs))
+    x, qkv = rowwise(lambda x, d: _qkv_in(lw, x, d, cfg, attn_impl, mm, fused_norm), x, delta)
     if fused and lw.q_norm is None:  # decode: RoPE, KV write and attention in one kernel
         attn, k_pages, v_pages = kernels.rope_write_attention(
             qkv.reshape(T, H + 2 * KVH, D), inv_freq, k_pages, v_pages, step.query_start, step.kv_lens,
@@ -146,8 +182,8 @@ def _layer(lw: LayerWeights, x: jax.Array, delta: jax.Array, k_pages: jax.Array,
         k = qkv[:, cfg.q_size:cfg.q_size + cfg.kv_size].reshape(T, KVH, D)
         v = qkv[:, cfg.q_size + cfg.kv_size:].reshape(T, KVH, D)
         if lw.q_norm is not None:
-            q = rms_norm(q, lw.q_norm, cfg.rms_norm_eps)
-            k = rms_norm(k, lw.k_norm, cfg.rms_norm_eps)
+            q, k = rowwise(lambda q, k: (rms_norm(q, lw.q_norm, cfg.rms_norm_eps),
+                                         rms_norm(k, lw.k_norm, cfg.rms_norm_eps)), q, k)
         q = apply_rope(q, step.positions, inv_freq)
         k = apply_rope(k, step.positions, inv_freq)
         k_pages, v_pages = kernels.write_kv(k_pages, v_pages, k, v, step.slots, impl=attn_impl)
@@ -155,12 +191,8 @@ def _layer(lw: LayerWeights, x: jax.Array, delta: jax.Array, k_pages: jax.Array,
             q, k_pages, v_pages, step.query_start, step.kv_lens, step.page_table,
             sm_scale=D ** -0.5, sliding_window=cfg.sliding_window, impl=attn_impl, hint=hint,
             batch_invariant=invariant)
-    out = _matmul(attn.reshape(T, H * D), lw.wo, mm)
-    if lw.bo is not None:
-        out = out + lw.bo
-    x, h = _add_norm(x, out, lw.mlp_norm, cfg.rms_norm_eps, attn_impl, fused_norm)
-    gate, up = jnp.split(_matmul(h, lw.w_gate_up, mm), 2, axis=-1)
-    return x, _matmul(jax.nn.silu(gate) * up, lw.w_down, mm), k_pages, v_pages
+    x, mlp = rowwise(lambda x, a: _mlp_out(lw, x, a, cfg, attn_impl, mm, fused_norm), x, attn.reshape(T, H * D))
+    return x, mlp, k_pages, v_pages
 
 
 # Each layer is a nested jit: traced and lowered once per step shape, not once per layer (an 8B step:
@@ -179,9 +211,9 @@ def forward(weights: Weights, kv: KVCache, step: StepInput, *, cfg: ModelConfig,
     new-token counts (kernels.QLenHint, e.g. a decode step's), which let attention skip kernels;
     under the decode hint with $JAXSGL_FUSED_DECODE=1 a Pallas impl runs each layer's RoPE, KV write
     and attention as one kernel (kernels/fused_decode.py); with $JAXSGL_FUSED_ADD_NORM=1 each residual
-    add and the RMSNorm after it are one kernel (kernels/add_norm.py). batch_invariant (static): the
-    attention kernels sum each row in the same order whatever else shares the step
-    (kernels.ragged_paged_attention); the GEMMs' part is the compile options' (model_runner).
+    add and the RMSNorm after it are one kernel (kernels/add_norm.py). batch_invariant (static): each
+    row's sums are the same whatever else shares the step: row-wise work on fixed INVARIANT_ROWS
+    blocks, attention kernels that sum in one order (kernels.ragged_paged_attention).
     """
     x = weights.embed[step.token_ids]
     inv_freq = rope_inv_freq(cfg)
@@ -197,9 +229,12 @@ def forward(weights: Weights, kv: KVCache, step: StepInput, *, cfg: ModelConfig,
     x = x + delta
     if not all_logits:
         x = x[step.logits_indices]
-    x = rms_norm(x, weights.final_norm, cfg.rms_norm_eps)
     head = weights.embed.T if weights.lm_head is None else weights.lm_head
-    logits = jnp.dot(x, head, preferred_element_type=jnp.float32)
+
+    def lm_head(x: jax.Array) -> jax.Array:
+        return jnp.dot(rms_norm(x, weights.final_norm, cfg.rms_norm_eps), head, preferred_element_type=jnp.float32)
+
+    logits = row_blocks(lm_head, INVARIANT_ROWS, x) if batch_invariant else lm_head(x)
     return logits, KVCache(new_k, new_v)
 
 
