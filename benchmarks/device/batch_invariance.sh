@@ -7,7 +7,7 @@
 # + model_runner.DETERMINISTIC_XLA_OPTIONS); gemm = those XLA options alone, as XLA_FLAGS (no split-K GEMMs,
 # bf16 rounded where written), to tell the two parts apart; cublas = cuBLAS GEMMs instead of XLA's Triton ones.
 # ~1.5 min a variant, then ~3 min for the step timings at both page-table widths (STEP=0 skips them, PARITY=0
-# the parity runs).
+# the parity runs; STEP_ARGS replaces the step timings' batches / contexts / widths).
 cd "$(dirname "$0")/../.." && source benchmarks/device/_env.sh
 declare -A XLA=([gemm]="--xla_gpu_experimental_force_split_k=1 --xla_allow_excess_precision=false"
   [cublas]="--xla_gpu_enable_triton_gemm=false")
@@ -21,7 +21,7 @@ done
 for v in default deterministic; do
   flag=""; [ $v = deterministic ] && flag=--enable-deterministic-inference
   timeout 150 python3 benchmarks/decode_step.py --model .gpu/model8b --load-format dummy $flag \
-    --roofline --both-widths --batches 1 64 256 --contexts 512 --iters 30 --profile 64,512 \
+    --roofline ${STEP_ARGS:---both-widths --batches 1 64 256 --contexts 512} --iters 30 --profile 64,512 \
     --out $OUT/decode_${v}_8b_h200.json 2>&1 | quiet 12
 done
 python3 benchmarks/compare_decode.py $OUT/decode_default_8b_h200.json $OUT/decode_deterministic_8b_h200.json \

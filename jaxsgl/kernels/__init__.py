@@ -138,7 +138,7 @@ def fused_decode_applies(impl: str, hint: QLenHint, enabled: bool | None = None)
 
 def rope_write_attention(qkv, inv_freq, k_pages, v_pages, query_start, kv_lens, page_table, slots, *,
                          sm_scale: float, soft_cap: float | None = None, sliding_window: int | None = None,
-                         impl: str = "pallas", batch_invariant: bool = False):
+                         impl: str = "pallas"):
     """A decode step's RoPE (q and the new K), KV write and attention in one launch
     (kernels/fused_decode.py). Returns (out [T, H, D], k_pages, v_pages)."""
     impl = resolve_impl(impl)
@@ -148,8 +148,7 @@ def rope_write_attention(qkv, inv_freq, k_pages, v_pages, query_start, kv_lens, 
                          "and ragged_paged_attention)")
     return fused_decode.rope_write_attention_pallas(
         qkv, inv_freq, k_pages, v_pages, query_start, kv_lens, page_table, slots, sm_scale=sm_scale,
-        soft_cap=soft_cap, sliding_window=sliding_window, interpret=impl == "pallas_interpret",
-        batch_invariant=batch_invariant)
+        soft_cap=soft_cap, sliding_window=sliding_window, interpret=impl == "pallas_interpret")
 
 
 def fused_add_norm_applies(impl: str, enabled: bool | None = None) -> bool:

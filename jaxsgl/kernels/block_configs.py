@@ -50,30 +50,32 @@ def default_configs(num_tokens: int, num_seqs: int, pages_per_seq: int, page_siz
     By default the decode class splits each sequence's KV into as many parts as fill the GPU, so the
     order of a row's sums depends on how many sequences share its step (its padded batch size), and
     rows that the engine batches differently (overlap scheduling, a cached prefix) can part at bf16
-    near-ties. batch_invariant: shapes from pages_per_seq, page_size and the heads only, never from
-    num_tokens or num_seqs: the decode class splits as the page table's width allows (the engine's is
-    fixed), the extend class does not split. Costs the split partials' traffic at large batches."""
-    invariant = batch_invariant
+    near-ties; a row's class, and so its kernel, also follows how many tokens its sequence adds in the
+    step, which a cached prefix or a prefill chunk's boundary changes. batch_invariant: one class for
+    every sequence, of the extend class's shape, unsplit and in one masked loop (a block a row sees
+    whole is masked or not as its tile starts, and the compiler may round the two loops' code
+    apart), so every row sums its KV blocks in the same order in the same code whatever its step.
+    Decode with a long KV at a small batch loses flash-decoding's parallelism: its cost."""
     group = num_heads // num_kv_heads
     small = jnp.dtype(dtype).itemsize <= 2
     rows_s = max(16, next_pow2(group))
+    rows_l = max(64 if small else 32, rows_s)
+    if batch_invariant:
+        return BlockConfig(rows_l, 32, 1, num_warps=4, num_stages=2, single_loop=True), None
     max_ctx = pages_per_seq * page_size
     target = 2 * 132  # two programs per H100 multiprocessor
     programs = num_seqs * num_kv_heads
     splits = 1
-    if invariant:  # as many splits as the widest sequence allows, whatever the batch
-        splits = max(1, min(max_ctx // MIN_SPLIT_TOKENS, 16))
-    elif programs < target:  # flash-decoding: split each sequence's KV, >= MIN_SPLIT_TOKENS a split
+    if programs < target:  # flash-decoding: split each sequence's KV, >= MIN_SPLIT_TOKENS a split
         splits = max(1, min(cdiv(target, programs), max_ctx // MIN_SPLIT_TOKENS, 16))
-    if splits == 1 and small and not invariant:  # enough programs: longer KV blocks (64 x 2k: 216 vs 232 us)
+    if splits == 1 and small:  # enough programs: longer KV blocks (64 x 2k: 216 vs 232 us)
         short = BlockConfig(rows_s, 128, 1, num_warps=4, num_stages=2)
     else:
         short = BlockConfig(rows_s, 64 if small else 32, splits, num_warps=4, num_stages=3 if small else 2)
-    rows_l = max(64 if small else 32, rows_s)
     if rows_l // group <= rows_s // group or num_tokens <= rows_s // group:
         return short, None
     programs_l = max(1, num_tokens // (rows_l // group)) * num_kv_heads
     splits_l = 1
-    if programs_l < target and not invariant:
+    if programs_l < target:
         splits_l = max(1, min(cdiv(target, programs_l), max_ctx // 1024, 16))
     return short, BlockConfig(rows_l, 32, splits_l, num_warps=4, num_stages=2, reverse=True)

@@ -37,13 +37,13 @@ FUSED_DECODE = _SETTING == "1"
 
 
 @functools.partial(jax.jit, static_argnames=("sm_scale", "soft_cap", "sliding_window", "config", "interpret",
-                                             "batch_invariant"),
+),
                    donate_argnames=("k_pages", "v_pages"))
 def rope_write_attention_pallas(
     qkv: jax.Array, inv_freq: jax.Array, k_pages: jax.Array, v_pages: jax.Array, query_start: jax.Array,
     kv_lens: jax.Array, page_table: jax.Array, slots: jax.Array, *, sm_scale: float,
     soft_cap: float | None = None, sliding_window: int | None = None, config: BlockConfig | None = None,
-    interpret: bool = False, batch_invariant: bool = False,
+    interpret: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Decode attention with the RoPE of q / K and the KV write fused in (see the module docstring).
 
@@ -52,7 +52,6 @@ def rope_write_attention_pallas(
     token's K/V go (negative: dropped). Every sequence must have at most one new token, at position
     kv_lens[s] - 1. Returns (out [T, H, D], k_pages, v_pages) with the new K/V written; k_pages and
     v_pages are donated. Rows of padding tokens may be left unwritten (as under the decode hint).
-    batch_invariant: as ragged_paged_attention_pallas's.
     """
     T, heads, D = qkv.shape
     N, page_size, KVH, Dk = k_pages.shape
@@ -65,7 +64,7 @@ def rope_write_attention_pallas(
         raise ValueError(f"inv_freq {inv_freq.shape} / slots {slots.shape}: expected ({D // 2},) / ({T},)")
     if k_pages.dtype != qkv.dtype:
         raise ValueError(f"KV dtype {k_pages.dtype} differs from qkv dtype {qkv.dtype}")
-    cfg = config or default_configs(T, S, P, page_size, H, KVH, D, qkv.dtype, batch_invariant)[0]
+    cfg = config or default_configs(T, S, P, page_size, H, KVH, D, qkv.dtype)[0]
     group = H // KVH
     tile = cfg.rows // group
     if tile < 1:
@@ -80,5 +79,5 @@ def rope_write_attention_pallas(
                   fused=(inv, slots.astype(jnp.int32)))
     *outs, k_flat, v_flat = res
     out = outs[0] if cfg.num_splits == 1 else combine_splits(outs[0], outs[1], plan, None, T, group, qkv.dtype,
-                                                                 batch_invariant, tile_tokens=1)
+                                                                 tile_tokens=1)
     return out, k_flat.reshape(k_pages.shape), v_flat.reshape(v_pages.shape)

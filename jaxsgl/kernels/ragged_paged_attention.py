@@ -290,8 +290,8 @@ def ragged_paged_attention_pallas(
     this many (max 1: a decode step; min 64: a prefill batch). Classes no such sequence falls
     into are not launched, so rows of padding tokens (past query_start[-1]) may be left unwritten.
     use_mosaic=False keeps the default long class on Triton on Hopper too (what other GPUs run).
-    batch_invariant: default shapes (block_configs.default_configs) and a split merge in a fixed order,
-    so that each row's sums are the same whatever else shares the step.
+    batch_invariant: one unsplit Triton class for every sequence (block_configs.default_configs), so
+    that each row's sums are the same whatever else shares the step and whatever its new-token count.
     """
     T, H, D = q.shape
     if k_pages.ndim != 4 or k_pages.shape != v_pages.shape:
@@ -355,8 +355,7 @@ def ragged_paged_attention_pallas(
         res = _launch(plan, q, k_flat, v_flat, page_table, out, cfg, page_size=page_size,
                       sm_scale=sm_scale, soft_cap=soft_cap, window=sliding_window, interpret=interpret)
         if cfg.num_splits > 1:  # the merge reads the rows of at most this many tokens a tile
-            res = combine_splits(*res, plan, out, T, group, q.dtype, batch_invariant,
-                                 tile_tokens=min(tile, q_max, hi_q))
+            res = combine_splits(*res, plan, out, T, group, q.dtype, tile_tokens=min(tile, q_max, hi_q))
         out = res
     return jnp.zeros_like(q) if out is None else out  # None: the hints rule out every sequence
 

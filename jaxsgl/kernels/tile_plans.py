@@ -54,12 +54,10 @@ def tile_bound(num_tokens: int, num_seqs: int, tile_tokens: int, q_min: int, q_m
 
 
 def combine_splits(o_parts: jax.Array, lse: jax.Array, plan: jax.Array, out: jax.Array | None,
-                   num_tokens: int, group: int, dtype, ordered: bool = False,
-                   tile_tokens: int | None = None) -> jax.Array:
+                   num_tokens: int, group: int, dtype, tile_tokens: int | None = None) -> jax.Array:
     """Merge split partials o_parts [splits, tiles, KVH, rows, D] by their log2-sum-exp
     lse [splits, tiles, KVH, rows] and scatter each tile's rows to its tokens in `out`
-    [T, H, D] (a fresh zero buffer when None). Returns the updated buffer. ordered: add the
-    splits first to last (a reduction XLA may otherwise order by the whole array's shape).
+    [T, H, D] (a fresh zero buffer when None). Returns the updated buffer.
     tile_tokens: no tile holds more tokens than this (a decode class: 1), so only the rows of
     that many tokens are read (rows past a tile's tokens are never written)."""
     if tile_tokens is not None and tile_tokens * group < o_parts.shape[3]:
@@ -67,12 +65,7 @@ def combine_splits(o_parts: jax.Array, lse: jax.Array, plan: jax.Array, out: jax
     m = jnp.max(lse, axis=0)
     w = jnp.exp2(lse - jnp.where(jnp.isfinite(m), m, 0.0))
     w = jnp.where(jnp.isfinite(lse), w, 0.0)
-    if ordered:
-        den, num = w[0], w[0][..., None] * o_parts[0]
-        for s in range(1, w.shape[0]):
-            den, num = den + w[s], num + w[s][..., None] * o_parts[s]
-    else:
-        den, num = jnp.sum(w, axis=0), jnp.sum(w[..., None] * o_parts, axis=0)
+    den, num = jnp.sum(w, axis=0), jnp.sum(w[..., None] * o_parts, axis=0)
     merged = num / jnp.where(den == 0.0, 1.0, den)[..., None]
     tiles, KVH, rows, D = merged.shape
     tile_tokens = rows // group  # a tile row is (token, head within the group); rows past

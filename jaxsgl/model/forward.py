@@ -175,8 +175,7 @@ def _layer(lw: LayerWeights, x: jax.Array, delta: jax.Array, k_pages: jax.Array,
     if fused and lw.q_norm is None:  # decode: RoPE, KV write and attention in one kernel
         attn, k_pages, v_pages = kernels.rope_write_attention(
             qkv.reshape(T, H + 2 * KVH, D), inv_freq, k_pages, v_pages, step.query_start, step.kv_lens,
-            step.page_table, step.slots, sm_scale=D ** -0.5, sliding_window=cfg.sliding_window, impl=attn_impl,
-            batch_invariant=invariant)
+            step.page_table, step.slots, sm_scale=D ** -0.5, sliding_window=cfg.sliding_window, impl=attn_impl)
     else:
         q = qkv[:, :cfg.q_size].reshape(T, H, D)
         k = qkv[:, cfg.q_size:cfg.q_size + cfg.kv_size].reshape(T, KVH, D)
@@ -217,7 +216,9 @@ def forward(weights: Weights, kv: KVCache, step: StepInput, *, cfg: ModelConfig,
     """
     x = weights.embed[step.token_ids]
     inv_freq = rope_inv_freq(cfg)
-    fused, fused_norm = kernels.fused_decode_applies(attn_impl, hint), kernels.fused_add_norm_applies(attn_impl)
+    # the fused decode kernel attends to the new token apart from the cache: not the extend's sums
+    fused = kernels.fused_decode_applies(attn_impl, hint) and not batch_invariant
+    fused_norm = kernels.fused_add_norm_applies(attn_impl)
     new_k, new_v, delta = [], [], jnp.zeros_like(x)  # x + 0 is x: XLA drops the add
     for i, lw in enumerate(weights.layers):
         with jax.named_scope(f"layer{i}"):

@@ -1,8 +1,10 @@
 """Batch-invariant attention (`batch_invariant=True`, what --enable-deterministic-inference asks of the
-kernels): a sequence's output is bit-identical whatever else shares its step, where by default the decode
-class's split count (and so the order of its sums) follows the padded batch."""
+kernels): a row's output is bit-identical whatever else shares its step and however many tokens its
+sequence adds in it, where by default the decode class's split count (and so the order of its sums)
+follows the padded batch, and a token's class (and kernel) follows its sequence's new-token count."""
 from __future__ import annotations
 
+import functools
 import importlib
 
 import jax.numpy as jnp
@@ -20,12 +22,12 @@ def _configs(num_tokens: int, num_seqs: int, invariant: bool):
     return configs.default_configs(num_tokens, num_seqs, P, PS, H, KVH, D, jnp.bfloat16, invariant)
 
 
-def test_invariant_shapes_depend_on_the_page_table_only(monkeypatch) -> None:
+def test_invariant_is_one_unsplit_class_whatever_the_step(monkeypatch) -> None:
     monkeypatch.setattr(configs, "MIN_SPLIT_TOKENS", 16)
-    shapes = {(t, s): _configs(t, s, True) for t, s in [(1, 1), (8, 8), (64, 32), (256, 256), (512, 4)]}
-    assert len({short for short, _ in shapes.values()}) == 1
-    assert {long.num_splits for _, long in shapes.values() if long is not None} == {1}
-    assert shapes[1, 1][0].num_splits == 16
+    shapes = {_configs(t, s, True) for t, s in [(1, 1), (8, 8), (64, 32), (256, 256), (512, 4)]}
+    assert len(shapes) == 1
+    (one, long), = shapes
+    assert long is None and one.num_splits == 1
     # by default the split count follows the batch: 2 programs split 16 ways, 512 not at all
     assert [_configs(t, s, False)[0].num_splits for t, s in [(1, 1), (32, 32), (256, 256)]] == [16, 5, 1]
 
@@ -65,3 +67,28 @@ def test_a_row_sums_the_same_in_any_batch(monkeypatch, invariant: bool) -> None:
         np.testing.assert_array_equal(crowded, alone)
     else:  # what the setting is for: other split counts add the same terms in another order
         assert not np.array_equal(crowded, alone)
+
+
+@pytest.mark.parametrize("invariant", [True, False], ids=["invariant", "default"])
+@pytest.mark.parametrize("n", [1, 3, 23])
+def test_a_prompt_row_sums_the_same_in_any_chunk(invariant: bool, n: int) -> None:
+    """A sequence's last n tokens, as the tail of a 40-token prefill among others, and as an extend of n
+    tokens after a cached prefix, alone in a smaller step (a cached prefix or a prefill chunk's boundary
+    changes which class, and by default which kernel, a token's row is summed in)."""
+    rng = np.random.default_rng(n)
+    full = make_batch(rng, [(40, 40), (1, 200), (7, 90), (0, 0)], num_tokens=64, num_heads=H, num_kv_heads=KVH,
+                      head_dim=D, page_size=PS, pages_per_seq=P, poison=0.0)
+    T = 16
+    tail = full._replace(q=np.concatenate([full.q[40 - n:40], full.q[:T - n]]),
+                         query_start=np.array([0, n, n, n, n], np.int32),
+                         kv_lens=np.array([40, 0, 0, 0], np.int32),
+                         page_table=np.concatenate([full.page_table[:1], np.zeros((3, P), np.int32)]))
+    run = functools.partial(ragged_paged_attention_pallas, sm_scale=0.125, interpret=True,
+                            batch_invariant=invariant)
+    want = np.asarray(run(*full.args(jnp.float32)))[40 - n:40]
+    got = np.asarray(run(*tail.args(jnp.float32)))[:n]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    if invariant:
+        np.testing.assert_array_equal(got, want)
+    elif n <= 4:  # the decode class (split, other KV blocks) against the extend class
+        assert not np.array_equal(got, want)
