@@ -130,6 +130,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--context-length", type=int, default=None,
                     help="the Engine's context_length (default: the model's; it sets the page table's width)")
     ap.add_argument("--disable-overlap-schedule", action="store_true", help="synchronous steps (no overlap scheduling)")
+    ap.add_argument("--enable-deterministic-inference", action="store_true",
+                    help="batch-invariant steps (what the option costs)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--profile", action="store_true",
                     help="trace one more pass of the first workload (jax.profiler): GPU time per kernel and the "
@@ -154,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
                  max_running_requests=args.max_running_requests, chunked_prefill_size=args.chunked_prefill_size,
                  max_prefill_tokens=max(args.chunked_prefill_size, 1), attention_backend=args.attention_backend,
                  seq_buckets=args.seq_buckets, disable_overlap_schedule=args.disable_overlap_schedule,
+                 enable_deterministic_inference=args.enable_deterministic_inference,
                  context_length=args.context_length)
     start_s = time.perf_counter() - t0
     vocab = eng.cfg.vocab_size

@@ -60,10 +60,6 @@ class Engine:
             num_pages = kv_pages_for_memory(self.cfg, ps, kv_dtype, opts.mem_fraction_static,
                                             weights_nbytes(weights)) or CPU_DEFAULT_TOTAL_TOKENS // ps
         self.attn_impl = resolve_impl(opts.attention_backend)
-        if opts.enable_deterministic_inference and self.attn_impl != "reference":
-            log.warning("enable_deterministic_inference: the attention kernels sum each row in a fixed order, but "
-                        "XLA's GEMMs on a GPU still depend on the step's shape: greedy tokens may still differ with "
-                        "overlap or the radix cache on vs off (measured on an H100: docs/perf.md, session 21)")
         self.context_len = min(context, num_pages * ps)
         self.scheduler = Scheduler.create(
             num_pages, ps, eviction_policy=opts.radix_eviction_policy, disable_radix_cache=opts.disable_radix_cache,

@@ -135,12 +135,23 @@ INVARIANT_ROWS = 128
 
 def row_blocks(fn, rows: int, *xs: jax.Array):
     """fn(*blocks) over consecutive blocks of `rows` leading rows of every xs (the last zero-padded),
-    outputs concatenated and cut back to xs' row count: fn only ever sees operands of `rows` rows."""
+    outputs concatenated and cut back to xs' row count: fn only ever sees operands of `rows` rows.
+
+    A loop, one block an iteration, writing into output buffers made from the input: buffers of
+    constants (what lax.map starts from) depend on nothing, so XLA creates every layer's at the start
+    of the step, in one fused kernel, and an 8B prefill of 8192 tokens held 9.1 GB of them at once."""
     T = xs[0].shape[0]
     n = -(-T // rows)
-    blocks = [jnp.pad(x, [(0, n * rows - T)] + [(0, 0)] * (x.ndim - 1)).reshape(n, rows, *x.shape[1:]) for x in xs]
-    out = jax.lax.map(lambda b: fn(*b), blocks)
-    return jax.tree.map(lambda y: y.reshape(n * rows, *y.shape[2:])[:T], out)
+    padded = [jnp.pad(x, [(0, n * rows - T)] + [(0, 0)] * (x.ndim - 1)) for x in xs]
+    out_shapes = jax.eval_shape(fn, *[jax.ShapeDtypeStruct((rows, *x.shape[1:]), x.dtype) for x in xs])
+    zero = padded[0].reshape(-1)[0] * 0  # NaN for a NaN input: every row is overwritten below
+    bufs = jax.tree.map(lambda o: jnp.full((n * rows, *o.shape[1:]), zero, o.dtype), out_shapes)
+
+    def body(i, bufs):
+        out = fn(*[jax.lax.dynamic_slice_in_dim(x, i * rows, rows) for x in padded])
+        return jax.tree.map(lambda b, o: jax.lax.dynamic_update_slice_in_dim(b, o, i * rows, 0), bufs, out)
+
+    return jax.tree.map(lambda y: y[:T], jax.lax.fori_loop(0, n, body, bufs))
 
 
 def _qkv_in(lw: LayerWeights, x: jax.Array, delta: jax.Array, cfg: ModelConfig, impl: str, mm: str,
