@@ -1,11 +1,11 @@
 #!/bin/bash
 # Greedy parity of the 8B engine (dummy weights, bf16) across schedules (sync / overlap / radix cache off;
 # benchmarks/greedy_parity.py) under settings, then the decode step's cost of deterministic inference.
-# Session 20: overlap vs sync agreed on 53/64 rows by default: the decode attention's split count follows the
-# padded batch, so a row summed in another batch parts at a bf16 near-tie. VARIANTS (default
-# "default deterministic gemm"): deterministic = --enable-deterministic-inference (batch-invariant attention
-# + model_runner.DETERMINISTIC_XLA_OPTIONS); gemm = those XLA options alone, as XLA_FLAGS (no split-K GEMMs,
-# bf16 rounded where written), to tell the two parts apart; cublas = cuBLAS GEMMs instead of XLA's Triton ones.
+# By default a row summed in another batch parts at a bf16 near-tie (session 22, H100: overlap vs sync 59/64,
+# radix cache off 4/64; with the option 64/64 both). VARIANTS (default "default deterministic gemm"):
+# deterministic = --enable-deterministic-inference (fixed row blocks, one attention class,
+# model_runner.DETERMINISTIC_XLA_OPTIONS); gemm = those XLA options alone, as XLA_FLAGS (no split-K GEMMs,
+# bf16 rounded where written); cublas = cuBLAS GEMMs instead of XLA's Triton ones.
 # ~1.5 min a variant, then ~3 min for the step timings at both page-table widths (STEP=0 skips them, PARITY=0
 # the parity runs; STEP_ARGS replaces the step timings' batches / contexts / widths).
 cd "$(dirname "$0")/../.." && source benchmarks/device/_env.sh

@@ -40,10 +40,10 @@ from jaxsgl.model.weights import Weights
 
 log = logging.getLogger(__name__)
 
-# XLA's part of deterministic inference: a GEMM's K sum in one piece (the autotuner splits the K sum of a
-# skinny GEMM into partial GEMMs plus a reduction, how many following the batch's padded size), and bf16
-# values rounded wherever the program says (by default a fusion may keep an f32 intermediate, and fusion
-# follows shapes). Session 21 measures what each buys (benchmarks/device/batch_invariance.sh).
+# XLA's part of deterministic inference, beside forward's fixed row blocks (which give every GEMM one
+# shape): a GEMM's K sum in one piece (no split-K partials plus a reduction), and bf16 values rounded
+# wherever the program says (by default a fusion may keep an f32 intermediate, and fusions differ between
+# a step with one row block, whose loop XLA removes, and a step with several).
 DETERMINISTIC_XLA_OPTIONS = (("xla_gpu_experimental_force_split_k", 1), ("xla_allow_excess_precision", False))
 
 

@@ -33,9 +33,10 @@ class EngineOptions:
     warmup_sampled: bool = False  # warm-up also compiles the steps of batches with temperature > 0 (no top-k/p/min-p)
     warmup_compile_threads: int | None = None  # warm-up compiles this many variants at once (None: CPU count)
     disable_overlap_schedule: bool = False  # True: read each step back before the next (no overlap; engine/step_loop.py)
-    # SGLang's --enable-deterministic-inference, in part: batch-invariant attention (splits fixed by the page
-    # table), GEMMs without split-K, bf16 rounded where written (model_runner). On a GPU that is not yet enough:
-    # XLA's GEMM numerics still follow the step's shape (docs/perf.md, session 21); the Engine warns.
+    # SGLang's --enable-deterministic-inference: a row's results do not depend on its batch, so greedy tokens
+    # are the same with overlap / the radix cache on or off (the layers' row-wise work on fixed blocks of
+    # forward.INVARIANT_ROWS tokens, one unsplit attention class, model_runner.DETERMINISTIC_XLA_OPTIONS).
+    # Costs throughput (docs/perf.md, session 22).
     enable_deterministic_inference: bool = False
     disable_regex_jump_forward: bool = False  # constrained decoding: decode forced strings token by token
     grammar_max_states: int = 65536  # device grammar tables: automaton states of all resident constraints
