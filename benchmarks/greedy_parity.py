@@ -2,6 +2,7 @@
 
     python benchmarks/greedy_parity.py --model-path .gpu/model8b --load-format dummy --out parity.json
     python benchmarks/greedy_parity.py ... --enable-deterministic-inference   # the batch-invariant step
+    python benchmarks/greedy_parity.py ... --temperature 0.8             # seeded samples (prompt i: seed i)
     python benchmarks/greedy_parity.py --smoke --out /tmp/g.json         # tiny random model (CI)
 
 One workload (random prompts, a share of them behind a common prefix, so the radix cache has work)
@@ -57,9 +58,9 @@ def run_schedule(args, prompts: list[list[int]], options: dict) -> tuple[list[di
                  enable_deterministic_inference=args.enable_deterministic_inference, **options)
     try:
         t0 = time.perf_counter()
-        res = eng.generate(input_ids=prompts, sampling_params={"temperature": 0, "max_new_tokens": args.max_new_tokens,
-                                                               "ignore_eos": True},
-                           return_logprob=True, top_logprobs_num=2)
+        params = [{"temperature": args.temperature, "max_new_tokens": args.max_new_tokens, "ignore_eos": True,
+                   **({"seed": i} if args.temperature > 0 else {})} for i in range(len(prompts))]
+        res = eng.generate(input_ids=prompts, sampling_params=params, return_logprob=True, top_logprobs_num=2)
         wall = time.perf_counter() - t0
     finally:
         eng.shutdown()
@@ -98,6 +99,8 @@ def main() -> None:
     ap.add_argument("--enable-deterministic-inference", action="store_true",
                     help="batch-invariant attention and GEMMs (EngineOptions.enable_deterministic_inference)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--temperature", type=float, default=0.0,
+                    help="> 0: sampled, prompt i with seed i (the same tokens in every schedule all the same)")
     ap.add_argument("--smoke", action="store_true", help="tiny random model, 6 short prompts (CI)")
     ap.add_argument("--out")
     args = ap.parse_args()
@@ -117,6 +120,8 @@ def main() -> None:
     settings = {k: v for k, v in os.environ.items() if k.startswith("JAXSGL_") or k == "XLA_FLAGS"}
     if args.enable_deterministic_inference:
         settings["enable_deterministic_inference"] = True
+    if args.temperature > 0:
+        settings["temperature"] = args.temperature
     print(f"greedy parity vs {ref_name}; settings: {settings or 'defaults'}")
     print(f"{'schedule':<10} {'identical':>10} {'wall s':>7}  first parting (row@position: top-2 gap)")
     for name, s in summary.items():

@@ -100,3 +100,20 @@ def test_deterministic_inference_keeps_greedy_outputs(tiny_model_dir, workload, 
     assert seen == {True}
     assert fns and all(repr(sorted(dict(DETERMINISTIC_XLA_OPTIONS).items())) in f._fn_key for f in fns)
     assert [o["output_ids"] for o in outs] == baseline[0][:16]
+
+
+def test_deterministic_inference_keeps_seeded_samples_across_schedules(tiny_model_dir, workload):
+    """With the option, bf16: seeded samples (temperature 1) are the same with overlap and the radix cache on
+    or off: the sampling keys come from a request's seed and token count, never from its row in a batch."""
+    from jaxsgl.engine.engine import Engine
+
+    work = workload[:12]
+    params = [{"max_new_tokens": w[1], "temperature": 1.0, "seed": 1000 + i, "ignore_eos": True}
+              for i, w in enumerate(work)]
+    outs = []
+    for sched in ({}, {"disable_overlap_schedule": True}, {"disable_radix_cache": True}):
+        with Engine(str(tiny_model_dir), dtype="bfloat16", page_size=16, chunked_prefill_size=64,
+                    enable_deterministic_inference=True, **sched) as eng:
+            outs.append([o["output_ids"] for o in eng.generate(input_ids=[w[0] for w in work], sampling_params=params)])
+    assert outs[1] == outs[0] and outs[2] == outs[0]
+    assert len({tuple(o) for o in outs[0]}) > 1
