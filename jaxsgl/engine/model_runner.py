@@ -139,7 +139,7 @@ class ModelRunner:
         pinned_inputs: run_async sends its inputs in page-locked host memory (where the backend has
         it); False: as numpy, like run(). None: True unless $JAXSGL_PINNED_INPUTS is "0" (A/B runs).
         deterministic: every row computed the same whatever batch it runs in (SGLang's
-        --enable-deterministic-inference): batch-invariant attention, and DETERMINISTIC_XLA_OPTIONS."""
+        --enable-deterministic-inference): forward's row blocks, batch-invariant attention, DETERMINISTIC_XLA_OPTIONS."""
         self.cfg = cfg
         self.pages_per_seq = pages_per_seq
         self.weights = weights

@@ -74,6 +74,14 @@ def test_the_attention_kernels_lower_to_triton(max_q_len) -> None:
     assert text.count("xla.gpu.triton") >= (1 if max_q_len == 1 else 2)
 
 
+def test_the_batch_invariant_class_lowers_to_triton_alone() -> None:
+    """--enable-deterministic-inference: one Triton launch (one class, one masked loop) even where the
+    Hopper path would take the Mosaic kernel for a prefill."""
+    fn = functools.partial(ragged_paged_attention_pallas, sm_scale=D ** -0.5, batch_invariant=True)
+    text = _lower_for_cuda(fn, jax.ShapeDtypeStruct((512, H, D), BF16), PAGES_SPEC, PAGES_SPEC, *LAYOUT)
+    assert text.count("xla.gpu.triton") == 1 and "mosaic_gpu" not in text
+
+
 def test_the_hopper_extend_kernel_lowers_with_mosaic_gpu() -> None:
     """A prefill batch's long class on the Mosaic GPU kernel (paged_extend_mosaic.py), the short one on Triton."""
     fn = functools.partial(ragged_paged_attention_pallas, sm_scale=D ** -0.5, long_config=MosaicConfig())
