@@ -67,9 +67,9 @@ class Engine:
             max_prefill_tokens=opts.max_prefill_tokens, chunked_prefill_size=opts.chunked_prefill_size,
             max_context_len=self.context_len, max_wait_steps=opts.max_wait_steps,
             enable_prefix_dedup=opts.enable_prefix_dedup, random_seed=opts.random_seed)
-        # The reference attention costs O(page-table width): give it several widths (unless deterministic:
-        # a row's softmax is then summed over one width whatever its batch). Kernels stop at kv_len.
-        several_widths = self.attn_impl == "reference" and not opts.enable_deterministic_inference
+        # The reference attention costs O(page-table width): give it several widths (deterministic too: its
+        # softmax then folds fixed KV blocks, kernels.INVARIANT_KV_TOKENS). Kernels stop at kv_len.
+        several_widths = self.attn_impl == "reference"
         self.builder = StepInputBuilder.for_engine(
             ps, prefill_budget=self.scheduler.config.prefill_budget, max_running_requests=opts.max_running_requests,
             max_context_len=self.context_len, seq_buckets=opts.seq_buckets,

@@ -93,6 +93,11 @@ def resolve_impl(impl: str) -> str:
     return impl
 
 
+# The reference's KV block under batch_invariant: the engine's narrowest page-table width on that path
+# (StepInputBuilder's min_page_tokens), so a narrow table is one block.
+INVARIANT_KV_TOKENS = 256
+
+
 def ragged_paged_attention(q, k_pages, v_pages, query_start, kv_lens, page_table, *, sm_scale: float,
                            soft_cap: float | None = None, sliding_window: int | None = None,
                            impl: str = "reference", hint: QLenHint = QLenHint(), batch_invariant: bool = False):
@@ -101,12 +106,17 @@ def ragged_paged_attention(q, k_pages, v_pages, query_start, kv_lens, page_table
     hint (static): promised bounds on the sequences' new-token counts (QLenHint); the kernels
     skip launches only other sequences would need. Rows of padding tokens may then be garbage.
     batch_invariant (static): each row summed in the same order whatever else shares the step
-    (block_configs.default_configs; the reference's sums already are, over the page table's width).
+    (block_configs.default_configs; the reference folds its softmax over KV blocks of
+    INVARIANT_KV_TOKENS positions, so that the page table's width, which the engine picks by the batch,
+    does not order its sums).
     """
     impl = resolve_impl(impl)
     kw = dict(sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window)
     if impl == "reference":
-        return ragged_paged_attention_ref(q, k_pages, v_pages, query_start, kv_lens, page_table, **kw)
+        page_size = k_pages.shape[1]
+        kv_block = max(1, INVARIANT_KV_TOKENS // page_size) * page_size if batch_invariant else None
+        return ragged_paged_attention_ref(q, k_pages, v_pages, query_start, kv_lens, page_table, **kw,
+                                          kv_block=kv_block)
     paged = functools.partial(ragged_paged_attention_pallas, interpret=impl == "pallas_interpret",
                               min_q_len=hint.min_q_len, max_q_len=hint.max_q_len,
                               use_mosaic=impl != "pallas_triton", batch_invariant=batch_invariant)

@@ -39,6 +39,7 @@ def ragged_paged_attention_ref(
     sm_scale: float,
     soft_cap: float | None = None,
     sliding_window: int | None = None,
+    kv_block: int | None = None,
 ) -> jax.Array:
     """Causal attention of a packed ragged batch over paged KV.
 
@@ -49,6 +50,10 @@ def ragged_paged_attention_ref(
     Token i of sequence s is at position kv_lens[s] - q_len_s + i and sees KV positions
     j <= its position (and j > position - sliding_window when a window is set).
     Returns [T, H, D] in q's dtype; rows of padding tokens are zeros.
+    kv_block (static; a multiple of page_size): a row's softmax and its weighted sum of V in blocks of
+    this many KV positions, first to last (online softmax), so a row's sums are the same whatever the
+    page table's width P (the blocks past a row's KV change nothing); by default one softmax over all
+    P * page_size positions, whose summation order follows P.
     """
     T, H, D = q.shape
     _, page_size, KVH, _ = k_pages.shape
@@ -66,17 +71,21 @@ def ragged_paged_attention_ref(
 
     pad = (-T) % TOKEN_BLOCK
     blocks = lambda x: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(-1, TOKEN_BLOCK, *x.shape[1:])
-    kv_idx = jnp.arange(L, dtype=jnp.int32)
+    chunk = L if kv_block is None else kv_block
+    if chunk % page_size:
+        raise ValueError(f"kv_block {kv_block} is not a multiple of page_size {page_size}")
+    num_chunks = -(-L // chunk)
+    table = jnp.pad(page_table, [(0, 0), (0, num_chunks * chunk // page_size - P)])  # pad page 0: masked
 
-    def one_block(args):
-        qb, seqb, posb, validb = args  # [B,H,D], [B], [B], [B]
-        pages = page_table[seqb]  # [B, P]
+    def scores(qg, seqb, posb, validb, c):
+        """Scores [B, KVH, G, chunk] of KV chunk c (masked: -inf) and its values [B, chunk, KVH, D]."""
+        kv_idx = c * chunk + jnp.arange(chunk, dtype=jnp.int32)
+        pages = jax.lax.dynamic_slice_in_dim(table[seqb], c * (chunk // page_size), chunk // page_size, axis=1)
         # Slots past kv_len may hold anything (stale or never-written pages): zero them so
         # that a masked score times a NaN value cannot poison the row.
         live = (kv_idx[None, :] < kv_lens[seqb][:, None])[:, :, None, None]
-        kb = jnp.where(live, k_pages[pages].reshape(TOKEN_BLOCK, L, KVH, D).astype(jnp.float32), 0.0)
-        vb = jnp.where(live, v_pages[pages].reshape(TOKEN_BLOCK, L, KVH, D).astype(jnp.float32), 0.0)
-        qg = qb.astype(jnp.float32).reshape(TOKEN_BLOCK, KVH, group, D)
+        kb = jnp.where(live, k_pages[pages].reshape(TOKEN_BLOCK, chunk, KVH, D).astype(jnp.float32), 0.0)
+        vb = jnp.where(live, v_pages[pages].reshape(TOKEN_BLOCK, chunk, KVH, D).astype(jnp.float32), 0.0)
         # HIGHEST: XLA's default float32 matmul on GPU is TF32 (~3e-4 relative error).
         s = jnp.einsum("bkgd,blkd->bkgl", qg, kb, precision=jax.lax.Precision.HIGHEST) * sm_scale
         if soft_cap is not None:
@@ -85,13 +94,26 @@ def ragged_paged_attention_ref(
         if sliding_window is not None:
             mask &= kv_idx[None, :] > posb[:, None] - sliding_window
         mask &= validb[:, None]
-        s = jnp.where(mask[:, None, None, :], s, -jnp.inf)
-        m = jnp.max(s, axis=-1, keepdims=True)
-        p = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0))
-        denom = jnp.sum(p, axis=-1, keepdims=True)
-        o = jnp.einsum("bkgl,blkd->bkgd", p, vb, precision=jax.lax.Precision.HIGHEST)
-        o = o / jnp.where(denom == 0, 1.0, denom)
-        return o.reshape(TOKEN_BLOCK, H, D)
+        return jnp.where(mask[:, None, None, :], s, -jnp.inf), vb
+
+    def fold(carry, s, vb):
+        """Online softmax: add a chunk's scores and values to (running max, sum, weighted values). A chunk
+        with every score masked changes nothing, bit for bit (its weights are 0, the rescale exactly 1)."""
+        m, l, acc = carry
+        m_new = jnp.maximum(m, jnp.max(s, axis=-1, keepdims=True))
+        m_use = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+        alpha, p = jnp.exp(m - m_use), jnp.exp(s - m_use)
+        pv = jnp.einsum("bkgl,blkd->bkgd", p, vb, precision=jax.lax.Precision.HIGHEST)
+        return m_new, l * alpha + jnp.sum(p, axis=-1, keepdims=True), acc * alpha + pv
+
+    def one_block(args):
+        qb, seqb, posb, validb = args  # [B,H,D], [B], [B], [B]
+        qg = qb.astype(jnp.float32).reshape(TOKEN_BLOCK, KVH, group, D)
+        shape = (TOKEN_BLOCK, KVH, group, 1)
+        carry = (jnp.full(shape, -jnp.inf), jnp.zeros(shape), jnp.zeros((TOKEN_BLOCK, KVH, group, D)))
+        _, l, acc = jax.lax.fori_loop(0, num_chunks, lambda c, cr: fold(cr, *scores(qg, seqb, posb, validb, c)),
+                                      carry)
+        return (acc / jnp.where(l == 0, 1.0, l)).reshape(TOKEN_BLOCK, H, D)
 
     out = jax.lax.map(one_block, (blocks(q), blocks(seq), blocks(pos), blocks(valid)))
     return out.reshape(-1, H, D)[:T].astype(q.dtype)

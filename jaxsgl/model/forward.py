@@ -128,8 +128,10 @@ def _add_norm(x: jax.Array, delta: jax.Array, w: jax.Array, eps: float, impl: st
 # GEMMs, the MLP's activation) runs on fixed blocks of INVARIANT_ROWS tokens, one after another, so every
 # GEMM and reduction has one shape whatever the step's size: XLA tiles it one way, and a row's sums cannot
 # follow its batch (on a GPU they do otherwise: a cached prefix changes a prefill's M, and the GEMM's
-# kernel with it; docs/perf.md session 21). 128 rows keep an 8B decode GEMM memory-bound (2 x 128 FLOPs a
-# weight byte pair, under the H200's ~184 FLOPs/byte): batches up to 128 read the weights once, 256 twice.
+# kernel with it; docs/perf.md session 22). A block's padding rows are computed too. On a GPU, 128 rows
+# keep an 8B decode GEMM memory-bound (2 x 128 FLOPs a weight byte pair, under the H200's ~184 FLOPs/byte):
+# batches up to 128 read the weights once, 256 twice. On the 2-core CPU (the default model) 8, 16, 32 and
+# 128 rows cost the same at batch 1 and 128 is the fastest prefill (docs/perf.md, session 22).
 INVARIANT_ROWS = 128
 
 

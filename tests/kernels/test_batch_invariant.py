@@ -92,3 +92,23 @@ def test_a_prompt_row_sums_the_same_in_any_chunk(invariant: bool, n: int) -> Non
         np.testing.assert_array_equal(got, want)
     elif n <= 4:  # the decode class (split, other KV blocks) against the extend class
         assert not np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("invariant", [True, False], ids=["invariant", "default"])
+def test_the_reference_sums_a_row_the_same_at_any_page_table_width(invariant: bool) -> None:
+    """The engine gives the reference several page-table widths, picked by the batch: under the option its
+    softmax folds fixed KV blocks, so a wider table (blocks past every row's KV) changes no bit."""
+    from jaxsgl import kernels
+
+    rng = np.random.default_rng(3)
+    narrow = make_batch(rng, [(1, 200), (5, 90), (30, 240), (0, 0)], num_tokens=40, num_heads=H, num_kv_heads=KVH,
+                        head_dim=D, page_size=PS, pages_per_seq=P, poison=0.0)
+    wide = narrow._replace(page_table=np.pad(narrow.page_table, [(0, 0), (0, 3 * P)]))
+    run = functools.partial(kernels.ragged_paged_attention, sm_scale=0.125, impl="reference",
+                            batch_invariant=invariant)
+    a, b = np.asarray(run(*narrow.args(jnp.float32))), np.asarray(run(*wide.args(jnp.float32)))
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    if invariant:
+        np.testing.assert_array_equal(a, b)
+    else:
+        assert not np.array_equal(a, b)
