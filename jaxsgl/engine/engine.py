@@ -29,7 +29,7 @@ from jaxsgl.engine.request_io import forward_event, prepare_requests, with_times
 from jaxsgl.engine.request_state import RequestState
 from jaxsgl.engine.step_loop import StepLoop
 from jaxsgl.engine.warmup import warm_up
-from jaxsgl.kernels import resolve_impl
+from jaxsgl.kernels import INVARIANT_KV_TOKENS, resolve_impl
 from jaxsgl.model.compile_cache import enable_compilation_cache
 from jaxsgl.model.loader import load_model, resolve_dtype
 from jaxsgl.scheduler import Scheduler, StepInputBuilder
@@ -67,13 +67,14 @@ class Engine:
             max_prefill_tokens=opts.max_prefill_tokens, chunked_prefill_size=opts.chunked_prefill_size,
             max_context_len=self.context_len, max_wait_steps=opts.max_wait_steps,
             enable_prefix_dedup=opts.enable_prefix_dedup, random_seed=opts.random_seed)
-        # The reference attention costs O(page-table width): give it several widths (deterministic too: its
-        # softmax then folds fixed KV blocks, kernels.INVARIANT_KV_TOKENS). Kernels stop at kv_len.
+        # The reference attention costs O(page-table width): give it several widths, the narrowest one
+        # reference KV block (deterministic too: its softmax then folds those blocks in order, so the width
+        # does not order a row's sums). Kernels stop at kv_len.
         several_widths = self.attn_impl == "reference"
         self.builder = StepInputBuilder.for_engine(
             ps, prefill_budget=self.scheduler.config.prefill_budget, max_running_requests=opts.max_running_requests,
             max_context_len=self.context_len, seq_buckets=opts.seq_buckets,
-            min_page_tokens=256 if several_widths else None)
+            min_page_tokens=INVARIANT_KV_TOKENS if several_widths else None)
         log.info("scheduler and step buckets in %.1fs", time.perf_counter() - t_sched)
         # one compiled page-table width (the kernels stop at kv_len): steps send only the columns in use
         one_width = len(self.builder.page_buckets) == 1

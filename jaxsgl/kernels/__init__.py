@@ -93,8 +93,8 @@ def resolve_impl(impl: str) -> str:
     return impl
 
 
-# The reference's KV block under batch_invariant: the engine's narrowest page-table width on that path
-# (StepInputBuilder's min_page_tokens), so a narrow table is one block.
+# The reference's KV block under batch_invariant, and the engine's narrowest page-table width on that
+# path (its StepInputBuilder's min_page_tokens), so a narrow table is one block.
 INVARIANT_KV_TOKENS = 256
 
 

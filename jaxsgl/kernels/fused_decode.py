@@ -36,8 +36,7 @@ if _SETTING not in ("0", "1"):
 FUSED_DECODE = _SETTING == "1"
 
 
-@functools.partial(jax.jit, static_argnames=("sm_scale", "soft_cap", "sliding_window", "config", "interpret",
-),
+@functools.partial(jax.jit, static_argnames=("sm_scale", "soft_cap", "sliding_window", "config", "interpret"),
                    donate_argnames=("k_pages", "v_pages"))
 def rope_write_attention_pallas(
     qkv: jax.Array, inv_freq: jax.Array, k_pages: jax.Array, v_pages: jax.Array, query_start: jax.Array,
@@ -78,6 +77,7 @@ def rope_write_attention_pallas(
                   soft_cap=soft_cap, window=sliding_window, interpret=interpret,
                   fused=(inv, slots.astype(jnp.int32)))
     *outs, k_flat, v_flat = res
-    out = outs[0] if cfg.num_splits == 1 else combine_splits(outs[0], outs[1], plan, None, T, group, qkv.dtype,
-                                                                 tile_tokens=1)
+    if cfg.num_splits == 1:
+        return outs[0], k_flat.reshape(k_pages.shape), v_flat.reshape(v_pages.shape)
+    out = combine_splits(outs[0], outs[1], plan, None, T, group, qkv.dtype, tile_tokens=1)
     return out, k_flat.reshape(k_pages.shape), v_flat.reshape(v_pages.shape)
