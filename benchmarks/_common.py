@@ -213,6 +213,7 @@ def profile_kernels(run, iters: int) -> dict:
     return {"kinds_us": {k: us(v) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
             "launches": {k: round(v, 1) for k, v in sorted(launches.items(), key=lambda kv: -kv[1])},
             "kernels_us": {k: us(v) for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:200]},
+            "kernel_launches": {k: round(counts[k] / iters, 1) for k, _ in sorted(per.items(), key=lambda kv: -kv[1])[:200]},
             "sum_us": us(sum(per.values())), "span_us": us(span)}
 
 

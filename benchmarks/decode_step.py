@@ -197,6 +197,24 @@ def grammar_rows(model_dir: Path, cfg, n: int) -> tuple[GrammarTables, list[int]
     return tables, states
 
 
+def override_decode_config(spec: str) -> None:
+    """--decode-config: steps traced from now on launch the decode class with this KV block, split count
+    (0: block_configs' choice), warps, stages and prefetch (1: on). Patches ragged_paged_attention's default_configs and
+    turns jaxsgl's executable cache off (its key does not know the patch)."""
+    import importlib
+    rpa = importlib.import_module("jaxsgl.kernels.ragged_paged_attention")  # the package's name is its function
+    block_k, splits, warps, stages, *prefetch = (int(x) for x in spec.split(","))
+    chosen = rpa.default_configs
+
+    def patched(*args, **kwargs):
+        short, long = chosen(*args, **kwargs)
+        return short._replace(block_k=block_k, num_splits=splits or short.num_splits, num_warps=warps,
+                              num_stages=stages, prefetch=bool(prefetch and prefetch[0])), long
+
+    rpa.default_configs = patched
+    os.environ["JAXSGL_GPU_EXECUTABLE_CACHE"] = "0"
+
+
 def roofline_ms(cfg, weight_bytes: int, params: int, S: int, ctx: int, kv_bytes_tok: int, bandwidth: float,
                 peak_flops: float) -> tuple[float, float, float]:
     """(roofline ms, bytes read, FLOPs) of one decode step: every weight and each row's KV read once
@@ -252,6 +270,8 @@ def main() -> None:
     ap.add_argument("--dispatch-trace", action="store_true",
                     help="with --dispatch-study: the host events of launches from host arrays with a step in flight")
     ap.add_argument("--smoke", action="store_true", help="tiny random model, batches 1 2, context 32, 3 iters")
+    ap.add_argument("--decode-config", default=None, metavar="BLOCK_K,SPLITS,WARPS,STAGES[,PREFETCH]",
+                    help="A/B: the decode class's launch shape instead of block_configs' (splits 0: its choice)")
     ap.add_argument("--out", default="decode_step.json")
     args = ap.parse_args()
     if args.smoke:
@@ -261,6 +281,8 @@ def main() -> None:
         ap.error("--model is required (or --smoke)")
     contexts = args.contexts or [args.context]
     narrow_only = (args.narrow_only or args.roofline) and not args.both_widths
+    if args.decode_config:
+        override_decode_config(args.decode_config)
     cfg, weights, model_dir = load_model(args.model, load_format=args.load_format)
     ps = args.page_size
     kv_tok = kv_bytes_per_token(cfg, weights.embed.dtype)
@@ -330,6 +352,8 @@ def main() -> None:
     settings = dict(traced_environment(), XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
     if args.enable_deterministic_inference:
         settings["enable_deterministic_inference"] = "1"
+    if args.decode_config:
+        settings["decode_config"] = args.decode_config
     Path(args.out).write_text(json.dumps({"model": args.model, "device": jax.devices()[0].device_kind,
                                           "argv": sys.argv, "settings": settings, "compile_s": compile_s, "rows": rows,
                                           "dispatch_study": study}, indent=2))

@@ -1,7 +1,7 @@
 """Launch shapes of the Triton attention kernel's two sequence classes (ragged_paged_attention.py): the
 BlockConfig each class launches with, and `default_configs`, which picks them from a step's static shape,
-including the decode class's flash-decoding splits and their floor (`MIN_SPLIT_TOKENS`,
-$JAXSGL_MIN_SPLIT_TOKENS), or batch-invariant shapes. Mutates nothing."""
+including the decode class's flash-decoding splits, their floor (`MIN_SPLIT_TOKENS`,
+$JAXSGL_MIN_SPLIT_TOKENS) and cap (`MAX_SPLITS`, $JAXSGL_MAX_SPLITS), or batch-invariant shapes. Mutates nothing."""
 from __future__ import annotations
 
 import os
@@ -22,6 +22,7 @@ class BlockConfig(NamedTuple):
     reverse: bool = False  # launch tiles last-first (long causal tiles start first)
     overlap: bool = False  # software-pipeline q.k^T of the next block over this block's softmax
     single_loop: bool = False  # one masked loop over all blocks (no separate diagonal loop)
+    prefetch: bool = False  # load the next block's K/V before this block's math (unmasked blocks)
 
 
 def next_pow2(x: int) -> int:
@@ -37,7 +38,12 @@ _MIN_SPLIT = os.environ.get("JAXSGL_MIN_SPLIT_TOKENS", "128")
 if not _MIN_SPLIT.isdigit() or int(_MIN_SPLIT) < 1:
     raise ValueError(f"JAXSGL_MIN_SPLIT_TOKENS={_MIN_SPLIT!r}: expected a positive number of tokens")
 MIN_SPLIT_TOKENS = int(_MIN_SPLIT)
-
+# The most splits a decode sequence's KV gets (batch 1 and 2 reach it: 8 KV heads x 16 = 128 programs).
+# $JAXSGL_MAX_SPLITS sets another value (part of the executable cache's key).
+_MAX_SPLITS = os.environ.get("JAXSGL_MAX_SPLITS", "16")
+if not _MAX_SPLITS.isdigit() or int(_MAX_SPLITS) < 1:
+    raise ValueError(f"JAXSGL_MAX_SPLITS={_MAX_SPLITS!r}: expected a positive number of splits")
+MAX_SPLITS = int(_MAX_SPLITS)
 
 
 def default_configs(num_tokens: int, num_seqs: int, pages_per_seq: int, page_size: int,
@@ -67,7 +73,7 @@ def default_configs(num_tokens: int, num_seqs: int, pages_per_seq: int, page_siz
     programs = num_seqs * num_kv_heads
     splits = 1
     if programs < target:  # flash-decoding: split each sequence's KV, >= MIN_SPLIT_TOKENS a split
-        splits = max(1, min(cdiv(target, programs), max_ctx // MIN_SPLIT_TOKENS, 16))
+        splits = max(1, min(cdiv(target, programs), max_ctx // MIN_SPLIT_TOKENS, MAX_SPLITS))
     if splits == 1 and small:  # enough programs: longer KV blocks (64 x 2k: 216 vs 232 us)
         short = BlockConfig(rows_s, 128, 1, num_warps=4, num_stages=2)
     else:

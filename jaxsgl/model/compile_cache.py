@@ -69,7 +69,8 @@ def _sources_fingerprint() -> str:
 # jaxsgl's environment settings that change what a step traces to (model/forward.py, kernels/): part of an
 # executable's key, so a process with another value does not load this one's executables. A new JAXSGL_*
 # variable read by the traced code belongs here (tests/model/test_start_caches.py checks those modules).
-TRACED_ENV = ("JAXSGL_FUSED_ADD_NORM", "JAXSGL_FUSED_DECODE", "JAXSGL_MATMUL_OUTPUT", "JAXSGL_MIN_SPLIT_TOKENS")
+TRACED_ENV = ("JAXSGL_FUSED_ADD_NORM", "JAXSGL_FUSED_DECODE", "JAXSGL_MATMUL_OUTPUT", "JAXSGL_MAX_SPLITS",
+              "JAXSGL_MIN_SPLIT_TOKENS")
 
 
 def traced_environment() -> list[tuple[str, str]]:

@@ -38,7 +38,7 @@ def _tiny_dir(with_tokenizer: bool = False) -> str:
 SMOKE: dict[str, list[str] | Callable[[], list[str]]] = {
     "attention.py": ["--smoke"],
     "host_loop.py": ["--smoke"],
-    "decode_step.py": ["--smoke", "--profile", "2,32", "--dispatch-study", "--dispatch-trace"],
+    "decode_step.py": ["--smoke", "--profile", "2,32", "--dispatch-study", "--dispatch-trace", "--decode-config", "32,2,4,2"],
     "mosaic_extend_probe.py": ["--smoke"],
     "executable_reload.py": ["--smoke"],
     "offline_throughput.py": ["--smoke", "--profile"],

@@ -1,5 +1,6 @@
-"""The decode class's flash-decoding split floor (block_configs.MIN_SPLIT_TOKENS, from
-$JAXSGL_MIN_SPLIT_TOKENS): how it sets the splits, and a bad value refused at import."""
+"""The decode class's flash-decoding split floor and cap (block_configs.MIN_SPLIT_TOKENS and MAX_SPLITS,
+from $JAXSGL_MIN_SPLIT_TOKENS and $JAXSGL_MAX_SPLITS): how they set the splits, and a bad value refused at
+import."""
 from __future__ import annotations
 
 import importlib
@@ -22,3 +23,14 @@ def test_the_floor_bounds_the_splits_of_a_small_grid(monkeypatch) -> None:
 
 def test_a_bad_floor_is_refused_by_name(import_error) -> None:
     assert "JAXSGL_MIN_SPLIT_TOKENS='0'" in import_error("JAXSGL_MIN_SPLIT_TOKENS", "0")
+
+
+def test_the_cap_bounds_the_splits_of_one_long_sequence(monkeypatch) -> None:
+    monkeypatch.setattr(configs, "MIN_SPLIT_TOKENS", 128)
+    assert _splits(1, 513) == 16  # 8k tokens of width, 8 programs: the default cap
+    monkeypatch.setattr(configs, "MAX_SPLITS", 64)
+    assert (_splits(1, 513), _splits(1, 33), _splits(8, 513)) == (33, 4, 5)  # 264 programs fill the GPU twice
+
+
+def test_a_bad_cap_is_refused_by_name(import_error) -> None:
+    assert "JAXSGL_MAX_SPLITS='x'" in import_error("JAXSGL_MAX_SPLITS", "x")
