@@ -69,8 +69,6 @@ def ragged_paged_attention_ref(
     q_len = query_start[1:] - query_start[:-1]
     pos = kv_lens[seq] - q_len[seq] + (tok - query_start[seq])  # [T]
 
-    pad = (-T) % TOKEN_BLOCK
-    blocks = lambda x: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(-1, TOKEN_BLOCK, *x.shape[1:])
     chunk = L if kv_block is None else kv_block
     if chunk % page_size:
         raise ValueError(f"kv_block {kv_block} is not a multiple of page_size {page_size}")
@@ -115,5 +113,18 @@ def ragged_paged_attention_ref(
                                       carry)
         return (acc / jnp.where(l == 0, 1.0, l)).reshape(TOKEN_BLOCK, H, D)
 
-    out = jax.lax.map(one_block, (blocks(q), blocks(seq), blocks(pos), blocks(valid)))
+    pad = (-T) % TOKEN_BLOCK
+    blocks = lambda x: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(-1, TOKEN_BLOCK, *x.shape[1:])
+    xs = (blocks(q), blocks(seq), blocks(pos), blocks(valid))
+    # The output buffer depends on this layer's K pages (lax.map's starts as constants, which XLA creates
+    # for every layer at the start of the step: row_blocks' docstring). Not on q: a second reader of q
+    # changes how XLA fuses the ops that make q, and a row's last bits with them, differently in
+    # different batches. NaN pages make a NaN buffer, which the loop overwrites whole.
+    out = jnp.full(xs[0].shape, k_pages.reshape(-1)[0].astype(jnp.float32) * 0)
+
+    def body(carry, x):
+        out, i = carry
+        return (jax.lax.dynamic_update_index_in_dim(out, one_block(x), i, 0), i + 1), None
+
+    (out, _), _ = jax.lax.scan(body, (out, jnp.int32(0)), xs)
     return out.reshape(-1, H, D)[:T].astype(q.dtype)
