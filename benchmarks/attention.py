@@ -2,7 +2,7 @@
 
     python benchmarks/attention.py [--out results.json] [--tune] [--quick] [--only decode|extend]
                                    [--budget SECONDS]
-    python benchmarks/attention.py --mosaic   # extend: Mosaic GPU kernel configs vs Triton vs cuDNN
+    (config sweeps, the Mosaic GPU extend kernel's configs, one call for ncu: benchmarks/attention_sweep.py)
     python benchmarks/attention.py --smoke --out /tmp/a.json   # any backend: tiny shapes, the kernel in
                                                                # Pallas interpret mode, 2 iterations (CI)
 
@@ -30,7 +30,6 @@ import numpy as np
 
 from jaxsgl.kernels import PREFILL_HINT, BlockConfig, write_kv
 from jaxsgl.kernels.block_configs import default_configs
-from jaxsgl.kernels.paged_extend_mosaic import MosaicConfig
 from jaxsgl.kernels.ragged_paged_attention import ragged_paged_attention_pallas
 from jaxsgl.kernels.reference import ragged_paged_attention_ref
 
@@ -210,101 +209,6 @@ def bench_extend(rng, ceil, cases, tune: bool) -> list[dict]:
     return rows
 
 
-def cudnn_time(prefix: int, new: int) -> float:
-    ctx = prefix + new
-    qd, kd, vd = (jax.random.normal(jax.random.key(i), (1, n, h, D), DT)
-                  for i, (n, h) in enumerate([(new, H), (ctx, KVH), (ctx, KVH)]))
-    dense = jax.jit(functools.partial(jax.nn.dot_product_attention, is_causal=prefix == 0,
-                                      scale=SCALE, implementation="cudnn"))
-    return timeit(dense, [(qd, kd, vd)])
-
-
-def bench_sweep(rng, ext_cases, long_cfgs, dec_cases, short_cfgs, page1: bool = True,
-                with_default: bool = True) -> dict:
-    """Alternative block configs (and page size 1) on chosen cases, each vs the default."""
-    out = {"extend": [], "decode": [], "page1": []}
-    for prefix, new in ext_cases:
-        k, v, sets = paged_sets(rng, 1, prefix + new, new, 4)
-        flops = 4 * H * D * (new * prefix + new * (new + 1) / 2)
-        cud = cudnn_time(prefix, new)
-        cud_flops = flops if prefix == 0 else 4 * H * D * new * (prefix + new)
-        want = np.asarray(ragged_paged_attention_ref(*sets[0], sm_scale=SCALE), np.float32) if new <= 512 and prefix <= 2048 else None
-        for cfg in [None] * with_default + long_cfgs:
-            f = jax.jit(functools.partial(ragged_paged_attention_pallas, sm_scale=SCALE, long_config=cfg))
-            try:
-                t = timeit(f, sets)
-            except Exception as e:  # noqa: BLE001 - a config that does not compile is a result
-                row = {"prefix": prefix, "new": new, "config": str(cfg), "error": str(e)[:2000]}
-                print(json.dumps(row), flush=True)
-                out["extend"].append(row)
-                continue
-            row = {"prefix": prefix, "new": new, "config": str(cfg or "default"), "us": t * 1e6,
-                   "TFLOPs": flops / t / 1e12, "ratio_vs_cudnn": (t / flops) / (cud / cud_flops)}
-            if want is not None:
-                row["max_err"] = float(np.abs(np.asarray(f(*sets[0]), np.float32) - want).max())
-            print(json.dumps(row), flush=True)
-            out["extend"].append(row)
-        out["extend"].append({"prefix": prefix, "new": new, "cudnn_us": cud * 1e6})
-        del k, v, sets
-    for batch, ctx in dec_cases:
-        k, v, sets = paged_sets(rng, batch, ctx, 1, 4)
-        for cfg in [None] + short_cfgs:
-            f = jax.jit(functools.partial(ragged_paged_attention_pallas, sm_scale=SCALE, short_config=cfg))
-            t = timeit(f, sets)
-            row = {"batch": batch, "ctx": ctx, "config": str(cfg or "default"), "us": t * 1e6,
-                   "TBps": 2 * batch * ctx * KVH * D * 2 / t / 1e12}
-            print(json.dumps(row), flush=True)
-            out["decode"].append(row)
-        del k, v, sets
-    # page size 1 vs 16 on one decode and one extend case (same default configs)
-    f = jax.jit(functools.partial(ragged_paged_attention_pallas, sm_scale=SCALE))
-    for batch, ctx, q_len in ((32, 2048, 1), (1, 2560, 512), (1, 4096, 4096)) if page1 else ():
-        for ps in (16, 1):
-            k, v, sets = paged_sets(rng, batch, ctx, q_len, 4, ps=ps)
-            row = {"batch": batch, "ctx": ctx, "q_len": q_len, "page_size": ps, "us": timeit(f, sets) * 1e6}
-            print(json.dumps(row), flush=True)
-            out["page1"].append(row)
-            del k, v, sets
-    return out
-
-
-def bench_final(rng, ceil) -> dict:
-    """Default configs on the target cases, single-loop variant, page size 1, and JAX's bundled
-    dense Pallas `mha` (contiguous KV, no paging): what the Triton lowering reaches unpaged."""
-    from jax.experimental.pallas.ops.gpu.attention import BlockSizes, mha
-    res = {"decode": bench_decode(rng, ceil, [(32, 2048), (32, 8192), (64, 2048), (128, 2048),
-                                              (256, 2048), (128, 8192), (1, 32768)], False)}
-    L = BlockConfig
-    res.update(bench_sweep(rng, [(0, 4096), (8192, 4096), (2048, 4096), (8192, 1024)],
-                           [L(64, 32, 1, 4, 2, True, single_loop=True)], [], []))
-    res["mha"] = []
-    for prefix, new, bq, bk, w, st in ((0, 4096, 128, 64, 4, 2), (0, 4096, 128, 64, 8, 3),
-                                       (0, 4096, 128, 128, 8, 2), (8192, 4096, 128, 64, 4, 2),
-                                       (8192, 4096, 128, 64, 8, 3)):
-        ctx = prefix + new
-        q, k, v = (jax.random.normal(jax.random.key(i), (1, n, H, D), DT)
-                   for i, n in enumerate((new, ctx, ctx)))
-        f = jax.jit(functools.partial(mha, segment_ids=None, sm_scale=SCALE, causal=prefix == 0,
-                                      block_sizes=BlockSizes(bq, bk), num_warps=w, num_stages=st))
-        try:
-            t = timeit(f, [(q, k, v)])
-            fl = 4 * H * D * (new * (new + 1) / 2 if prefix == 0 else new * ctx)
-            row = {"prefix": prefix, "new": new, "block": (bq, bk, w, st), "us": t * 1e6, "TFLOPs": fl / t / 1e12}
-        except Exception as e:  # noqa: BLE001
-            row = {"prefix": prefix, "new": new, "block": (bq, bk, w, st), "error": str(e)[:200]}
-        print(json.dumps(row), flush=True)
-        res["mha"].append(row)
-    return res
-
-
-def ncu_once(prefix: int, new: int, cfg: BlockConfig) -> None:
-    """Run one extend call (for `ncu --launch-skip 2 --launch-count 1`)."""
-    k, v, sets = paged_sets(np.random.default_rng(0), 1, prefix + new, new, 1)
-    f = jax.jit(functools.partial(ragged_paged_attention_pallas, sm_scale=SCALE, long_config=cfg))
-    for _ in range(3):
-        jax.block_until_ready(f(*sets[0]))
-
-
 def bench_write_kv() -> list[dict]:
     rows = []
     n, token_counts = WRITE_KV_SIZES
@@ -369,10 +273,6 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a few cases only")
     ap.add_argument("--only", choices=("decode", "extend"), help="time only this half")
     ap.add_argument("--budget", type=float, default=420.0, help="stop starting new cases after this many s")
-    ap.add_argument("--sweep", action="store_true", help="time alternative configs and page size 1")
-    ap.add_argument("--final", action="store_true", help="defaults on target cases, page 1, bundled mha")
-    ap.add_argument("--mosaic", action="store_true", help="extend: Mosaic GPU configs vs Triton vs cuDNN")
-    ap.add_argument("--ncu", default="", help="PREFIX,NEW,rows,block_k,splits,warps,stages,reverse: one call")
     ap.add_argument("--decode-cases", nargs="+", default=None, metavar="BATCH,CTX",
                     help="decode cases to time instead of the default grid (with --tune: each one tuned)")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes in interpret mode on any backend (CI)")
@@ -384,40 +284,6 @@ def main() -> None:
     elif jax.default_backend() != "gpu":
         sys.exit("benchmarks/attention.py needs a GPU")
     rng = np.random.default_rng(0)
-    if a.final:
-        res = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "argv": sys.argv,
-               "ceilings": ceilings()}
-        print(json.dumps(res), flush=True)
-        res.update(bench_final(rng, res["ceilings"]))
-        with open(a.out, "w") as f:
-            json.dump(res, f, indent=1)
-        return
-    if a.mosaic:
-        res = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "argv": sys.argv}
-        triton = BlockConfig(64, 32, 1, 4, 2, reverse=True)  # the Triton long-class default
-        cfgs = [triton, MosaicConfig(128, 2), MosaicConfig(64, 4)]
-        cases = [(p, n) for p in (0, 512, 2048, 8192) for n in (128, 512, 1024, 4096)]
-        res.update(bench_sweep(rng, cases, cfgs, [], [], page1=False, with_default=False))
-        with open(a.out, "w") as f:
-            json.dump(res, f, indent=1)
-        return
-    if a.ncu:
-        p, n, *c = (int(x) for x in a.ncu.split(","))
-        return ncu_once(p, n, BlockConfig(*c[:5], *(bool(x) for x in c[5:])))
-    if a.sweep:
-        L, S = BlockConfig, BlockConfig
-        big = [L(64, 32, 1, 4, 2, True), L(64, 32, 1, 4, 3, True), L(128, 32, 1, 8, 3, True),
-               L(128, 64, 1, 8, 3, True), L(128, 32, 1, 8, 2, True), L(128, 32, 1, 8, 3, True, True)]
-        res = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "argv": sys.argv}
-        res.update(bench_sweep(rng, [(0, 4096), (8192, 4096)], big,
-                               [(32, 2048), (32, 8192), (64, 2048), (256, 2048)],
-                               [S(16, 64, 1, 4, 3), S(16, 128, 1, 4, 2)]))
-        rest = [(p, n) for p in (0, 512, 2048, 8192) for n in (128, 512, 1024, 4096)
-                if (p, n) not in ((0, 4096), (8192, 4096))]
-        res["extend_all"] = bench_sweep(rng, rest, [big[0], big[2], big[3]], [], [], page1=False)["extend"]
-        with open(a.out, "w") as f:
-            json.dump(res, f, indent=1)
-        return
     res = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "argv": sys.argv,
            "ceilings": ceilings()}
     print(json.dumps(res), flush=True)

@@ -37,6 +37,7 @@ def _tiny_dir(with_tokenizer: bool = False) -> str:
 # script -> its smoke arguments (a callable: made when the run starts); "--out FILE" is appended
 SMOKE: dict[str, list[str] | Callable[[], list[str]]] = {
     "attention.py": ["--smoke"],
+    "attention_sweep.py": ["--smoke"],
     "host_loop.py": ["--smoke"],
     "decode_step.py": ["--smoke", "--profile", "2,32", "--dispatch-study", "--dispatch-trace", "--decode-config", "32,2,4,2"],
     "mosaic_extend_probe.py": ["--smoke"],
