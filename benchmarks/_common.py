@@ -210,10 +210,11 @@ def profile_kernels(run, iters: int) -> dict:
         kinds[kernel_kind(name)] += ns
         launches[kernel_kind(name)] += counts[name] / iters
     us = lambda ns: round(ns / iters / 1e3, 1)  # noqa: E731
+    top = sorted(per, key=lambda k: -per[k])[:200]
     return {"kinds_us": {k: us(v) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
             "launches": {k: round(v, 1) for k, v in sorted(launches.items(), key=lambda kv: -kv[1])},
-            "kernels_us": {k: us(v) for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:200]},
-            "kernel_launches": {k: round(counts[k] / iters, 1) for k, _ in sorted(per.items(), key=lambda kv: -kv[1])[:200]},
+            "kernels_us": {k: us(per[k]) for k in top},
+            "kernel_launches": {k: round(counts[k] / iters, 1) for k in top},
             "sum_us": us(sum(per.values())), "span_us": us(span)}
 
 

@@ -199,8 +199,8 @@ def grammar_rows(model_dir: Path, cfg, n: int) -> tuple[GrammarTables, list[int]
 
 def override_decode_config(spec: str) -> None:
     """--decode-config: steps traced from now on launch the decode class with this KV block, split count
-    (0: block_configs' choice), warps, stages and prefetch (1: on). Patches ragged_paged_attention's default_configs and
-    turns jaxsgl's executable cache off (its key does not know the patch)."""
+    (0: block_configs' choice), warps, stages and prefetch (1: on). Patches ragged_paged_attention's
+    default_configs and turns jaxsgl's executable cache off (its key does not know the patch)."""
     import importlib
     rpa = importlib.import_module("jaxsgl.kernels.ragged_paged_attention")  # the package's name is its function
     block_k, splits, warps, stages, *prefetch = (int(x) for x in spec.split(","))

@@ -38,6 +38,7 @@ _MIN_SPLIT = os.environ.get("JAXSGL_MIN_SPLIT_TOKENS", "128")
 if not _MIN_SPLIT.isdigit() or int(_MIN_SPLIT) < 1:
     raise ValueError(f"JAXSGL_MIN_SPLIT_TOKENS={_MIN_SPLIT!r}: expected a positive number of tokens")
 MIN_SPLIT_TOKENS = int(_MIN_SPLIT)
+
 # The most splits a decode sequence's KV gets (batch 1 and 2 reach it: 8 KV heads x 16 = 128 programs).
 # $JAXSGL_MAX_SPLITS sets another value (part of the executable cache's key).
 _MAX_SPLITS = os.environ.get("JAXSGL_MAX_SPLITS", "16")

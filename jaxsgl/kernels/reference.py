@@ -117,14 +117,14 @@ def ragged_paged_attention_ref(
     blocks = lambda x: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(-1, TOKEN_BLOCK, *x.shape[1:])
     xs = (blocks(q), blocks(seq), blocks(pos), blocks(valid))
     # The output buffer depends on this layer's K pages (lax.map's starts as constants, which XLA creates
-    # for every layer at the start of the step: row_blocks' docstring). Not on q: a second reader of q
-    # changes how XLA fuses the ops that make q, and a row's last bits with them, differently in
+    # for every layer at the start of the step: model/forward.py's row_blocks). Not on q: a second reader
+    # of q changes how XLA fuses the ops that make q, and a row's last bits with them, differently in
     # different batches. NaN pages make a NaN buffer, which the loop overwrites whole.
     out = jnp.full(xs[0].shape, k_pages.reshape(-1)[0].astype(jnp.float32) * 0)
 
-    def body(carry, x):
-        out, i = carry
-        return (jax.lax.dynamic_update_index_in_dim(out, one_block(x), i, 0), i + 1), None
+    def body(out, x):
+        i, *block = x
+        return jax.lax.dynamic_update_index_in_dim(out, one_block(block), i, 0), None
 
-    (out, _), _ = jax.lax.scan(body, (out, jnp.int32(0)), xs)
+    out, _ = jax.lax.scan(body, out, (jnp.arange(xs[0].shape[0], dtype=jnp.int32),) + xs)
     return out.reshape(-1, H, D)[:T].astype(q.dtype)
