@@ -141,7 +141,7 @@ def main() -> None:
         A.smoke_setup()
         res = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "argv": sys.argv}
         res.update(bench_sweep(rng, [(0, 64)], [BlockConfig(32, 16, 1)], [(2, 64)],
-                               [BlockConfig(16, 16, 2, prefetch=True)], page1=False))
+                               [BlockConfig(16, 16, 2)], page1=False))
         with open(a.out, "w") as f:
             json.dump(res, f, indent=1)
         return

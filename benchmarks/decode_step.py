@@ -199,17 +199,17 @@ def grammar_rows(model_dir: Path, cfg, n: int) -> tuple[GrammarTables, list[int]
 
 def override_decode_config(spec: str) -> None:
     """--decode-config: steps traced from now on launch the decode class with this KV block, split count
-    (0: block_configs' choice), warps, stages and prefetch (1: on). Patches ragged_paged_attention's
+    (0: block_configs' choice), warps and stages. Patches ragged_paged_attention's
     default_configs and turns jaxsgl's executable cache off (its key does not know the patch)."""
     import importlib
     rpa = importlib.import_module("jaxsgl.kernels.ragged_paged_attention")  # the package's name is its function
-    block_k, splits, warps, stages, *prefetch = (int(x) for x in spec.split(","))
+    block_k, splits, warps, stages = (int(x) for x in spec.split(","))
     chosen = rpa.default_configs
 
     def patched(*args, **kwargs):
         short, long = chosen(*args, **kwargs)
         return short._replace(block_k=block_k, num_splits=splits or short.num_splits, num_warps=warps,
-                              num_stages=stages, prefetch=bool(prefetch and prefetch[0])), long
+                              num_stages=stages), long
 
     rpa.default_configs = patched
     os.environ["JAXSGL_GPU_EXECUTABLE_CACHE"] = "0"
@@ -270,7 +270,7 @@ def main() -> None:
     ap.add_argument("--dispatch-trace", action="store_true",
                     help="with --dispatch-study: the host events of launches from host arrays with a step in flight")
     ap.add_argument("--smoke", action="store_true", help="tiny random model, batches 1 2, context 32, 3 iters")
-    ap.add_argument("--decode-config", default=None, metavar="BLOCK_K,SPLITS,WARPS,STAGES[,PREFETCH]",
+    ap.add_argument("--decode-config", default=None, metavar="BLOCK_K,SPLITS,WARPS,STAGES",
                     help="A/B: the decode class's launch shape instead of block_configs' (splits 0: its choice)")
     ap.add_argument("--out", default="decode_step.json")
     args = ap.parse_args()

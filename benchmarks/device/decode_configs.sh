@@ -1,7 +1,7 @@
 #!/bin/bash
 # Issue 14 (session 23): the decode step at small batch and long context with the decode class's launch shape
-# set by hand (`decode_step.py --decode-config BLOCK_K,SPLITS,WARPS,STAGES[,PREFETCH]`; splits 0: block_configs'
-# own; prefetch 1: the next K/V block loaded ahead), one process per shape, batch 1 x 8k traced in each. In the
+# set by hand (`decode_step.py --decode-config BLOCK_K,SPLITS,WARPS,STAGES`; splits 0: block_configs' own),
+# one process per shape, batch 1 x 8k traced in each. In the
 # step, batch 1 x 8k's attention takes 19.8 us a layer for 33.5 MB of KV (1.7 TB/s: 16 splits x 8 KV heads, 8
 # blocks of 64 tokens a program); attention.py's standalone tuning is too noisy at these sizes to choose from
 # (session 23). ~40 s a shape.

@@ -22,7 +22,6 @@ class BlockConfig(NamedTuple):
     reverse: bool = False  # launch tiles last-first (long causal tiles start first)
     overlap: bool = False  # software-pipeline q.k^T of the next block over this block's softmax
     single_loop: bool = False  # one masked loop over all blocks (no separate diagonal loop)
-    prefetch: bool = False  # load the next block's K/V before this block's math (unmasked blocks)
 
 
 def next_pow2(x: int) -> int:

@@ -42,8 +42,7 @@ LOG2E = math.log2(math.e)
 def _attn_kernel(plan_ref, q_ref, k_ref, v_ref, pt_ref, *refs, sm_scale: float,
                  soft_cap: float | None, window: int | None, group: int, rows: int,
                  block_k: int, num_splits: int, page_size: int, head_dim: int,
-                 aliased: bool, reverse: bool, overlap: bool, single_loop: bool, prefetch: bool = False,
-                 fused: bool = False):
+                 aliased: bool, reverse: bool, overlap: bool, single_loop: bool, fused: bool = False):
     """One (tile, kv_head, split). plan_ref[tile] = (seq, first row, num rows, first position).
 
     q_ref [T, H, D]; k_ref/v_ref [num_slots, KVH, D]; pt_ref [S, P]; outputs: o [T, H, D]
@@ -51,8 +50,6 @@ def _attn_kernel(plan_ref, q_ref, k_ref, v_ref, pt_ref, *refs, sm_scale: float,
     (log2 domain), merged by `tile_plans.combine_splits`.
     reverse: take tiles last-first (a sequence's last tiles see the most KV: start them first).
     overlap: issue the next block's q.k^T before this block's softmax (unmasked blocks).
-    prefetch: load the next block's K and V before this block's math (unmasked blocks), so the loads
-    of one block are in flight while the previous one is computed.
     fused (decode tiles of one new token, fused_decode.py): q_ref is the QKV projection
     [T, H + 2 KVH, D] before RoPE, followed by inv_ref [D] (RoPE frequencies, tiled twice) and
     slot_ref [T]; the kernel rotates q and the new K, writes the new K/V into k_out/v_out (the
@@ -167,14 +164,6 @@ def _attn_kernel(plan_ref, q_ref, k_ref, v_ref, pt_ref, *refs, sm_scale: float,
         _, k0, _ = load_kv(b0, True)  # masked: the loop may be empty
         acc, m, l, _ = lax.fori_loop(b0, nfull, obody, carry + (scores(k0),))
         carry = (acc, m, l)
-    elif prefetch:
-        def pbody(b, c2):
-            acc, m, l, k, v = c2
-            _, k_next, v_next = load_kv(jnp.minimum(b + 1, nfull - 1), False)  # the last one: an L2 hit
-            return update(scores(k), v, (acc, m, l)) + (k_next, v_next)
-        _, k0, v0 = load_kv(b0, True)  # masked: the loop may be empty
-        acc, m, l, _, _ = lax.fori_loop(b0, nfull, pbody, carry + (k0, v0))
-        carry = (acc, m, l)
     else:
         carry = lax.fori_loop(b0, nfull, lambda b, c2: body(b, c2, False), carry)
     acc, m, l = lax.fori_loop(nfull, b1, lambda b, c2: body(b, c2, True), carry)
@@ -244,7 +233,7 @@ def _launch(plan, q, k_flat, v_flat, page_table, prev_out, cfg: BlockConfig, *, 
                       group=group, rows=cfg.rows, block_k=cfg.block_k, num_splits=cfg.num_splits,
                       page_size=page_size, head_dim=D, aliased=aliased,
                       reverse=cfg.reverse, overlap=cfg.overlap, single_loop=cfg.single_loop,
-                      prefetch=cfg.prefetch, fused=bool(fused))
+                      fused=bool(fused))
     if cfg.num_splits == 1:
         out_shape = (jax.ShapeDtypeStruct((T, H, D), q.dtype),)
     else:

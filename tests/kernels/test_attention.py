@@ -50,12 +50,6 @@ SHAPES = {
         long_config=BlockConfig(128, 32, 1, 8, 3, reverse=True))),
     "g2_d64_ps16_overlap_splits": (64, 4, 4, 2, 64, 16, 8, jnp.bfloat16, dict(
         long_config=BlockConfig(32, 16, 2, reverse=True, overlap=True))),
-    # the next K/V block loaded ahead, in both classes, with splits and a sliding window
-    "g4_d64_ps16_prefetch_splits_window": (40, 5, 8, 2, 64, 16, 6, jnp.bfloat16, dict(
-        sliding_window=40, short_config=BlockConfig(16, 16, 3, prefetch=True),
-        long_config=BlockConfig(32, 16, 2, prefetch=True))),
-    "g4_d64_ps16_prefetch": (48, 6, 8, 2, 64, 16, 8, jnp.bfloat16, dict(
-        short_config=BlockConfig(16, 32, 1, prefetch=True), long_config=BlockConfig(32, 16, 1, prefetch=True))),
 }
 
 
